@@ -1,0 +1,97 @@
+"""x-transformers (lucidrains/x-transformers) as an ELECTRA backbone: a plain BERT-style encoder.
+
+Upstream: ``TransformerWrapper(attn_layers=Encoder(...))``. Quirks and what this adapter does:
+
+- Hidden states come back only when asked at call time (``return_embeddings=True``); we also build
+  it with ``return_only_embed=True`` so no unused vocabulary head (and its never-trained weights)
+  exists.
+- The padding mask is the ``mask=`` keyword, bool, True at real tokens: the same convention as ours.
+- ``emb_dim`` and the emb->hidden projection (``project_emb``) are native.
+- The token embedding is ``token_emb.emb`` inside a ``TokenEmbedding`` that *calls* it, so any
+  module with our embedding contract can be installed there (shared or GDES-style wrappers).
+  The positional embedding is x-transformers' ``AbsolutePositionalEmbedding`` (scaled by
+  ``emb_dim ** -0.5``, called as ``pos_emb(x, pos=..., seq_start_pos=..., offset=...)``); only a
+  module of that class can replace it, i.e. share it between x-transformers backbones.
+- Sub-module options are routed by name prefix (``attn_*``, ``ff_*``): our ``dim_head`` becomes
+  ``attn_dim_head``, ``dropout`` becomes ``attn_dropout``/``ff_dropout``/``emb_dropout``. Any other
+  keyword goes to ``TransformerWrapper`` if it takes it, else to ``Encoder``.
+- ``attn_flash=True`` (default here) uses torch's scaled_dot_product_attention; with a boolean
+  key mask it keeps real tokens independent of padding (max abs diff ~1e-6 on CPU, fp32).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+from x_transformers import Encoder, TransformerWrapper
+
+from electra_kit.backbone import Backbone
+
+_WRAPPER_ARGS = set(inspect.signature(TransformerWrapper.__init__).parameters) - {"self"}
+
+
+def build_transformer(
+    *,
+    num_tokens: int,
+    dim: int,
+    depth: int,
+    heads: int,
+    max_seq_len: int,
+    emb_dim: int | None = None,
+    ff_mult: int = 4,
+    dropout: float = 0.0,
+    dim_head: int | None = None,
+    **library_kwargs,
+) -> TransformerBackbone:
+    """Encoder of ``depth`` pre-norm layers; extra keywords go to x-transformers unchanged."""
+    emb_dim = emb_dim or dim
+    kwargs = dict(attn_flash=True, attn_dropout=dropout, ff_dropout=dropout, emb_dropout=dropout)
+    kwargs.update(library_kwargs)
+    wrapper_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _WRAPPER_ARGS}
+    encoder = Encoder(
+        dim=dim, depth=depth, heads=heads, attn_dim_head=dim_head or dim // heads, ff_mult=ff_mult, **kwargs
+    )
+    net = TransformerWrapper(
+        num_tokens=num_tokens,
+        max_seq_len=max_seq_len,
+        emb_dim=emb_dim,
+        attn_layers=encoder,
+        return_only_embed=True,
+        **wrapper_kwargs,
+    )
+    return TransformerBackbone(net)
+
+
+class TransformerBackbone(Backbone):
+    """Wraps a built ``TransformerWrapper``; returns final-norm hidden states ``(b, n, dim)``."""
+
+    def __init__(self, net: TransformerWrapper):
+        super().__init__()
+        self.net = net
+        self.num_tokens = net.num_tokens
+        self.hidden_dim = net.attn_layers.dim
+        self.emb_dim = net.emb_dim
+        self.max_seq_len = net.max_seq_len
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        self.check_seq_len(input_ids.shape[1])
+        mask = None if attention_mask is None else attention_mask.bool()  # (b, n)
+        return self.net(input_ids, mask=mask, return_embeddings=True)  # (b, n, d)
+
+    def get_token_embedding(self) -> nn.Module:
+        return self.net.token_emb.emb
+
+    def set_token_embedding(self, module: nn.Module) -> None:
+        self.net.token_emb.emb = module  # TokenEmbedding.forward calls self.emb(ids)
+
+    def get_position_embedding(self) -> nn.Module | None:
+        pos = self.net.pos_emb  # `always(0)` (not a Module) when absolute positions are off
+        has_weights = isinstance(pos, nn.Module) and any(True for _ in pos.parameters())
+        return pos if has_weights else None
+
+    def set_position_embedding(self, module: nn.Module) -> None:
+        if self.get_position_embedding() is None:
+            super().set_position_embedding(module)
+        self.net.pos_emb = module

@@ -1,0 +1,15 @@
+"""electra-kit: fast ELECTRA pretraining of text encoders over pluggable backbones."""
+
+from .backbone import Backbone
+from .electra import Electra, ElectraOutput
+from .registry import create_backbone, list_backbones, register_backbone
+
+__all__ = [
+    "Backbone",
+    "Electra",
+    "ElectraOutput",
+    "create_backbone",
+    "list_backbones",
+    "register_backbone",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,146 @@
+"""Atomic checkpoints that a killed run resumes from, bit for bit.
+
+A checkpoint is a folder ``step_00001000/`` holding the model weights (safetensors), the
+optimizer/scheduler/RNG state (a torch file read back with ``weights_only=True``), the trainer
+state (JSON), the operative gin config, and a manifest of SHA-256 sums written last. It is built
+under a temporary name and renamed into place, so a crash mid-write leaves the previous
+checkpoint as the latest; a truncated or corrupt one fails its manifest and is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+
+MANIFEST = "manifest.json"
+PREFIX = "step_"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, write) -> None:
+    write(path)
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(
+    ckpt_dir: Path,
+    step: int,
+    *,
+    model: torch.nn.Module,
+    torch_state: dict,
+    trainer_state: dict,
+    operative_config: str,
+    keep: int = 3,
+) -> Path:
+    """Write checkpoint ``step`` atomically, then keep only the newest ``keep``."""
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    final = ckpt_dir / f"{PREFIX}{step:08d}"
+    tmp = ckpt_dir / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        _write_file(tmp / "model.safetensors", lambda p: save_model(model, str(p)))
+        _write_file(tmp / "state.pt", lambda p: torch.save(torch_state, p))
+        _write_file(tmp / "trainer_state.json", lambda p: p.write_text(json.dumps(trainer_state, indent=1)))
+        _write_file(tmp / "operative_config.gin", lambda p: p.write_text(operative_config))
+        sums = {f.name: _sha256(f) for f in sorted(tmp.iterdir())}
+        _write_file(tmp / MANIFEST, lambda p: p.write_text(json.dumps({"step": step, "sha256": sums}, indent=1)))
+        _fsync_dir(tmp)
+        if final.exists():  # re-saving the same step (e.g. end of run right after a periodic save)
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(ckpt_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(ckpt_dir)[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """Finished checkpoint folders, newest first (temporary ones are ignored)."""
+    if not Path(ckpt_dir).is_dir():
+        return []
+    found = [p for p in Path(ckpt_dir).iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
+    return sorted(found, key=lambda p: p.name, reverse=True)
+
+
+def verify(path: Path) -> str | None:
+    """None if the checkpoint is intact, else what is wrong with it."""
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        return "no manifest (the write never finished)"
+    try:
+        sums = json.loads(manifest.read_text())["sha256"]
+    except (ValueError, KeyError) as exc:
+        return f"unreadable manifest: {exc}"
+    for name, expected in sums.items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if _sha256(f) != expected:
+            return f"{name} does not match its checksum (truncated or corrupt)"
+    return None
+
+
+def latest_valid_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest intact checkpoint; corrupt ones are reported and skipped."""
+    for path in list_checkpoints(ckpt_dir):
+        problem = verify(path)
+        if problem is None:
+            return path
+        warnings.warn(f"electra-kit: checkpoint {path} is unusable ({problem}); trying the previous one", RuntimeWarning, stacklevel=2)
+    return None
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module) -> tuple[dict, dict]:
+    """Load weights into ``model``; return ``(torch_state, trainer_state)``."""
+    path = Path(path)
+    try:
+        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    except RuntimeError as exc:  # shape mismatch: a checkpoint of another model
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this model (was it written by another config?): {_short(exc)}"
+        ) from exc
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {path} was written by another model: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}; resume with the config that wrote it"
+        )
+    torch_state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    trainer_state = json.loads((path / "trainer_state.json").read_text())
+    return torch_state, trainer_state
+
+
+def _short(exc: Exception) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return "; ".join(lines[:3])

@@ -1,0 +1,115 @@
+"""gin configuration: where files are found, how they are parsed, and what is reported.
+
+Config names resolve against the working directory first, then the gin files shipped inside
+the package (``electra_kit/gin``), so ``electra-kit run reformer_small.gin`` works after a
+plain ``pip install``. Bindings given on the command line apply after the files.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import gin
+
+from .registry import create_backbone
+
+
+class ConfigError(ValueError):
+    """A config file or binding is wrong; the message names the file, line or binding."""
+
+
+@gin.configurable
+def backbone(name: str = gin.REQUIRED, **kwargs):
+    """The gin face of the registry: ``generator/backbone.name = 'reformer'``."""
+    return create_backbone(name, **kwargs)
+
+
+def packaged_gin_dir() -> Path:
+    """The shipped gin files: ``electra_kit/gin`` in an installed wheel, ``gin/`` in a checkout.
+
+    (``gin/`` has no ``__init__.py`` on purpose: a regular package named ``gin`` at the repo root
+    would shadow the gin-config library for anything run from there.)
+    """
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "gin", here.parent / "gin"):
+        if candidate.is_dir() and any(candidate.glob("*.gin")):
+            return candidate
+    return here / "gin"
+
+
+def resolve_config(name: str) -> Path:
+    """A config path as given, or relative to the working directory, or inside the package."""
+    for candidate in (Path(name), Path.cwd() / name, packaged_gin_dir() / name, packaged_gin_dir() / Path(name).name):
+        if candidate.is_file():
+            return candidate.resolve()
+    shipped = sorted(p.name for p in packaged_gin_dir().glob("*.gin"))
+    raise ConfigError(
+        f"gin file '{name}' not found in {Path.cwd()} or in the packaged configs; shipped configs: {', '.join(shipped)}"
+    )
+
+
+class _QuietSearchPath(logging.Filter):
+    """gin logs an ERROR for every search-path entry an include is *not* in; only real misses matter."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Path not found")
+
+
+logging.getLogger().addFilter(_QuietSearchPath())
+
+
+def _register_parts() -> None:
+    """Import every module that defines configurables, so any file can bind them."""
+    from . import data, electra, mlm, pretrain, trainer  # noqa: F401
+
+
+def parse(config_files: list[str], bindings: list[str] = ()) -> list[Path]:
+    """Parse files then bindings into gin's global config; return the resolved files."""
+    _register_parts()
+    gin.clear_config()
+    paths = [resolve_config(f) for f in config_files]
+    for directory in dict.fromkeys([packaged_gin_dir(), *(p.parent for p in paths), Path.cwd()]):
+        gin.add_config_file_search_path(str(directory))
+    for path in paths:
+        try:
+            gin.parse_config_file(str(path))
+        except Exception as exc:
+            raise ConfigError(_describe_parse_error(exc, path)) from exc
+    for binding in bindings:
+        try:
+            gin.parse_config(binding)
+        except Exception as exc:
+            raise ConfigError(f"in --gin binding {binding!r}: {_first_line(exc)}") from exc
+    return paths
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0] if "\n" in text and len(text) > 400 else text
+
+
+def _describe_parse_error(exc: Exception, path: Path) -> str:
+    text = str(exc)
+    if isinstance(exc, IOError) or "Unable to open file" in text or "No such file" in text:
+        m = re.search(r"Unable to open file: ([^\s.]+\.gin)", text)
+        missing = m.group(1) if m else text
+        return f"{path}: includes a gin file that does not exist: {missing}"
+    # gin's parser and binding errors already carry "In file ..., line N"; keep them whole
+    return f"{path}: {text}" if str(path) not in text else text
+
+
+def query(binding_key: str, default=None):
+    try:
+        return gin.query_parameter(binding_key)
+    except (ValueError, KeyError):
+        return default
+
+
+def operative_config() -> str:
+    return gin.operative_config_str()
+
+
+def full_config() -> str:
+    return gin.config_str()

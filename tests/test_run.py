@@ -1,0 +1,183 @@
+"""`electra-kit run`: a whole tiny run through the CLI, kill-and-resume, and the errors before training."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from electra_kit.pretrained import load_pretrained
+
+TINY = ["tiny.gin", "--no-tracking", "--gin", "train.progress = False"]
+
+
+def run_cli(args, cwd, corpus, check=True, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # the corpus binding goes first so that a test's own bindings override it
+    argv = [sys.executable, "-m", "electra_kit", "run", "--gin", f"build_data.corpus = '{corpus}/*.txt'", *args]
+    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def test_tiny_run_end_to_end_leaves_a_loadable_model(tmp_path, small_corpus, cache_dir):
+    run_cli([*TINY, "--run-dir", "run"], tmp_path, small_corpus)
+    run_dir = tmp_path / "run"
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_00000010", "step_00000020", "step_00000030"]
+    assert (run_dir / "operative_config.gin").read_text().count("train.steps") == 1
+    encoder = load_pretrained(run_dir / "model")
+    hidden, mask = encoder.encode(["The state of the union is strong.", "Congress shall act."])
+    assert hidden.shape == (2, 64, encoder.hidden_dim) and torch.isfinite(hidden).all()
+    assert mask[0].sum() > mask[1].sum() > 2
+    # the folder rebuilds the same network that trained: its weights equal the last checkpoint's
+    final = load_file(run_dir / "checkpoints" / "step_00000030" / "model.safetensors")
+    saved = load_file(run_dir / "model" / "encoder.safetensors")
+    for name, tensor in saved.items():
+        assert torch.equal(final[f"discriminator.{name}"], tensor), name
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, small_corpus, cache_dir):
+    args = [*TINY, "--gin", "train.steps = 24", "--gin", "train.checkpoint_every = 8"]
+    run_cli([*args, "--run-dir", "straight"], tmp_path, small_corpus)
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "electra_kit", "run", *args, "--run-dir", "killed",
+            "--gin", f"build_data.corpus = '{small_corpus}/*.txt'"]
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = tmp_path / "killed" / "checkpoints" / "step_00000008"
+    deadline = time.time() + 240
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.exists(), "the run never wrote its first checkpoint"
+    assert not (tmp_path / "killed" / "checkpoints" / "step_00000024").exists(), "killed too late to test resume"
+    run_cli([*args, "--run-dir", "killed", "--resume"], tmp_path, small_corpus)
+
+    a = load_file(tmp_path / "straight" / "checkpoints" / "step_00000024" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "checkpoints" / "step_00000024" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs after resume"
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, small_corpus, cache_dir):
+    args = [*TINY, "--gin", "train.steps = 100000", "--gin", "train.checkpoint_every = 100000", "--run-dir", "r"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "electra_kit", "run", *args, "--gin", f"build_data.corpus = '{small_corpus}/*.txt'"]
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpts = tmp_path / "r" / "checkpoints"
+    marker = tmp_path / "r" / "operative_config.gin"
+    deadline = time.time() + 120
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(3)  # let a few steps run
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    saved = list(ckpts.iterdir())
+    assert len(saved) == 1 and "--resume" in err
+
+
+# ---- errors before training, each naming its culprit ------------------------------------------
+
+
+def error_of(tmp_path, corpus, *args):
+    proc = run_cli(list(args), tmp_path, corpus, check=False)
+    assert proc.returncode == 2, f"expected a clean error, got exit {proc.returncode}:\n{proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc.stderr
+
+
+def test_missing_gin_file(tmp_path, small_corpus):
+    err = error_of(tmp_path, small_corpus, "no_such.gin", "--no-tracking")
+    assert "no_such.gin" in err and "not found" in err and "tiny.gin" in err  # lists the shipped configs
+
+
+def test_gin_file_including_a_missing_file(tmp_path, small_corpus):
+    (tmp_path / "exp.gin").write_text("include 'base.gin'\ninclude 'not_there.gin'\n")
+    err = error_of(tmp_path, small_corpus, "exp.gin", "--no-tracking")
+    assert "not_there.gin" in err
+
+
+def test_misspelled_binding_names_file_and_line(tmp_path, small_corpus):
+    (tmp_path / "exp.gin").write_text("include 'tiny.gin'\n\ntrain.stesp = 10\n")
+    err = error_of(tmp_path, small_corpus, "exp.gin", "--no-tracking")
+    assert "stesp" in err and "exp.gin" in err and "line 3" in err
+
+
+def test_misspelled_command_line_binding(tmp_path, small_corpus):
+    err = error_of(tmp_path, small_corpus, *TINY, "--gin", "train.lrr = 0.1")
+    assert "train.lrr" in err and "--gin" in err
+
+
+def test_unknown_backbone(tmp_path, small_corpus):
+    err = error_of(tmp_path, small_corpus, *TINY, "--gin", "discriminator/backbone.name = 'reformr'")
+    assert "Unknown backbone 'reformr'" in err and "reformer" in err
+
+
+def test_corpus_glob_matching_nothing(tmp_path, small_corpus):
+    err = error_of(tmp_path, small_corpus, *TINY, "--gin", "build_data.corpus = '/nowhere/*.txt'")
+    assert "/nowhere/*.txt" in err
+
+
+def test_empty_corpus(tmp_path, small_corpus):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "a.txt").write_text("\n\n  \n")
+    err = error_of(tmp_path, small_corpus, *TINY, "--gin", f"build_data.corpus = '{empty}/*.txt'")
+    assert "a.txt" in err and "empty" in err.lower()
+
+
+def test_sequence_longer_than_the_backbone_allows(tmp_path, small_corpus, cache_dir):
+    err = error_of(tmp_path, small_corpus, *TINY, "--gin", "backbone.max_seq_len = 32")
+    assert "64" in err and "max_seq_len=32" in err
+
+
+def test_vocabulary_larger_than_the_embedding(tmp_path, small_corpus, cache_dir):
+    err = error_of(tmp_path, small_corpus, *TINY, "--gin", "backbone.num_tokens = 500")
+    assert "500" in err and "num_tokens" in err
+
+
+def test_resume_with_nothing_to_resume(tmp_path, small_corpus):
+    err = error_of(tmp_path, small_corpus, *TINY, "--run-dir", "fresh", "--resume")
+    assert "nothing to resume" in err and "fresh" in err
+    err = error_of(tmp_path, small_corpus, *TINY, "--resume")
+    assert "--run-dir" in err
+
+
+def test_every_shipped_gin_file_parses():
+    from electra_kit import config
+    from electra_kit.trainer import TrainConfig
+
+    shipped = sorted(config.packaged_gin_dir().glob("*.gin"))
+    assert {"reformer_small.gin", "performer_small.gin", "transformer_small.gin", "tiny.gin", "mlm_small.gin",
+            "performer_reformer_small.gin"} <= {p.name for p in shipped}
+    for path in shipped:
+        config.parse([str(path)], ["TRAIN_STEPS = 7"])
+        if path.name != "base.gin" and not path.name.startswith(("size_", "backbone_")):
+            assert TrainConfig().steps == 7, f"{path.name} does not honour the TRAIN_STEPS macro"
+
+
+@pytest.mark.parametrize("name", ["reformer_small.gin", "performer_small.gin", "transformer_small.gin"])
+def test_small_configs_build_the_published_electra_small_shape(name):
+    import gin
+    from electra_kit import config
+    from electra_kit.electra import Electra
+    from electra_kit.trainer import TrainConfig
+
+    config.parse([name], ["VOCAB_SIZE = 1000"])
+    model = Electra(mask_token_id=2, pad_token_id=0)
+    disc, gen = model.discriminator, model.generator
+    assert (disc.hidden_dim, disc.emb_dim, gen.hidden_dim, gen.emb_dim) == (256, 128, 64, 128)
+    assert gin.query_parameter("discriminator/backbone.depth") == 12
+    train = TrainConfig()
+    assert (train.batch_size, train.lr, train.warmup_steps, train.steps, train.weight_decay) == (
+        128, 5e-4, 10000, 1000000, 0.01)
+    assert (model.mask_prob, model.disc_weight) == (0.15, 50.0)
+    assert model.discriminator.get_token_embedding() is model.generator.get_token_embedding()
