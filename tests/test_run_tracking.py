@@ -1,0 +1,117 @@
+"""A real training run recorded in MLflow: a SQLite store, resume into the same run, a server that dies mid-run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow_server import MlflowServer
+
+TINY = ["tiny.gin", "--gin", "train.progress = False"]
+
+
+def cli_argv(corpus: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "electra_kit", "run", "--gin", f"build_data.corpus = '{corpus}/*.txt'", *args]
+
+
+def run_cli(corpus, cwd, *args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run(cli_argv(corpus, *args), cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def only_run(client: MlflowClient):
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return runs[0]
+
+
+def artifact_paths(client, run_id, path=None):
+    out = []
+    for item in client.list_artifacts(run_id, path):
+        out += artifact_paths(client, run_id, item.path) if item.is_dir else [item.path]
+    return out
+
+
+def steps_of(client, run_id, key):
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def test_run_lands_in_the_default_sqlite_store(tmp_path, small_corpus, cache_dir):
+    run_cli(small_corpus, tmp_path, *TINY, "--run-dir", "run")
+    assert (tmp_path / "mlflow.db").is_file(), "the default store is ./mlflow.db"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = only_run(client)
+    assert run.info.status == "FINISHED" and run.info.run_name == "run"
+    assert client.get_experiment(run.info.experiment_id).name == "tiny"
+    params = run.data.params
+    assert params["train.steps"] == "30" or params.get("TRAIN_STEPS") == "30"
+    assert params["discriminator/backbone.dim"] == "64" and params["generator/backbone.name"] == "'transformer'"
+    assert params["discriminator.backbone"] == "transformer" and int(params["generator.params"]) > 0
+    for key in ("train/loss", "train/gen_loss", "train/disc_loss", "train/gen_acc", "train/disc_acc",
+                "train/lr", "train/grad_norm", "train/tokens_per_s"):
+        assert steps_of(client, run.info.run_id, key) == [5, 10, 15, 20, 25, 30], key
+    assert steps_of(client, run.info.run_id, "eval/disc_auc") == [15, 30]
+    tags = run.data.tags
+    assert tags["objective"] == "Electra" and "torch" in " ".join(tags)
+    files = artifact_paths(client, run.info.run_id)
+    for name in ("operative_config.gin", "model/encoder.safetensors", "model/tokenizer.json", "model/config.json"):
+        assert name in files, files
+    # artifacts stay beside the store, not scattered into other folders
+    assert any(p.name == "encoder.safetensors" for p in (tmp_path / "mlruns").rglob("*"))
+
+
+def test_resume_continues_the_same_mlflow_run(tmp_path, small_corpus, cache_dir):
+    args = [*TINY, "--gin", "train.steps = 40", "--gin", "train.checkpoint_every = 10", "--run-dir", "r"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen(cli_argv(small_corpus, *args), cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = tmp_path / "r" / "checkpoints" / "step_00000010"
+    deadline = time.time() + 240
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.exists() and not (tmp_path / "r" / "checkpoints" / "step_00000040").exists()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = only_run(client).info.run_id
+
+    run_cli(small_corpus, tmp_path, *args, "--resume")
+    run = only_run(client)
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    steps = steps_of(client, run_id, "train/loss")
+    assert steps[-1] == 40 and {20, 30, 40} <= set(steps)
+
+
+def test_training_survives_the_tracking_server_dying_mid_run(tmp_path, small_corpus, cache_dir):
+    server = MlflowServer(tmp_path / "server").start()
+    try:
+        args = [*TINY, "--tracking-uri", server.uri, "--run-dir", "r",
+                "--gin", "train.steps = 60", "--gin", "train.log_every = 2", "--gin", "train.checkpoint_every = 10"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.Popen(cli_argv(small_corpus, *args), cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        ckpts = tmp_path / "r" / "checkpoints"
+        deadline = time.time() + 240
+        while not (ckpts / "step_00000010").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        server.kill()  # SIGKILL: like a crashed server
+        while not (ckpts / "step_00000040").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        server.start()  # same port, same store
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-3000:]
+        assert (tmp_path / "r" / "model" / "encoder.safetensors").is_file()
+        client = MlflowClient(server.uri)
+        run = only_run(client)
+        assert run.info.status == "FINISHED"
+        assert steps_of(client, run.info.run_id, "train/loss") == list(range(2, 61, 2)), "every logged step arrives once"
+        assert "model/encoder.safetensors" in artifact_paths(client, run.info.run_id)
+    finally:
+        server.stop()
