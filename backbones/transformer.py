@@ -95,3 +95,21 @@ class TransformerBackbone(Backbone):
         if self.get_position_embedding() is None:
             super().set_position_embedding(module)
         self.net.pos_emb = module
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """x-transformers numbers the attention and feed-forward blocks apart (``layers.0`` attention,
+        ``layers.1`` its feed-forward): an ELECTRA layer is an attention block and what follows it."""
+        import re
+
+        from electra_kit.backbone import group_parameters
+
+        block, blocks = 0, []
+        for kind in self.net.attn_layers.layer_types:  # ('a', 'f', 'a', 'f', ...)
+            block += kind == "a"
+            blocks.append(block)
+
+        def index(name: str) -> int | None:
+            found = re.search(r"attn_layers\.layers\.(\d+)\.", name)
+            return blocks[int(found.group(1))] if found else None
+
+        return group_parameters(self.named_parameters(), index)

@@ -27,7 +27,32 @@ def _cmd_run(args) -> int:
     except (ConfigError, RunError, CheckpointError, NonFiniteError, FileNotFoundError, ValueError) as exc:
         print(f"electra-kit: error: {exc}", file=sys.stderr)
         return 2
-    print(f"electra-kit: finished {result['step']} steps; model folder: {result['model_dir']}")
+    if result["model_dir"] is not None:  # rank 0 of a multi-process run
+        print(f"electra-kit: finished {result['step']} steps; model folder: {result['model_dir']}")
+    return 0
+
+
+def _cmd_finetune(args) -> int:
+    from .finetune import FinetuneConfig, TaskSpec, format_results, run_finetune
+    from .registry import UnknownBackboneError
+
+    options = dict(lr=args.lr, layer_decay=args.layer_decay, warmup_fraction=args.warmup_fraction, epochs=args.epochs,
+                   batch_size=args.batch_size, weight_decay=args.weight_decay, dropout=args.dropout,
+                   max_seq_len=args.max_seq_len, seeds=args.seeds, first_seed=args.first_seed, device=args.device)
+    spec = TaskSpec(train=args.train, eval=args.eval, text_column=args.text_column, pair_column=args.pair_column,
+                    label_column=args.label_column, format=args.format, header=not args.no_header, task=args.task)
+    try:
+        cfg = FinetuneConfig(**{k: v for k, v in options.items() if v is not None},
+                             random_init=args.random_init, progress=not args.no_progress)
+        results, path = run_finetune(args.model, spec, cfg, run_dir=args.run_dir, tracking=not args.no_tracking,
+                                     tracking_uri=args.tracking_uri, experiment=args.experiment)
+    except (ValueError, FileNotFoundError, UnknownBackboneError) as exc:
+        print(f"electra-kit: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_results(results))
+    print(f"electra-kit: {results['task']['type']} on {results['task']['n_train']} examples, "
+          f"{len(results['seeds'])} seed(s); median {results['primary_metric']} "
+          f"{results['median'][results['primary_metric']]:.4f}; results: {path}")
     return 0
 
 
@@ -68,6 +93,19 @@ def _cmd_sync(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from .export import EXIT_NOT_HF, export
+
+    try:
+        result = export(args.model_dir, args.out_dir, format=args.format, overwrite=args.overwrite)
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as exc:
+        print(f"electra-kit: error: {exc}", file=sys.stderr)
+        return 2
+    code = EXIT_NOT_HF if args.format == "hf" and result.format != "hf" else 0
+    print(result.message, file=sys.stderr if code else sys.stdout)
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="electra-kit", description="ELECTRA pretraining over pluggable backbones")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,8 +120,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", help="MLflow experiment name (default: the last gin file's name)")
     p.set_defaults(fn=_cmd_run)
 
+    p = sub.add_parser("finetune", help="fine-tune a model folder on labeled text (JSONL, CSV, TSV); seeds + median")
+    p.add_argument("--model", required=True, help="a finished run's model folder (or its run directory)")
+    p.add_argument("--train", required=True, help="training file: .jsonl, .csv or .tsv (GLUE's layouts included)")
+    p.add_argument("--eval", required=True, help="evaluation file, same layout as --train")
+    p.add_argument("--text-column", help="default: sentence1/question1/#1 String/question/text/sentence ...")
+    p.add_argument("--pair-column", help="second text of a pair (default: the partner of the text column, if any)")
+    p.add_argument("--label-column", help="default: label/gold_label/score/is_duplicate/Quality")
+    p.add_argument("--format", choices=["auto", "jsonl", "csv", "tsv"], default="auto", help="default: by suffix")
+    p.add_argument("--no-header", action="store_true", help="CSV/TSV without a header row: columns are 0, 1, ...")
+    p.add_argument("--task", choices=["auto", "classification", "regression"], default="auto",
+                   help="auto: regression when every label is a number and some are written as reals")
+    p.add_argument("--seeds", type=int, help="fine-tune N times (seeds first-seed..), report each and the median (1)")
+    p.add_argument("--first-seed", type=int, help="(0)")
+    p.add_argument("--epochs", type=float, help="(3)")
+    p.add_argument("--lr", type=float, help="peak learning rate of the head (3e-4, ELECTRA-Small)")
+    p.add_argument("--layer-decay", type=float, help="layer-wise learning-rate decay (0.8)")
+    p.add_argument("--warmup-fraction", type=float, help="(0.1)")
+    p.add_argument("--batch-size", type=int, help="(32)")
+    p.add_argument("--weight-decay", type=float, help="(0)")
+    p.add_argument("--dropout", type=float, help="(0.1)")
+    p.add_argument("--max-seq-len", type=int, help="(the model's)")
+    p.add_argument("--random-init", action="store_true", help="same architecture and tokenizer, untrained weights")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (auto)")
+    p.add_argument("--run-dir", help="where results.json goes (default runs/finetune-TRAIN-TIME)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-tracking", action="store_true", help="do not record the run in MLflow")
+    p.add_argument("--tracking-uri", help="MLflow store or server (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.add_argument("--experiment", help="MLflow experiment name (default: finetune-TRAIN)")
+    p.set_defaults(fn=_cmd_finetune)
+
     p = sub.add_parser("backbones", help="list the registered backbones and where they come from")
     p.set_defaults(fn=_cmd_backbones)
+
+    p = sub.add_parser("export", help="write a model folder for other tools (--format hf: transformers)")
+    p.add_argument("model_dir", help="a finished model folder (RUN_DIR/model)")
+    p.add_argument("--format", choices=("hf", "portable"), default="hf",
+                   help="hf: a transformers folder where the backbone supports it (else the portable folder, "
+                        "exit 3); portable: safetensors + config + tokenizer")
+    p.add_argument("out_dir", help="the folder to write (must not exist or be empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace out_dir if it holds anything")
+    p.set_defaults(fn=_cmd_export)
 
     p = sub.add_parser("runs", help="table of tracked runs")
     p.add_argument("--experiment")

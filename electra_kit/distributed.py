@@ -60,6 +60,20 @@ class DistContext:
         dist.all_reduce(t)
         return int(t.item()) > 0
 
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            tensor = tensor.clone()
+            dist.all_reduce(tensor)
+        return tensor
+
+    def broadcast_object(self, obj=None):
+        """Rank 0's ``obj`` on every rank (e.g. the tokenizer, so all ranks share one vocabulary)."""
+        if not self.enabled:
+            return obj
+        box = [obj if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()

@@ -13,7 +13,7 @@ parts under the original's names (``loss.mlm_loss``, ``loss.disc_loss``, ``loss.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ import gin
 
 from .backbone import Backbone
 from .heads import DiscriminatorHead, GDESEmbedding, GeneratorHead, HiddenLayerExtractor
-from .masking import MaskedPositions, gumbel_max_sample, mask_tokens
+from .masking import GLOBAL_RNG, MaskedPositions, Noise, gumbel_max_sample, mask_tokens
 from .metrics import MeanAccumulator, roc_auc
 
 SHARING_MODES = ("tied", "gdes", "none")
@@ -42,6 +42,9 @@ class ElectraOutput:
     disc_predictions: torch.Tensor  # (b, n) float, 1 = predicted replaced
     disc_logits: torch.Tensor  # (b, n)
     attention_mask: torch.Tensor  # (b, n) bool
+    # (weight, sum, count) of each token-mean loss: loss == sum(w * s / c). A data-parallel
+    # trainer divides by the counts summed over ranks, so N processes match one exactly.
+    loss_terms: list = field(default_factory=list)
 
     def metrics(self) -> dict[str, torch.Tensor]:
         """Detached scalars for logging; no host-device sync happens here."""
@@ -194,7 +197,7 @@ class Electra(nn.Module):
 
     # ---- the objective --------------------------------------------------------------------------
 
-    def _mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> MaskedPositions:
+    def _mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, noise: Noise = GLOBAL_RNG) -> MaskedPositions:
         return mask_tokens(
             input_ids,
             attention_mask,
@@ -204,6 +207,7 @@ class Electra(nn.Module):
             replace_prob=self.replace_prob,
             random_token_prob=self.random_token_prob,
             random_token_pool=self.random_token_pool,
+            noise=noise,
         )
 
     def _generator_logits(self, masked: MaskedPositions, attention_mask, kwargs) -> torch.Tensor:
@@ -222,11 +226,15 @@ class Electra(nn.Module):
             return self.discriminator_head(hidden)  # (b, n)
         return self._disc_logits_net(disc_input, **kwargs).reshape(disc_input.shape)  # (b, n)
 
-    def compute(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> ElectraOutput:
+    def compute(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, noise: Noise | None = None, **kwargs
+    ) -> ElectraOutput:
+        """``noise``: where masking and sampling draw their randomness (default: torch's global RNG)."""
+        noise = noise or GLOBAL_RNG
         if attention_mask is None:
             attention_mask = input_ids != self.pad_token_id
         attention_mask = attention_mask.bool()
-        masked = self._mask(input_ids, attention_mask)
+        masked = self._mask(input_ids, attention_mask, noise)
         valid = masked.valid.float()  # (b, K)
 
         gen_logits = self._generator_logits(masked, attention_mask, kwargs)  # (b, K, V)
@@ -235,7 +243,7 @@ class Electra(nn.Module):
         mlm_loss = (token_loss * valid).sum() / n_masked
 
         with torch.no_grad():  # no gradient flows from the discriminator into the generator's sample
-            sampled = gumbel_max_sample(gen_logits.detach(), self.temperature)  # (b, K)
+            sampled = gumbel_max_sample(gen_logits.detach(), self.temperature, noise)  # (b, K)
             sampled = torch.where(masked.valid, sampled, masked.labels)
             disc_input = input_ids.scatter(1, masked.positions, sampled)  # (b, n)
             disc_labels = ((disc_input != input_ids) & attention_mask).float()  # a lucky sample is "original"
@@ -254,9 +262,10 @@ class Electra(nn.Module):
             true_pos = (disc_pred * disc_labels).sum()
             precision = true_pos / disc_pred.sum().clamp(min=1.0)
             recall = true_pos / disc_labels.sum().clamp(min=1.0)
+        terms = [(self.gen_weight, (token_loss * valid).sum(), n_masked), (self.disc_weight, (token_bce * real).sum(), n_real)]
         return ElectraOutput(
             loss, mlm_loss, disc_loss, gen_acc, disc_acc, precision, recall,
-            disc_labels, disc_pred, disc_logits, attention_mask,
+            disc_labels, disc_pred, disc_logits, attention_mask, terms,
         )
 
     def forward(self, input_ids, attention_mask=None, *, return_output: bool = False, **kwargs):

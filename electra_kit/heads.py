@@ -19,7 +19,8 @@ class GeneratorHead(nn.Module):
     def __init__(self, backbone: Backbone):
         super().__init__()
         self.dense = nn.Linear(backbone.hidden_dim, backbone.emb_dim)
-        self.norm = nn.LayerNorm(backbone.emb_dim)
+        # a backbone may name its LayerNorm epsilon (Google's ELECTRA: 1e-12) so exports match exactly
+        self.norm = nn.LayerNorm(backbone.emb_dim, eps=getattr(backbone, "layer_norm_eps", 1e-5))
         self.bias = nn.Parameter(torch.zeros(backbone.num_tokens))
         # a plain attribute, not a submodule: the embedding already belongs to the backbone
         self._backbone = [backbone]

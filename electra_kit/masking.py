@@ -15,6 +15,39 @@ from dataclasses import dataclass
 import torch
 
 
+class Noise:
+    """Where the objective's random numbers come from.
+
+    ``Noise()`` draws from torch's global RNG. ``Noise(generator, rank, world_size)`` draws each
+    tensor for the *global* batch (``world_size`` x the local rows) from a generator seeded alike
+    on every rank and keeps rows ``rank::world_size``, the rows this rank holds (the data loader
+    shards the same way). N processes then mask and sample exactly as one process would with the
+    whole batch; with one process it costs nothing extra.
+    """
+
+    def __init__(self, generator: torch.Generator | None = None, rank: int = 0, world_size: int = 1):
+        self.generator, self.rank, self.world_size = generator, rank, world_size
+
+    def _global(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (shape[0] * self.world_size, *shape[1:])
+
+    def _local(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.world_size == 1 else t[self.rank :: self.world_size]
+
+    def rand(self, shape: tuple[int, ...], device) -> torch.Tensor:
+        return self._local(torch.rand(self._global(shape), generator=self.generator, device=device))
+
+    def randint(self, high: int, shape: tuple[int, ...], device) -> torch.Tensor:
+        return self._local(torch.randint(0, high, self._global(shape), generator=self.generator, device=device))
+
+    def exponential(self, shape: tuple[int, ...], device) -> torch.Tensor:
+        out = torch.empty(self._global(shape), device=device, dtype=torch.float32)
+        return self._local(out.exponential_(generator=self.generator))
+
+
+GLOBAL_RNG = Noise()
+
+
 @dataclass
 class MaskedPositions:
     positions: torch.Tensor  # (b, K) long, distinct within a row
@@ -34,16 +67,16 @@ def maskable_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, ignor
     return attention_mask & ~torch.isin(input_ids, ignore_ids)
 
 
-def choose_positions(maskable: torch.Tensor, mask_prob: float) -> tuple[torch.Tensor, torch.Tensor]:
+def choose_positions(maskable: torch.Tensor, mask_prob: float, noise: Noise = GLOBAL_RNG) -> tuple[torch.Tensor, torch.Tensor]:
     """Uniformly random distinct positions among ``maskable``: ``(positions, valid)``, each (b, K)."""
     b, n = maskable.shape
     k_slots = max(1, min(n, math.ceil(mask_prob * n)))
     n_maskable = maskable.sum(dim=1)  # (b,)
     # stochastic rounding keeps E[k_i] == mask_prob * n_maskable exactly; k_i <= ceil(.) <= K
-    k = torch.floor(mask_prob * n_maskable + torch.rand(b, device=maskable.device)).long()
+    k = torch.floor(mask_prob * n_maskable + noise.rand((b,), maskable.device)).long()
     k = torch.minimum(k, n_maskable)
     # top-K of iid uniform scores is a uniformly random subset; non-maskable scores sort last
-    scores = torch.rand(b, n, device=maskable.device).masked_fill(~maskable, -1.0)  # (b, n)
+    scores = noise.rand((b, n), maskable.device).masked_fill(~maskable, -1.0)  # (b, n)
     positions = scores.topk(k_slots, dim=1).indices  # (b, K), sorted by score
     valid = torch.arange(k_slots, device=maskable.device)[None, :] < k[:, None]  # (b, K)
     return positions, valid
@@ -58,16 +91,17 @@ def corrupt(
     replace_prob: float,
     random_token_prob: float,
     random_token_pool: torch.Tensor | None,
+    noise: Noise = GLOBAL_RNG,
 ) -> MaskedPositions:
     """At valid slots: [MASK] with ``replace_prob``, a random token with ``random_token_prob``,
     else the token is kept. Random tokens come only from ``random_token_pool`` and only ever land
     on masked positions (never on pad or unmasked tokens)."""
     labels = input_ids.gather(1, positions)  # (b, K)
-    u = torch.rand(positions.shape, device=input_ids.device)  # (b, K)
+    u = noise.rand(tuple(positions.shape), input_ids.device)  # (b, K)
     new = torch.where(u < replace_prob, torch.full_like(labels, mask_token_id), labels)
     if random_token_prob > 0:
         assert random_token_pool is not None
-        pick = torch.randint(0, random_token_pool.numel(), positions.shape, device=input_ids.device)
+        pick = noise.randint(random_token_pool.numel(), tuple(positions.shape), input_ids.device)
         is_random = (u >= replace_prob) & (u < replace_prob + random_token_prob)
         new = torch.where(is_random, random_token_pool[pick], new)
     new = torch.where(valid, new, labels)
@@ -85,9 +119,10 @@ def mask_tokens(
     replace_prob: float,
     random_token_prob: float,
     random_token_pool: torch.Tensor | None,
+    noise: Noise = GLOBAL_RNG,
 ) -> MaskedPositions:
     maskable = maskable_tokens(input_ids, attention_mask, ignore_ids)
-    positions, valid = choose_positions(maskable, mask_prob)
+    positions, valid = choose_positions(maskable, mask_prob, noise)
     return corrupt(
         input_ids,
         positions,
@@ -96,11 +131,12 @@ def mask_tokens(
         replace_prob=replace_prob,
         random_token_prob=random_token_prob,
         random_token_pool=random_token_pool,
+        noise=noise,
     )
 
 
-def gumbel_max_sample(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """One sample per row of ``logits`` (..., V) from softmax(logits / temperature)."""
+def gumbel_max_sample(logits: torch.Tensor, temperature: float, noise: Noise = GLOBAL_RNG) -> torch.Tensor:
+    """One sample per row of ``logits`` (b, ..., V) from softmax(logits / temperature)."""
     # -log(Exp(1)) is Gumbel(0, 1); this form never takes log(0)
-    noise = -torch.empty_like(logits, dtype=torch.float32).exponential_().log()
-    return (logits.float() / temperature + noise).argmax(dim=-1)
+    gumbel = -noise.exponential(tuple(logits.shape), logits.device).log()
+    return (logits.float() / temperature + gumbel).argmax(dim=-1)

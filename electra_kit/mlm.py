@@ -7,7 +7,7 @@ objective.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,7 @@ import gin
 
 from .backbone import Backbone
 from .heads import GeneratorHead
-from .masking import mask_tokens
+from .masking import GLOBAL_RNG, Noise, mask_tokens
 from .metrics import MeanAccumulator
 
 
@@ -26,6 +26,7 @@ class MLMOutput:
     loss: torch.Tensor
     mlm_loss: torch.Tensor
     gen_acc: torch.Tensor
+    loss_terms: list = field(default_factory=list)  # (weight, sum, count), as in ElectraOutput
 
     def metrics(self) -> dict[str, torch.Tensor]:
         return {"loss": self.loss.detach(), "gen_loss": self.mlm_loss.detach(), "gen_acc": self.gen_acc}
@@ -57,7 +58,9 @@ class MaskedLM(nn.Module):
         pool = every[~torch.isin(every, torch.tensor([*ignore, mask_token_id]))]
         self.register_buffer("random_token_pool", pool, persistent=False)
 
-    def compute(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> MLMOutput:
+    def compute(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, noise: Noise | None = None
+    ) -> MLMOutput:
         if attention_mask is None:
             attention_mask = input_ids != self.pad_token_id
         masked = mask_tokens(
@@ -69,6 +72,7 @@ class MaskedLM(nn.Module):
             replace_prob=self.replace_prob,
             random_token_prob=self.random_token_prob,
             random_token_pool=self.random_token_pool,
+            noise=noise or GLOBAL_RNG,
         )
         hidden = self.encoder(masked.corrupted, attention_mask=attention_mask.bool())  # (b, n, d)
         index = masked.positions[..., None].expand(-1, -1, hidden.shape[-1])  # (b, K, d)
@@ -76,13 +80,14 @@ class MaskedLM(nn.Module):
         valid = masked.valid.float()
         n_masked = valid.sum().clamp(min=1.0)
         token_loss = F.cross_entropy(logits.float().transpose(1, 2), masked.labels, reduction="none")  # (b, K)
-        loss = (token_loss * valid).sum() / n_masked
+        total = (token_loss * valid).sum()
+        loss = total / n_masked
         with torch.no_grad():
             acc = ((logits.argmax(-1) == masked.labels).float() * valid).sum() / n_masked
-        return MLMOutput(loss, loss, acc)
+        return MLMOutput(loss, loss, acc, [(1.0, total, n_masked)])
 
-    def forward(self, input_ids, attention_mask=None, *, return_output: bool = False):
-        out = self.compute(input_ids, attention_mask)
+    def forward(self, input_ids, attention_mask=None, *, return_output: bool = False, noise: Noise | None = None):
+        out = self.compute(input_ids, attention_mask, noise=noise)
         return out if return_output else out.loss
 
     @torch.no_grad()

@@ -61,7 +61,7 @@ def _prepare_run_dir(opts: RunOptions) -> Path:
             raise RunError(f"--resume: nothing to resume in {run_dir} (no intact checkpoint under {run_dir}/checkpoints)")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
+        probe = run_dir / f".write-test-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
@@ -125,12 +125,15 @@ def run(opts: RunOptions) -> dict:
     dist = init_from_env(device.type)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
-    run_dir = _prepare_run_dir(opts)
-    data = build_data()
+    run_dir = _prepare_run_dir(opts) if dist.is_main else (opts.run_dir or Path("."))
+    if dist.enabled:  # every rank needs rank 0's run directory (its default name has a timestamp)
+        run_dir = Path(dist.broadcast_object(str(run_dir)))
+    data = _build_data_once(dist)
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone
     model = build_objective(data)
     operative = gin_config.operative_config()
-    (run_dir / "operative_config.gin").write_text(operative)
+    if dist.is_main:
+        (run_dir / "operative_config.gin").write_text(operative)
     if cfg.batch_size % (dist.world_size * cfg.grad_accum_steps):
         raise RunError(
             f"train.batch_size={cfg.batch_size} is not divisible by world size {dist.world_size} x "
@@ -202,6 +205,23 @@ def _summary(trainer: Trainer, result: dict, model_dir) -> dict:
         "checkpoint": str(result["checkpoint"]),
         "pid": os.getpid(),
     }
+
+
+def _build_data_once(dist):
+    """Rank 0 builds the data (training the tokenizer); the others reuse its tokenizer.
+
+    WordPiece training is not bit-reproducible across processes, so ranks that trained their own
+    could disagree on the vocabulary; the broadcast makes them share one.
+    """
+    if not dist.enabled:
+        return build_data()
+    data = build_data() if dist.is_main else None
+    tokenizer_json = dist.broadcast_object(data.tokenizer.to_str() if dist.is_main else None)
+    if dist.is_main:
+        return data
+    from tokenizers import Tokenizer
+
+    return build_data(tokenizer=Tokenizer.from_str(tokenizer_json))
 
 
 def _special_ids(data) -> dict:

@@ -8,6 +8,7 @@ seeded from ``(seed, step, rank)``, so a resumed run repeats the uninterrupted o
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import signal
@@ -25,6 +26,7 @@ import gin
 
 from . import checkpoint as ckpt
 from .distributed import DistContext, unwrap
+from .masking import Noise
 from .metrics import MeanAccumulator
 
 
@@ -154,6 +156,7 @@ class Trainer:
         self.step, self.tokens_seen, self.bad_in_row = 0, 0, 0
         self.history: list[dict] = []  # logged metrics, for the caller's summary
         self._signal: int | None = None
+        self.noise_generator = torch.Generator(device=device)  # masking/sampling: seeded alike on every rank
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
 
@@ -210,7 +213,7 @@ class Trainer:
 
             bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
         window, window_tokens, window_start = MeanAccumulator(), 0, time.perf_counter()
-        last_ckpt = None
+        last_ckpt, saved_step = None, None
         while self.step < cfg.steps:
             metrics, tokens = self._train_step()
             window.add(metrics)
@@ -220,7 +223,7 @@ class Trainer:
                 bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
-                logged = {f"train/{k}": v for k, v in window.result().items()}  # one host sync per log
+                logged = {f"train/{k}": v for k, v in self._rank_mean(window.result()).items()}  # one sync per log
                 logged["train/lr"] = self.schedule.get_last_lr()[0]
                 logged["train/tokens_per_s"] = window_tokens * self.dist.world_size / elapsed
                 self._log(logged, bar)
@@ -228,13 +231,13 @@ class Trainer:
             if self.eval_batches is not None and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
                 self._log({f"eval/{k}": v for k, v in self.evaluate().items()}, None)
             if self.step % cfg.checkpoint_every == 0:
-                last_ckpt = self.save()
+                last_ckpt, saved_step = self.save(), self.step
             if self.dist.any_true(self._signal is not None, self.device):
                 path = self.save()
                 raise Interrupted(self._signal or signal.SIGTERM, path)
         if bar is not None:
             bar.close()
-        if last_ckpt is None or self.step % cfg.checkpoint_every != 0:
+        if saved_step != self.step:  # the same decision on every rank: save() has a barrier
             last_ckpt = self.save()
         return {"step": self.step, "tokens_seen": self.tokens_seen, "checkpoint": last_ckpt}
 
@@ -250,11 +253,15 @@ class Trainer:
             tokens += int(batch["attention_mask"].sum())  # counted on the host copy: no device sync
             ids = batch["input_ids"].to(self.device, non_blocking=True)
             mask = batch["attention_mask"].to(self.device, non_blocking=True)
+            self.noise_generator.manual_seed(step_seed(cfg.seed, self.step * cfg.grad_accum_steps + micro, 0))
+            noise = Noise(self.noise_generator, self.dist.rank, self.dist.world_size)
             last = micro == cfg.grad_accum_steps - 1
             with self.dist.no_sync(self.model, skip=not last), self._autocast():
-                out = self.model(ids, mask, return_output=True)
-                (out.loss / cfg.grad_accum_steps).backward()
-            for k, v in out.metrics().items():
+                out = self.model(ids, mask, return_output=True, noise=noise)
+                loss, loss_value = self._global_loss(out)
+                (loss / cfg.grad_accum_steps).backward()
+            metrics = {**out.metrics(), "loss": loss_value}
+            for k, v in metrics.items():
                 v = v.detach().float() / cfg.grad_accum_steps
                 totals[k] = totals[k] + v if k in totals else v
         grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.max_grad_norm)
@@ -268,6 +275,24 @@ class Trainer:
         self.tokens_seen += tokens * self.dist.world_size
         totals["grad_norm"] = grad_norm.detach().float()
         return totals, tokens
+
+    def _global_loss(self, out) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss to differentiate, and its value over the whole (all-rank) batch.
+
+        Data-parallel: each token-mean term is divided by its token count summed over ranks (and
+        multiplied by world_size, as DDP averages gradients), not by this rank's own count, so the
+        gradient equals one process's over the whole batch.
+        """
+        terms = getattr(out, "loss_terms", None)
+        if not self.dist.enabled or not terms:
+            return out.loss, out.loss.detach()
+        n = len(terms)
+        local = torch.stack([c.detach().float() for _, _, c in terms] + [t.detach().float() for _, t, _ in terms])
+        summed = self.dist.all_reduce_sum(local)  # (2n,): counts, then sums
+        counts, sums = summed[:n], summed[n:]
+        loss = sum(w * total / counts[i] for i, (w, total, _) in enumerate(terms)) * self.dist.world_size
+        value = sum(w * sums[i] / counts[i] for i, (w, _, _) in enumerate(terms))
+        return loss, value
 
     def _skip_bad_step(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -293,9 +318,19 @@ class Trainer:
         self.model.train()
         return result
 
+    def _rank_mean(self, metrics: dict[str, float]) -> dict[str, float]:
+        if not self.dist.enabled:
+            return metrics
+        keys = sorted(metrics)
+        values = self.dist.all_reduce_sum(torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.device))
+        return {k: float(v) / self.dist.world_size for k, v in zip(keys, values, strict=True)}
+
     def _log(self, metrics: dict[str, float], bar) -> None:
         metrics = {k: float(v) for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
         self.history.append({"step": self.step, **metrics})
+        if self.dist.is_main:  # a local copy of every logged value, whatever happens to MLflow
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": self.step, **metrics}) + "\n")
         if self.tracker is not None:
             self.tracker.log_metrics(metrics, step=self.step)
         if bar is not None and "train/loss" in metrics:

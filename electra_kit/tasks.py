@@ -1,0 +1,281 @@
+"""Labeled text for fine-tuning: JSONL / CSV / TSV files, their columns and labels, and the metrics.
+
+Files. The format follows the suffix (``.jsonl``/``.json``: one JSON object a line; ``.csv``;
+``.tsv``/``.txt``: tab-separated) unless given. TSV is read without quote processing, the way
+GLUE's files must be read (their sentences hold unmatched quotes). A header row names the
+columns; a file without one (GLUE's CoLA) is read with ``header=False`` and its columns are
+named ``0``, ``1``, ... . A UTF-8 byte-order mark is ignored.
+
+Columns. Named explicitly, or found among the usual names, pairs first: GLUE's ``sentence1`` /
+``sentence2`` (RTE, MNLI, STS-B, WNLI), ``question1`` / ``question2`` (QQP), ``#1 String`` /
+``#2 String`` (MRPC), ``question`` / ``sentence`` (QNLI), then ``premise`` / ``hypothesis``,
+``text`` / ``text_pair``; a single text in ``text``, ``sentence`` or ``question``; the label in
+``label``, ``gold_label`` (MNLI), ``score`` (STS-B), ``is_duplicate`` (QQP) or ``Quality`` (MRPC).
+
+Task type. ``auto`` is regression when every training label is a number and at least one is
+written as a real number (``3.8``, ``5.000``, a JSON float); otherwise classification, whose
+label set is the training file's. An evaluation label the training file never has is an error
+(nothing could predict it); training labels missing from a small evaluation file are only warned
+about.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FORMATS = ("auto", "jsonl", "csv", "tsv")
+TASK_TYPES = ("auto", "classification", "regression")
+PAIR_COLUMNS = [("sentence1", "sentence2"), ("question1", "question2"), ("#1 String", "#2 String"),
+                ("question", "sentence"), ("premise", "hypothesis"), ("text", "text_pair"), ("text_a", "text_b")]
+TEXT_COLUMNS = ["text", "sentence", "question"]
+LABEL_COLUMNS = ["label", "gold_label", "score", "is_duplicate", "Quality"]
+
+
+class TaskError(ValueError):
+    """A fine-tuning file that cannot be used; the message names the file (and line or column)."""
+
+
+@dataclass
+class Columns:
+    text: str
+    pair: str | None
+    label: str
+
+
+@dataclass
+class LabeledTexts:
+    path: str
+    texts: list[str]
+    pairs: list[str] | None
+    labels: list  # raw values: str / int / float / bool
+    lines: list[int] = field(default_factory=list)  # source line of each example
+
+
+def _format(path: Path, fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise TaskError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt != "auto":
+        return fmt
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".tsv", ".txt", ".tab"):
+        return "tsv"
+    raise TaskError(f"{path}: cannot tell the format from the suffix {suffix!r}; pass --format jsonl, csv or tsv")
+
+
+def read_rows(path: str | Path, fmt: str = "auto", header: bool = True) -> tuple[list[str], list[tuple[int, dict]]]:
+    """``(column names, [(line number, {column: value})])`` of a JSONL, CSV or TSV file."""
+    path = Path(path)
+    if not path.is_file():
+        raise TaskError(f"{path}: no such file")
+    kind = _format(path, fmt)
+    rows: list[tuple[int, dict]] = []
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        if kind == "jsonl":
+            columns: list[str] = []
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise TaskError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+                if not isinstance(obj, dict):
+                    raise TaskError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                columns += [k for k in obj if k not in columns]
+                rows.append((lineno, obj))
+        else:
+            if kind == "tsv":
+                reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            else:
+                reader = csv.reader(f)
+            records = [(reader.line_num, r) for r in reader if any(cell.strip() for cell in r)]
+            if not records:
+                raise TaskError(f"{path} is empty")
+            if header:
+                columns = [c.strip() for c in records[0][1]]
+                records = records[1:]
+            else:
+                columns = [str(i) for i in range(max(len(r) for _, r in records))]
+            for lineno, r in records:
+                if len(r) > len(columns):
+                    raise TaskError(f"{path}:{lineno}: {len(r)} fields but the header has {len(columns)}")
+                rows.append((lineno, dict(zip(columns, r, strict=False))))
+    if not rows:
+        raise TaskError(f"{path} is empty" if not columns else f"{path} has a header but no rows")
+    return columns, rows
+
+
+def resolve_columns(columns: list[str], path, *, text: str | None = None, pair: str | None = None,
+                    label: str | None = None) -> Columns:
+    """The text, text-pair and label columns: as given, else found among the usual names."""
+    listed = ", ".join(repr(c) for c in columns)
+    for name, option in ((text, "--text-column"), (pair, "--pair-column"), (label, "--label-column")):
+        if name is not None and name not in columns:
+            raise TaskError(f"{path}: no column {name!r} ({option}); its columns are {listed}")
+    if text is None:
+        found = next(((a, b) for a, b in PAIR_COLUMNS if a in columns and b in columns), None)
+        if found is not None:
+            text, pair = found[0], pair or found[1]
+        else:
+            text = next((c for c in TEXT_COLUMNS if c in columns), None)
+        if text is None:
+            raise TaskError(f"{path}: no text column among {listed}; name it with --text-column"
+                            " (a 0-based column number for a file read with --no-header)")
+    if label is None:
+        label = next((c for c in LABEL_COLUMNS if c in columns), None)
+        if label is None:
+            raise TaskError(f"{path}: no label column among {listed}; name it with --label-column")
+    return Columns(text, pair, label)
+
+
+def read_labeled(path, *, fmt: str = "auto", header: bool = True, text: str | None = None,
+                 pair: str | None = None, label: str | None = None) -> tuple[LabeledTexts, Columns]:
+    columns, rows = read_rows(path, fmt, header)
+    cols = resolve_columns(columns, path, text=text, pair=pair, label=label)
+    texts, pairs, labels, lines = [], [] if cols.pair else None, [], []
+    for lineno, row in rows:
+        for name in (cols.text, cols.pair, cols.label):
+            if name is not None and (name not in row or row[name] is None or row[name] == ""):
+                raise TaskError(f"{path}:{lineno}: no value in column {name!r}")
+        texts.append(str(row[cols.text]))
+        if pairs is not None:
+            pairs.append(str(row[cols.pair]))
+        labels.append(row[cols.label])
+        lines.append(lineno)
+    return LabeledTexts(str(path), texts, pairs, labels, lines), cols
+
+
+# ---------------------------------------------------------------------------------------- labels
+def _as_number(value) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _written_as_real(value) -> bool:
+    if isinstance(value, float):
+        return True
+    return isinstance(value, str) and any(ch in value for ch in ".eE") and _as_number(value) is not None
+
+
+def label_key(value) -> str:
+    """Classification labels compare as text: JSON ``1`` and CSV ``"1"`` are the same label."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def infer_task(labels: list, task: str = "auto") -> str:
+    if task not in TASK_TYPES:
+        raise TaskError(f"unknown task type {task!r}; choose one of {', '.join(TASK_TYPES)}")
+    if task != "auto":
+        return task
+    numeric = all(_as_number(v) is not None for v in labels)
+    return "regression" if numeric and any(_written_as_real(v) for v in labels) else "classification"
+
+
+def label_set(labels: list) -> list[str]:
+    keys = {label_key(v) for v in labels}
+    if all(_as_number(k) is not None for k in keys):
+        return sorted(keys, key=lambda k: float(k))
+    return sorted(keys)
+
+
+def encode_labels(data: LabeledTexts, task: str, classes: list[str] | None, train_path=None) -> np.ndarray:
+    """Class indices (``int64``) or regression targets (``float32``); errors name file and line."""
+    if task == "regression":
+        out = []
+        for value, lineno in zip(data.labels, data.lines, strict=True):
+            number = _as_number(value)
+            if number is None:
+                raise TaskError(f"{data.path}:{lineno}: label {value!r} is not a number (the task is regression)")
+            out.append(number)
+        return np.asarray(out, dtype=np.float32)
+    index = {c: i for i, c in enumerate(classes)}
+    keys = [label_key(v) for v in data.labels]
+    unknown = sorted({k for k in keys if k not in index})
+    if unknown:
+        where = next(line for k, line in zip(keys, data.lines, strict=True) if k == unknown[0])
+        raise TaskError(
+            f"label set mismatch: {data.path} has label(s) {', '.join(map(repr, unknown))} (first at line {where}) "
+            f"that the training file {train_path} never has; its labels are {', '.join(map(repr, classes))}"
+        )
+    missing = sorted(set(classes) - set(keys))
+    if missing and train_path is not None:
+        warnings.warn(f"electra-kit: {data.path} has no example of label(s) {', '.join(map(repr, missing))}",
+                      UserWarning, stacklevel=2)
+    return np.asarray([index[k] for k in keys], dtype=np.int64)
+
+
+# --------------------------------------------------------------------------------------- metrics
+def matthews_corrcoef(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    """Matthews correlation, multi-class form (Gorodkin 2004); 0 when undefined."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.float64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    t, p, c, s = cm.sum(1), cm.sum(0), np.trace(cm), cm.sum()
+    denom = math.sqrt(max(s * s - (p * p).sum(), 0.0) * max(s * s - (t * t).sum(), 0.0))
+    return float((c * s - (p * t).sum()) / denom) if denom > 0 else 0.0
+
+
+def f1_scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    f1 = np.zeros(n_classes)
+    for k in range(n_classes):
+        tp = np.sum((y_pred == k) & (y_true == k))
+        fp, fn = np.sum((y_pred == k) & (y_true != k)), np.sum((y_pred != k) & (y_true == k))
+        f1[k] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    return f1
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks with ties averaged (as Spearman's rho needs)."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.arange(len(x), dtype=np.float64)
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return sums[inverse] / counts[inverse]
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = np.asarray(x, np.float64) - np.mean(x), np.asarray(y, np.float64) - np.mean(y)
+    denom = math.sqrt(float((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum() / denom) if denom > 0 else 0.0
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    return pearson(_ranks(np.asarray(x)), _ranks(np.asarray(y)))
+
+
+def task_metrics(task: str, y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = 0) -> dict[str, float]:
+    """Classification: accuracy, F1 (of the second class when there are two, as GLUE's MRPC and
+    QQP; macro-averaged otherwise), macro F1 and Matthews correlation. Regression: Spearman,
+    Pearson and mean squared error."""
+    if task == "regression":
+        return {"spearman": spearman(y_true, y_pred), "pearson": pearson(y_true, y_pred),
+                "mse": float(np.mean((np.asarray(y_true, np.float64) - y_pred) ** 2))}
+    f1 = f1_scores(y_true, y_pred, n_classes)
+    return {"accuracy": float(np.mean(y_true == y_pred)), "f1": float(f1[1] if n_classes == 2 else f1.mean()),
+            "macro_f1": float(f1.mean()), "mcc": matthews_corrcoef(y_true, y_pred, n_classes)}
+
+
+def primary_metric(task: str) -> str:
+    return "spearman" if task == "regression" else "accuracy"

@@ -1,0 +1,236 @@
+"""`electra-kit finetune`: a tiny pretrained model fine-tuned on a TREC slice end to end (correctness,
+not accuracy), text pairs, regression, every registered backbone, the file layouts, the metrics and
+the errors, each naming its culprit.
+
+tests/data/trec_slice.tsv: 300 questions of the TREC training set (Li & Roth 2002), made by
+bench/prepare_trec.py; rows 1-240 come from its train split and 241-300 from its test split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer
+
+from electra_kit.finetune import (
+    FinetuneConfig,
+    SequenceModel,
+    TaskSpec,
+    encode_examples,
+    finetune,
+    layerwise_param_groups,
+)
+from electra_kit.registry import create_backbone, list_backbones
+from electra_kit.tasks import TaskError, read_labeled, spearman, task_metrics
+
+SLICE = Path(__file__).parent / "data" / "trec_slice.tsv"
+CLASSES = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
+
+
+def cli(*args, cwd, check=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([sys.executable, "-m", "electra_kit", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def finetune_main(*args, cwd) -> int:
+    """``electra-kit finetune ...`` in this process (the end-to-end test runs the real command)."""
+    from electra_kit.cli import main
+
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return main(["finetune", "--no-tracking", "--no-progress", *args])
+    finally:
+        os.chdir(old)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, small_corpus, cache_dir) -> Path:
+    """A tiny ELECTRA pretrained through the CLI (10 steps)."""
+    root = tmp_path_factory.mktemp("pretrained")
+    cli("run", "tiny.gin", "--no-tracking", "--gin", "train.progress = False", "--gin", "TRAIN_STEPS = 10",
+        "--gin", f"build_data.corpus = '{small_corpus}/*.txt'", "--run-dir", "run", cwd=root)
+    return root / "run" / "model"
+
+
+@pytest.fixture(scope="module")
+def trec(tmp_path_factory) -> tuple[Path, Path]:
+    lines = SLICE.read_text(encoding="utf-8").splitlines(keepends=True)
+    folder = tmp_path_factory.mktemp("trec")
+    (folder / "train.tsv").write_text("".join(lines[:241]), encoding="utf-8")
+    (folder / "eval.tsv").write_text(lines[0] + "".join(lines[241:]), encoding="utf-8")
+    return folder / "train.tsv", folder / "eval.tsv"
+
+
+def test_trec_slice_end_to_end_with_seeds_and_mlflow(tmp_path, model_dir, trec):
+    train, evalf = trec
+    proc = cli("finetune", "--model", str(model_dir.parent), "--train", str(train), "--eval", str(evalf),
+               "--seeds", "2", "--epochs", "1", "--run-dir", "ft", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+               cwd=tmp_path)
+    assert "median" in proc.stdout and "finetune seed 1" in proc.stderr  # the table and the progress bar
+    results = json.loads((tmp_path / "ft" / "results.json").read_text())
+    assert results["task"]["type"] == "classification" and results["task"]["labels"] == CLASSES
+    assert results["task"]["n_train"] == 240 and results["task"]["n_eval"] == 60
+    assert results["task"]["columns"] == {"text": "text", "pair": None, "label": "label"}  # found by name
+    assert [s["seed"] for s in results["seeds"]] == [0, 1] and results["primary_metric"] == "accuracy"
+    for key in ("accuracy", "f1", "macro_f1", "mcc", "eval_loss"):
+        values = [s["metrics"][key] for s in results["seeds"]]
+        assert all(np.isfinite(values)) and results["median"][key] == pytest.approx(statistics.median(values))
+    assert all(0 <= s["metrics"]["accuracy"] <= 1 for s in results["seeds"])
+    assert results["seeds"][0]["steps"] == 8 and results["recipe"]["layer_decay"] == 0.8  # ceil(240 / 32)
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FINISHED" and run.data.params["task.type"] == "classification"
+    assert run.data.metrics["median/accuracy"] == pytest.approx(results["median"]["accuracy"])
+    assert "seed_1/accuracy" in run.data.metrics
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["results.json"]
+
+
+def test_text_pair_csv(tmp_path, model_dir):
+    rng = np.random.default_rng(0)
+    rows = ['"sentence1","sentence2","label"']
+    for i in range(40):
+        same = bool(rng.integers(2))
+        rows.append(f'"The union, {i}, is strong.","{"The union is strong" if same else "Taxes rose"}.",'
+                    f'{"yes" if same else "no"}')
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    assert finetune_main("--model", str(model_dir), "--train", "pairs.csv", "--eval", "pairs.csv", "--epochs", "1",
+                         "--run-dir", "ft", cwd=tmp_path) == 0
+    results = json.loads((tmp_path / "ft" / "results.json").read_text())
+    assert results["task"]["columns"] == {"text": "sentence1", "pair": "sentence2", "label": "label"}
+    assert results["task"]["labels"] == ["no", "yes"] and set(results["median"]) == {
+        "accuracy", "f1", "macro_f1", "mcc", "eval_loss"}
+
+
+def test_regression_jsonl(tmp_path, model_dir):
+    with open(tmp_path / "scores.jsonl", "w") as f:
+        for i in range(40):
+            f.write(json.dumps({"review": f"speech number {i} " * (1 + i % 4), "stars": 1 + (i % 4) * 1.25}) + "\n")
+    assert finetune_main("--model", str(model_dir), "--train", "scores.jsonl", "--eval", "scores.jsonl",
+                         "--text-column", "review", "--label-column", "stars", "--epochs", "1", "--run-dir", "ft",
+                         cwd=tmp_path) == 0
+    results = json.loads((tmp_path / "ft" / "results.json").read_text())
+    assert results["task"]["type"] == "regression" and results["primary_metric"] == "spearman"
+    assert set(results["median"]) == {"spearman", "pearson", "mse", "eval_loss"}
+    assert all(np.isfinite(list(results["median"].values())))
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_every_registered_backbone_fine_tunes(tmp_path, model_dir, trec, name):
+    from electra_kit.mlm import MaskedLM
+    from electra_kit.pretrained import save_pretrained
+
+    kwargs = dict(num_tokens=2000, dim=32, depth=2, heads=2, max_seq_len=32, emb_dim=16)
+    torch.manual_seed(0)
+    model = MaskedLM(create_backbone(name, **kwargs))
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    folder = save_pretrained(model, tmp_path / "model", tokenizer=tokenizer)
+    cfg = FinetuneConfig(epochs=0.25, progress=False)
+    results = finetune(folder, TaskSpec(train=str(trec[0]), eval=str(trec[1])), cfg)
+    assert results["backbone"] == name and np.isfinite(results["median"]["eval_loss"])
+    # the saved weights load into the backbone rebuilt with fine-tuning dropout
+    from safetensors.torch import load_file
+
+    from electra_kit.finetune import load_backbone
+
+    state = load_backbone(folder, dropout=0.1, random_init=False).state_dict()
+    for key, tensor in load_file(folder / "encoder.safetensors").items():
+        assert torch.equal(state[key], tensor), key
+
+
+def test_layer_groups_and_layerwise_learning_rates():
+    for name in list_backbones():
+        backbone = create_backbone(name, num_tokens=64, dim=32, depth=3, heads=2, max_seq_len=32, emb_dim=16)
+        groups = backbone.layer_groups()
+        ids = [id(p) for g in groups for p in g]
+        assert len(groups) == 4 and sorted(ids) == sorted({id(p) for p in backbone.parameters()}), name
+        assert any(p is backbone.get_token_embedding().weight for p in groups[0]), name  # embeddings first
+    model = SequenceModel(backbone, 6, 0.1)
+    lrs = {g["depth"]: g["lr"] for g in layerwise_param_groups(model, FinetuneConfig(lr=1.0, layer_decay=0.5))}
+    assert lrs == {0: 0.5**5, 1: 0.5**4, 2: 0.5**3, 3: 0.5**2, 5: 1.0}  # ELECTRA's depths: head at L + 2
+
+
+def test_pair_encoding_truncates_the_longer_text_first(model_dir):
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    (row,) = encode_examples(tok, ["the state of the union " * 10], ["congress"], 16)
+    assert len(row) == 16 and row[0] == 3 and row.count(4) == 2 and row[-1] == 4  # [CLS] a [SEP] b [SEP]
+    assert row[-2] == tok.encode("congress", add_special_tokens=False).ids[-1]
+
+
+def test_glue_layouts(tmp_path):
+    # CoLA: no header; MRPC: quotes left alone in TSV; QNLI: question/sentence
+    (tmp_path / "cola.tsv").write_text('gj04\t1\t\tOur friends won\'t buy this "analysis".\ngj04\t0\t*\tThey drank the pub.\n')
+    data, cols = read_labeled(tmp_path / "cola.tsv", header=False, text="3", label="1")
+    assert data.texts[0] == 'Our friends won\'t buy this "analysis".' and data.labels == ["1", "0"]
+    (tmp_path / "mrpc.tsv").write_text('\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\t"A" b\tc "d\n')
+    data, cols = read_labeled(tmp_path / "mrpc.tsv")
+    assert (cols.text, cols.pair, cols.label) == ("#1 String", "#2 String", "Quality")
+    assert data.texts == ['"A" b'] and data.pairs == ['c "d']
+    (tmp_path / "qnli.tsv").write_text("index\tquestion\tsentence\tlabel\n0\tWho?\tHim.\tentailment\n")
+    _, cols = read_labeled(tmp_path / "qnli.tsv")
+    assert (cols.text, cols.pair, cols.label) == ("question", "sentence", "label")
+
+
+def test_metrics():
+    y, p = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 1, 1, 2, 0])
+    m = task_metrics("classification", y, p, 3)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["macro_f1"] == pytest.approx(np.mean([0.5, 0.8, 2 / 3]))
+    # confusion [[1, 1, 0], [0, 2, 0], [1, 0, 1]]: (c*s - p.t) / sqrt((s^2 - p.p)(s^2 - t.t)) = 12 / sqrt(22 * 24)
+    assert m["mcc"] == pytest.approx(12 / (22 * 24) ** 0.5)
+    binary = task_metrics("classification", np.array([0, 1, 1, 0]), np.array([1, 1, 1, 0]), 2)
+    assert binary["f1"] == pytest.approx(0.8) and binary["mcc"] == pytest.approx(1 / 3**0.5)
+    assert spearman(np.array([1, 2, 2, 3]), np.array([10, 20, 20, 40])) == pytest.approx(1.0)
+    assert spearman(np.array([1, 2, 3, 4]), np.array([4, 3, 2, 1])) == pytest.approx(-1.0)
+
+
+# ---- errors, each naming its culprit -----------------------------------------------------------
+
+
+def error_of(capsys, tmp_path, *args):
+    capsys.readouterr()
+    code = finetune_main(*args, cwd=tmp_path)  # an unexpected exception fails the test with its traceback
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("electra-kit: error: "), err
+    return err
+
+
+def test_unknown_column(capsys, tmp_path, model_dir, trec):
+    err = error_of(capsys, tmp_path, "--model", str(model_dir), "--train", str(trec[0]), "--eval", str(trec[1]),
+                   "--label-column", "category")
+    assert "'category'" in err and "--label-column" in err and str(trec[0]) in err and "'fine_label'" in err
+
+
+def test_label_set_mismatch_and_empty_file(capsys, tmp_path, model_dir, trec):
+    lines = trec[1].read_text().splitlines(keepends=True)
+    (tmp_path / "eval.tsv").write_text(lines[0] + "".join(lines[1:]) + "LOCATION\tcity\tWhere is Rome ?\n")
+    err = error_of(capsys, tmp_path, "--model", str(model_dir), "--train", str(trec[0]), "--eval", "eval.tsv")
+    assert "label set mismatch" in err and "'LOCATION'" in err and "eval.tsv" in err and "line 62" in err
+    (tmp_path / "empty.jsonl").write_text("\n")
+    err = error_of(capsys, tmp_path, "--model", str(model_dir), "--train", "empty.jsonl", "--eval", str(trec[1]))
+    assert "empty.jsonl is empty" in err
+
+
+def test_reader_errors_name_file_and_line(tmp_path):
+    (tmp_path / "header_only.csv").write_text("text,label\n")
+    with pytest.raises(TaskError, match="header_only.csv has a header but no rows"):
+        read_labeled(tmp_path / "header_only.csv")
+    (tmp_path / "gap.jsonl").write_text('{"text": "a", "label": 1}\n{"text": "b"}\n')
+    with pytest.raises(TaskError, match=r"gap.jsonl:2: no value in column 'label'"):
+        read_labeled(tmp_path / "gap.jsonl")
