@@ -25,7 +25,7 @@ def _cmd_run(args) -> int:
               f"--run-dir {exc.checkpoint.parent.parent if exc.checkpoint else '<run dir>'} --resume", file=sys.stderr)
         return 128 + exc.signum
     except (ConfigError, RunError, CheckpointError, NonFiniteError, FileNotFoundError, ValueError) as exc:
-        print(f"electra-kit: error: {exc}", file=sys.stderr)
+        print(f"electra-kit: error: {_without_gin_context(exc)}", file=sys.stderr)
         return 2
     if result["model_dir"] is not None:  # rank 0 of a multi-process run
         print(f"electra-kit: finished {result['step']} steps; model folder: {result['model_dir']}")
@@ -54,6 +54,12 @@ def _cmd_finetune(args) -> int:
           f"{len(results['seeds'])} seed(s); median {results['primary_metric']} "
           f"{results['median'][results['primary_metric']]:.4f}; results: {path}")
     return 0
+
+
+def _without_gin_context(exc: BaseException) -> str:
+    """gin appends "In call to configurable ..." lines to errors raised inside configurables."""
+    lines = str(exc).splitlines()
+    return "\n".join(line for line in lines if not line.strip().startswith("In call to configurable"))
 
 
 def _cmd_backbones(_args) -> int:

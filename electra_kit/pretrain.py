@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,46 +120,71 @@ def _params(model, operative: str) -> dict:
 
 
 def run(opts: RunOptions) -> dict:
+    """Parse, check and build everything, then train; see the module docstring."""
     paths = gin_config.parse(opts.config_files, opts.bindings)
     cfg = TrainConfig()
     device = resolve_device(cfg.device)
     dist = init_from_env(device.type)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
-    run_dir = _prepare_run_dir(opts) if dist.is_main else (opts.run_dir or Path("."))
-    if dist.enabled:  # every rank needs rank 0's run directory (its default name has a timestamp)
-        run_dir = Path(dist.broadcast_object(str(run_dir)))
+    fresh_dir = opts.run_dir is None or not opts.run_dir.exists()
+    run_dir = None
+    try:
+        run_dir = _prepare_run_dir(opts) if dist.is_main else (opts.run_dir or Path("."))
+        if dist.enabled:  # every rank needs rank 0's run directory (its default name has a timestamp)
+            run_dir = Path(dist.broadcast_object(str(run_dir)))
+        trainer, data, model, tracker = _setup(opts, cfg, device, dist, run_dir, paths)
+    except BaseException:
+        # an input error found before training leaves no half-made run directory behind
+        if dist.is_main and fresh_dir and run_dir is not None and not opts.resume:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        dist.close()
+        raise
+    return _train(trainer, data, model, tracker, dist, device, run_dir)
+
+
+def _setup(opts, cfg, device, dist, run_dir, paths):
     data = _build_data_once(dist)
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone
     model = build_objective(data)
     operative = gin_config.operative_config()
-    if dist.is_main:
-        (run_dir / "operative_config.gin").write_text(operative)
     if cfg.batch_size % (dist.world_size * cfg.grad_accum_steps):
         raise RunError(
             f"train.batch_size={cfg.batch_size} is not divisible by world size {dist.world_size} x "
-            f"train.grad_accum_steps={cfg.grad_accum_steps}"
+            f"train.grad_accum_steps={cfg.grad_accum_steps}: choose a batch size that is"
         )
     # Each micro-step consumes a "micro batch" of batch_size / grad_accum_steps sequences,
     # split over the ranks: N processes see exactly the sequences one process would.
     micro = cfg.batch_size // cfg.grad_accum_steps
+    if len(data.train) < micro:
+        raise RunError(
+            f"the corpus makes {len(data.train)} training sequences of {data.max_seq_len} tokens, fewer than one "
+            f"batch of {micro}: add text, or lower BATCH_SIZE / MAX_SEQ_LEN"
+        )
     batches = BatchIterator(data.train, micro, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size,
                             pin_memory=device.type == "cuda", pad_id=data.pad_id)
-    evaluator = EvalIterator(data.eval, min(micro, len(data.eval)), pad_id=data.pad_id)
+    evaluator = EvalIterator(data.eval, max(1, min(micro, len(data.eval))), pad_id=data.pad_id)
 
     def eval_batches():
         for batch in itertools.islice(evaluator, cfg.eval_batches):
             yield {k: v.to(device) for k, v in batch.items()}
 
-    tracker = _tracker(opts, run_dir, dist.rank)
-    trainer = Trainer(model, cfg, train_batches=batches, eval_batches=eval_batches if dist.is_main else None, run_dir=run_dir, device=device,
-                      dist=dist, tracker=tracker, operative_config=operative,
+    trainer = Trainer(model, cfg, train_batches=batches, eval_batches=eval_batches if dist.is_main else None,
+                      run_dir=run_dir, device=device, dist=dist, operative_config=operative,
                       extra_state={"config_files": [str(p) for p in paths]})
     if opts.resume:
         trainer.resume(ckpt.latest_valid_checkpoint(run_dir / "checkpoints"))
+    tracker = _tracker(opts, run_dir, dist.rank)
+    trainer.tracker = tracker
+    if dist.is_main:
+        (run_dir / "operative_config.gin").write_text(operative)
     if tracker is not None:
         tracker.start(params=_params(model, operative), tags=_tags(model), resume=opts.resume)
         tracker.log_artifact(run_dir / "operative_config.gin")
+    return trainer, data, model, tracker
+
+
+def _train(trainer, data, model, tracker, dist, device, run_dir) -> dict:
     status, error = "FAILED", None
     try:
         result = trainer.fit()
@@ -166,7 +192,8 @@ def run(opts: RunOptions) -> dict:
         if dist.is_main:
             model_dir = save_pretrained(
                 model.cpu() if device.type != "cpu" else model, run_dir / "model", tokenizer=data.tokenizer,
-                special_ids=_special_ids(data), operative_config=operative, max_seq_len=data.max_seq_len,
+                special_ids=_special_ids(data), operative_config=trainer.operative_config,
+                max_seq_len=data.max_seq_len,
             )
             (run_dir / "summary.json").write_text(json.dumps(_summary(trainer, result, model_dir), indent=2))
             if tracker is not None:

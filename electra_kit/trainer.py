@@ -165,10 +165,27 @@ class Trainer:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
 
-    def save(self) -> Path | None:
+    def save(self, final: bool = False) -> Path | None:
+        """Write a checkpoint (rank 0). A failed periodic write (disk full, ...) is a warning: the
+        previous checkpoint stays the latest good one and training goes on; a failed final write
+        is an error."""
         if not self.dist.is_main:
             self.dist.barrier()
             return None
+        try:
+            return self._save()
+        except OSError as exc:
+            good = ckpt.latest_valid_checkpoint(self.ckpt_dir)
+            message = (f"checkpoint at step {self.step} could not be written to {self.ckpt_dir} "
+                       f"({exc.strerror or exc}); the last good checkpoint is {good or 'none'}")
+            if final:
+                self.dist.barrier()
+                raise ckpt.CheckpointError(message + ": free space and continue with --resume") from exc
+            warnings.warn(f"electra-kit: {message}; training continues", RuntimeWarning, stacklevel=2)
+            self.dist.barrier()
+            return good
+
+    def _save(self) -> Path:
         torch_state = {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(), "rng": _rng_state()}
         trainer_state = {
             "step": self.step,
@@ -233,12 +250,12 @@ class Trainer:
             if self.step % cfg.checkpoint_every == 0:
                 last_ckpt, saved_step = self.save(), self.step
             if self.dist.any_true(self._signal is not None, self.device):
-                path = self.save()
+                path = self.save(final=True)
                 raise Interrupted(self._signal or signal.SIGTERM, path)
         if bar is not None:
             bar.close()
         if saved_step != self.step:  # the same decision on every rank: save() has a barrier
-            last_ckpt = self.save()
+            last_ckpt = self.save(final=True)
         return {"step": self.step, "tokens_seen": self.tokens_seen, "checkpoint": last_ckpt}
 
     def _train_step(self) -> tuple[dict[str, torch.Tensor], int]:
