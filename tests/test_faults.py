@@ -53,7 +53,7 @@ def test_sigkill_at_random_points_then_resume_matches_an_uninterrupted_run(tmp_p
     rng = random.Random(1234)
     ckpts = tmp_path / "killed" / "checkpoints"
     kills = 0
-    for attempt in range(3):
+    for _ in range(3):
         resume = ["--resume"] if ckpt.latest_valid_checkpoint(ckpts) else []
         proc = subprocess.Popen(argv(small_corpus, *args, "--run-dir", "killed", *resume), cwd=tmp_path,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"},
