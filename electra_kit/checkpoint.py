@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file
 
 MANIFEST = "manifest.json"
 PREFIX = "step_"
@@ -49,11 +49,36 @@ def _write_file(path: Path, write) -> None:
         os.fsync(f.fileno())
 
 
+def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors of a full state dict; tensors shared under several names (tied embeddings)
+    are stored once and the other names recorded as aliases."""
+    unique, aliases, seen = {}, {}, {}
+    for name, tensor in state.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride())
+        if tensor.numel() and key in seen:
+            aliases[name] = seen[key]
+        else:
+            seen[key] = name
+            unique[name] = tensor.detach().contiguous()
+    save_file(unique, str(path), metadata={"aliases": json.dumps(aliases)})
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+    state = load_file(str(path))
+    for name, canonical in aliases.items():
+        state[name] = state[canonical]
+    return state
+
+
 def save_checkpoint(
     ckpt_dir: Path,
     step: int,
     *,
-    model: torch.nn.Module,
+    model_state: dict[str, torch.Tensor],
     torch_state: dict,
     trainer_state: dict,
     operative_config: str,
@@ -67,7 +92,7 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        _write_file(tmp / "model.safetensors", lambda p: save_model(model, str(p)))
+        _write_file(tmp / "model.safetensors", lambda p: save_weights(model_state, p))
         _write_file(tmp / "state.pt", lambda p: torch.save(torch_state, p))
         _write_file(tmp / "trainer_state.json", lambda p: p.write_text(json.dumps(trainer_state, indent=1)))
         _write_file(tmp / "operative_config.gin", lambda p: p.write_text(operative_config))
@@ -122,25 +147,27 @@ def latest_valid_checkpoint(ckpt_dir: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module) -> tuple[dict, dict]:
-    """Load weights into ``model``; return ``(torch_state, trainer_state)``."""
+def load_checkpoint(path: Path) -> tuple[dict, dict, dict]:
+    """``(model_state, torch_state, trainer_state)`` of an intact checkpoint; nothing is unpickled."""
     path = Path(path)
-    try:
-        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
-    except RuntimeError as exc:  # shape mismatch: a checkpoint of another model
-        raise CheckpointError(
-            f"checkpoint {path} does not fit this model (was it written by another config?): {_short(exc)}"
-        ) from exc
-    if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint {path} was written by another model: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}; resume with the config that wrote it"
-        )
+    model_state = load_weights(path / "model.safetensors")
     torch_state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
     trainer_state = json.loads((path / "trainer_state.json").read_text())
-    return torch_state, trainer_state
+    return model_state, torch_state, trainer_state
 
 
-def _short(exc: Exception) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return "; ".join(lines[:3])
+def check_fits(path: Path, model_state: dict, model: torch.nn.Module) -> None:
+    """Raise ``CheckpointError`` unless ``model_state`` has exactly the model's names and shapes."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in model_state.items()}
+    missing, unexpected = sorted(expected.keys() - got.keys()), sorted(got.keys() - expected.keys())
+    wrong = sorted(k for k in expected.keys() & got.keys() if expected[k] != got[k])
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{label}: {names[:3]}" for label, names in
+            (("missing", missing), ("unexpected", unexpected), ("other shapes", wrong)) if names
+        )
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this model (was it written by another config?): {detail}. "
+            f"Resume with the config that wrote it (its operative_config.gin is in the checkpoint)"
+        )

@@ -284,7 +284,7 @@ class Electra(nn.Module):
         """Mean losses/accuracies over ``batches`` plus the discriminator's ROC AUC."""
         acc, scores, labels = MeanAccumulator(), [], []
         for batch in batches:
-            out = self.compute(batch["input_ids"], batch["attention_mask"])
+            out = self(batch["input_ids"], batch["attention_mask"], return_output=True)  # forward: FSDP hooks run
             acc.add(out.metrics(), weight=float(batch["input_ids"].shape[0]))
             real = out.attention_mask
             scores.append(out.disc_logits[real].float().cpu())

@@ -200,7 +200,7 @@ def prepare(model_dir, spec: TaskSpec, cfg: FinetuneConfig) -> Prepared:
     tok = load_tokenizer(model_dir)
     train, cols = read_labeled(spec.train, fmt=spec.format, header=spec.header, text=spec.text_column,
                                pair=spec.pair_column, label=spec.label_column)
-    evald, eval_cols = read_labeled(spec.eval, fmt=spec.format, header=spec.header, text=cols.text,
+    evald, _ = read_labeled(spec.eval, fmt=spec.format, header=spec.header, text=cols.text,
                                     pair=cols.pair, label=cols.label)
     task = infer_task(train.labels, spec.task)
     classes = label_set(train.labels) if task == "classification" else None

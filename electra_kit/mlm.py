@@ -94,5 +94,6 @@ class MaskedLM(nn.Module):
     def evaluate(self, batches) -> dict[str, float]:
         acc = MeanAccumulator()
         for batch in batches:
-            acc.add(self.compute(batch["input_ids"], batch["attention_mask"]).metrics(), float(len(batch["input_ids"])))
+            out = self(batch["input_ids"], batch["attention_mask"], return_output=True)  # forward: FSDP hooks run
+            acc.add(out.metrics(), float(len(batch["input_ids"])))
         return acc.result()

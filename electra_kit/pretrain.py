@@ -124,7 +124,7 @@ def run(opts: RunOptions) -> dict:
     paths = gin_config.parse(opts.config_files, opts.bindings)
     cfg = TrainConfig()
     device = resolve_device(cfg.device)
-    dist = init_from_env(device.type)
+    dist = init_from_env(device.type, cfg.strategy)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     fresh_dir = opts.run_dir is None or not opts.run_dir.exists()
@@ -169,7 +169,9 @@ def _setup(opts, cfg, device, dist, run_dir, paths):
         for batch in itertools.islice(evaluator, cfg.eval_batches):
             yield {k: v.to(device) for k, v in batch.items()}
 
-    trainer = Trainer(model, cfg, train_batches=batches, eval_batches=eval_batches if dist.is_main else None,
+    # FSDP's forward is a collective: then every rank evaluates (rank 0 logs)
+    evaluating = dist.is_main or dist.sharded
+    trainer = Trainer(model, cfg, train_batches=batches, eval_batches=eval_batches if evaluating else None,
                       run_dir=run_dir, device=device, dist=dist, operative_config=operative,
                       extra_state={"config_files": [str(p) for p in paths]})
     if opts.resume:
@@ -189,6 +191,11 @@ def _train(trainer, data, model, tracker, dist, device, run_dir) -> dict:
     try:
         result = trainer.fit()
         model_dir = None
+        if dist.sharded:  # gather the shards into a plain copy of the model
+            state = dist.model_state(model)
+            if dist.is_main:
+                model = build_objective(data)
+                model.load_state_dict(state)
         if dist.is_main:
             model_dir = save_pretrained(
                 model.cpu() if device.type != "cpu" else model, run_dir / "model", tokenizer=data.tokenizer,
@@ -209,6 +216,7 @@ def _train(trainer, data, model, tracker, dist, device, run_dir) -> dict:
     finally:
         if tracker is not None:
             tracker.finish(status, error)
+        trainer.release()  # DDP's reducer must go before its process group (else gloo can deadlock at exit)
         dist.close()
 
 

@@ -50,6 +50,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp32
     compile: bool = False
+    strategy: str = "ddp"  # multi-process: ddp (replicate) | fsdp (shard parameters, grads, optimizer state)
     seed: int = 0
     max_bad_steps: int = 5  # non-finite loss/gradient steps in a row before the run stops
     progress: bool = True
@@ -169,12 +170,9 @@ class Trainer:
         """Write a checkpoint (rank 0). A failed periodic write (disk full, ...) is a warning: the
         previous checkpoint stays the latest good one and training goes on; a failed final write
         is an error."""
-        if not self.dist.is_main:
-            self.dist.barrier()
-            return None
         try:
             return self._save()
-        except OSError as exc:
+        except OSError as exc:  # only rank 0 writes, so only rank 0 gets here
             good = ckpt.latest_valid_checkpoint(self.ckpt_dir)
             message = (f"checkpoint at step {self.step} could not be written to {self.ckpt_dir} "
                        f"({exc.strerror or exc}); the last good checkpoint is {good or 'none'}")
@@ -186,7 +184,12 @@ class Trainer:
             return good
 
     def _save(self) -> Path:
-        torch_state = {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(), "rng": _rng_state()}
+        model_state = self.dist.model_state(self.raw_model)  # collective under FSDP
+        optimizer_state = self.dist.optimizer_state(self.raw_model, self.optimizer)
+        if not self.dist.is_main:
+            self.dist.barrier()
+            return None
+        torch_state = {"optimizer": optimizer_state, "schedule": self.schedule.state_dict(), "rng": _rng_state()}
         trainer_state = {
             "step": self.step,
             "tokens_seen": self.tokens_seen,
@@ -196,18 +199,27 @@ class Trainer:
             **self.extra_state,
         }
         path = ckpt.save_checkpoint(
-            self.ckpt_dir, self.step, model=self.raw_model, torch_state=torch_state,
+            self.ckpt_dir, self.step, model_state=model_state, torch_state=torch_state,
             trainer_state=trainer_state, operative_config=self.operative_config, keep=self.cfg.keep_checkpoints,
         )
         self.dist.barrier()
         return path
 
     def resume(self, path: Path) -> None:
-        torch_state, trainer_state = ckpt.load_checkpoint(path, self.raw_model)
-        self.optimizer.load_state_dict(torch_state["optimizer"])
+        model_state, torch_state, trainer_state = ckpt.load_checkpoint(path)
+        ckpt.check_fits(path, model_state, self.raw_model)
+        self.dist.load_model_state(self.raw_model, model_state)
+        self.dist.load_optimizer_state(self.raw_model, self.optimizer, torch_state["optimizer"])
         self.schedule.load_state_dict(torch_state["schedule"])
         self.step, self.tokens_seen = trainer_state["step"], trainer_state.get("tokens_seen", 0)
         self.train_batches.load_state_dict(trainer_state["data"])
+
+    def release(self) -> None:
+        """Drop the data-parallel wrapper (its reducer holds the process group)."""
+        import gc
+
+        self.model = self.raw_model
+        gc.collect()
 
     # ---- the loop -------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Data parallel on CPU: 2 gloo processes under torchrun match one process with the same global batch.
+"""Data parallel on CPU: 2 gloo processes under torchrun (DDP or FSDP) match one process with the
+same global batch, and a checkpoint written by either resumes in one process.
 
 (Only the gloo/CPU path can run here; NCCL on GPUs goes through the same code in distributed.py.)
 """
@@ -11,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from electra_kit.checkpoint import load_weights
 
 STEPS = 12
 ARGS = ["tiny.gin", "--no-tracking", "--gin", "train.progress = False", "--gin", f"train.steps = {STEPS}",
@@ -40,7 +41,7 @@ def losses(run_dir):
 
 
 def weights(run_dir, step=STEPS):
-    return load_file(run_dir / "checkpoints" / f"step_{step:08d}" / "model.safetensors")
+    return load_weights(run_dir / "checkpoints" / f"step_{step:08d}" / "model.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -48,15 +49,17 @@ def runs(tmp_path_factory, small_corpus, cache_dir):
     root = tmp_path_factory.mktemp("ddp")
     launch(root, small_corpus, "single", 1)
     launch(root, small_corpus, "ddp", 2)
+    launch(root, small_corpus, "fsdp", 2, "--gin", "train.strategy = 'fsdp'")
     return root
 
 
-def test_two_processes_match_one_process(runs):
-    one, two = losses(runs / "single"), losses(runs / "ddp")
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_match_one_process(runs, strategy):
+    one, two = losses(runs / "single"), losses(runs / strategy)
     assert sorted(one) == sorted(two) == list(range(1, STEPS + 1))
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=LOSS_RTOL), step
-    a, b = weights(runs / "single"), weights(runs / "ddp")
+    a, b = weights(runs / "single"), weights(runs / strategy)
     assert a.keys() == b.keys()
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst < WEIGHT_ATOL, worst
@@ -70,12 +73,13 @@ def test_only_rank_zero_writes(runs):
     assert len([r for r in rows if "train/loss" in r]) == STEPS, "one writer: each step logged once"
 
 
-def test_resume_with_a_different_number_of_processes(runs, small_corpus):
-    resumed = runs / "resumed"
-    shutil.copytree(runs / "ddp", resumed)
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_resume_with_a_different_number_of_processes(runs, small_corpus, strategy):
+    resumed = runs / f"resumed-{strategy}"
+    shutil.copytree(runs / strategy, resumed)
     shutil.rmtree(resumed / "checkpoints" / "step_00000012")
     shutil.rmtree(resumed / "model")
-    launch(runs, small_corpus, "resumed", 1, "--resume")  # 2 processes wrote step 6; 1 process finishes
+    launch(runs, small_corpus, resumed.name, 1, "--resume")  # 2 processes wrote step 6; 1 process finishes
     a, b = weights(runs / "single"), weights(resumed)
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst < WEIGHT_ATOL, worst

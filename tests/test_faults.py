@@ -171,27 +171,28 @@ def test_too_many_non_finite_steps_stop_with_a_clear_error_and_keep_the_last_che
 
 def test_a_failing_checkpoint_write_leaves_the_previous_checkpoint_usable(tmp_path, monkeypatch):
     model = nn.Linear(3, 3)
-    ckpt.save_checkpoint(tmp_path, 1, model=model, torch_state={}, trainer_state={"step": 1}, operative_config="")
+    ckpt.save_checkpoint(tmp_path, 1, model_state=model.state_dict(), torch_state={}, trainer_state={"step": 1},
+                         operative_config="")
 
-    real_save = ckpt.save_model
+    real_save = ckpt.save_file
 
-    def disk_full(module, path):
-        real_save(module, path)
+    def disk_full(tensors, path, metadata=None):
+        real_save(tensors, path, metadata=metadata)
         with open(path, "r+b") as f:  # a partial file, then the device fills up
             f.truncate(100)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
-    monkeypatch.setattr(ckpt, "save_model", disk_full)
+    monkeypatch.setattr(ckpt, "save_file", disk_full)
     with torch.no_grad():
         model.weight.add_(1.0)
     with pytest.raises(OSError, match="No space left"):
-        ckpt.save_checkpoint(tmp_path, 2, model=model, torch_state={}, trainer_state={"step": 2}, operative_config="")
+        ckpt.save_checkpoint(tmp_path, 2, model_state=model.state_dict(), torch_state={}, trainer_state={"step": 2},
+                             operative_config="")
     assert [p.name for p in tmp_path.iterdir()] == ["step_00000001"], "no half-written checkpoint is left"
     latest = ckpt.latest_valid_checkpoint(tmp_path)
     assert latest.name == "step_00000001"
-    fresh = nn.Linear(3, 3)
-    ckpt.load_checkpoint(latest, fresh)
-    assert not torch.equal(fresh.weight, model.weight)
+    state, _, _ = ckpt.load_checkpoint(latest)
+    assert not torch.equal(state["weight"], model.weight)
 
 
 def test_trainer_warns_and_goes_on_when_a_periodic_checkpoint_cannot_be_written(tmp_path, monkeypatch):
@@ -213,8 +214,9 @@ def test_trainer_warns_and_goes_on_when_a_periodic_checkpoint_cannot_be_written(
 
 def test_a_checkpoint_missing_its_manifest_is_skipped(tmp_path):
     model = nn.Linear(2, 2)
-    ckpt.save_checkpoint(tmp_path, 1, model=model, torch_state={}, trainer_state={}, operative_config="")
-    ckpt.save_checkpoint(tmp_path, 2, model=model, torch_state={}, trainer_state={}, operative_config="")
+    for step in (1, 2):
+        ckpt.save_checkpoint(tmp_path, step, model_state=model.state_dict(), torch_state={}, trainer_state={},
+                             operative_config="")
     (tmp_path / "step_00000002" / "manifest.json").unlink()
     with pytest.warns(RuntimeWarning, match="step_00000002.*no manifest"):
         assert ckpt.latest_valid_checkpoint(tmp_path).name == "step_00000001"
@@ -226,7 +228,7 @@ def test_checkpoint_state_loads_with_weights_only(tmp_path):
     opt = torch.optim.AdamW(model.parameters())
     model(torch.ones(1, 2)).sum().backward()
     opt.step()
-    path = ckpt.save_checkpoint(tmp_path, 1, model=model, torch_state={"optimizer": opt.state_dict()},
+    path = ckpt.save_checkpoint(tmp_path, 1, model_state=model.state_dict(), torch_state={"optimizer": opt.state_dict()},
                                 trainer_state={}, operative_config="")
     torch.load(path / "state.pt", weights_only=True)
     shutil.rmtree(path)
