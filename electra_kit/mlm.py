@@ -16,7 +16,7 @@ from torch import nn
 import gin
 
 from .backbone import Backbone
-from .heads import GeneratorHead
+from .heads import GeneratorHead, init_embeddings
 from .masking import GLOBAL_RNG, Noise, mask_tokens
 from .metrics import MeanAccumulator
 
@@ -44,10 +44,13 @@ class MaskedLM(nn.Module):
         mask_token_id: int = 2,
         pad_token_id: int = 0,
         mask_ignore_token_ids=(),
+        embedding_init_std: float | None = 0.02,
     ):
         super().__init__()
         if not isinstance(encoder, Backbone):
             raise TypeError(f"MaskedLM needs a registry Backbone, got {type(encoder).__name__}")
+        if embedding_init_std is not None:
+            init_embeddings(encoder, embedding_init_std)
         self.encoder = encoder
         self.head = GeneratorHead(encoder)
         self.mask_prob, self.replace_prob, self.random_token_prob = mask_prob, replace_prob, random_token_prob

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+
 from electra_kit.checkpoint import load_weights
 
 STEPS = 12
