@@ -48,6 +48,12 @@ def pretrain(*, objective=Electra):
     return objective
 
 
+@gin.configurable
+def tracking(*, uri: str | None = None, experiment: str | None = None, enabled: bool = True) -> dict:
+    """Where the run is recorded; ``--tracking-uri`` / ``--experiment`` / ``--no-tracking`` win over these."""
+    return {"uri": uri, "experiment": experiment, "enabled": enabled}
+
+
 def default_run_dir(config_files: list[str]) -> Path:
     stem = Path(config_files[-1]).stem if config_files else "run"
     return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -96,12 +102,13 @@ def build_objective(data) -> torch.nn.Module:
 
 
 def _tracker(opts: RunOptions, run_dir: Path, rank: int):
-    if not opts.tracking:
+    configured = tracking()
+    if not (opts.tracking and configured["enabled"]):
         return None
     from .tracking import Tracker
 
-    experiment = opts.experiment or Path(opts.config_files[-1]).stem
-    return Tracker(run_dir=run_dir, tracking_uri=opts.tracking_uri, experiment=experiment,
+    experiment = opts.experiment or configured["experiment"] or Path(opts.config_files[-1]).stem
+    return Tracker(run_dir=run_dir, tracking_uri=opts.tracking_uri or configured["uri"], experiment=experiment,
                    run_name=run_dir.name, rank=rank)
 
 

@@ -115,3 +115,30 @@ def test_training_survives_the_tracking_server_dying_mid_run(tmp_path, small_cor
         assert "model/encoder.safetensors" in artifact_paths(client, run.info.run_id)
     finally:
         server.stop()
+
+
+def test_ui_serves_the_store_the_runs_went_to(tmp_path, small_corpus, cache_dir):
+    import json
+    import urllib.request
+
+    from mlflow_server import free_port
+
+    run_cli(small_corpus, tmp_path, *TINY, "--gin", "train.steps = 5", "--run-dir", "run")
+    port = free_port()
+    env = {**os.environ}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    ui = subprocess.Popen([sys.executable, "-m", "electra_kit", "ui", "--port", str(port)], cwd=tmp_path, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10"
+        deadline, body = time.time() + 90, None
+        while time.time() < deadline and body is None:
+            try:
+                body = json.loads(urllib.request.urlopen(url, timeout=2).read())
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None, "the UI never answered"
+        assert "tiny" in [e["name"] for e in body["experiments"]]
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=30)
