@@ -46,7 +46,6 @@ from torch import nn
 
 from electra_kit.backbone import Backbone
 
-
 _FF_CHUNK_POSITIONS = 512  # sequence positions per feed-forward chunk (the library's default is 100 chunks)
 
 
