@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from electra_kit.checkpoint import load_weights
 from electra_kit.pretrained import load_pretrained
 
 TINY = ["tiny.gin", "--no-tracking", "--gin", "train.progress = False"]
@@ -35,7 +36,7 @@ def test_tiny_run_end_to_end_leaves_a_loadable_model(tmp_path, small_corpus, cac
     assert hidden.shape == (2, 64, encoder.hidden_dim) and torch.isfinite(hidden).all()
     assert mask[0].sum() > mask[1].sum() > 2
     # the folder rebuilds the same network that trained: its weights equal the last checkpoint's
-    final = load_file(run_dir / "checkpoints" / "step_00000030" / "model.safetensors")
+    final = load_weights(run_dir / "checkpoints" / "step_00000030" / "model.safetensors")
     saved = load_file(run_dir / "model" / "encoder.safetensors")
     for name, tensor in saved.items():
         assert torch.equal(final[f"discriminator.{name}"], tensor), name
