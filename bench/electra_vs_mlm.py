@@ -161,7 +161,7 @@ def table(rows: list[dict], seeds: int) -> str:
         per_seed = ", ".join(f"{s['metrics']['accuracy']:.4f}" for s in ft["seeds"])
         p = r.get("pretrain")
         steps = f"{p['steps']}" if p else "0"
-        flops = f"{r['pretrain_flops'] / 1e15:.2f} PFLOP" if p else "0"
+        flops = f"{r['pretrain_flops'] / 1e12:.1f} TFLOP" if p else "0"
         wall = f"{p['wall_s'] / 60:.1f} min" if p else "-"
         m = ft["median"]
         lines.append(f"| {r['name']} | {steps} | {flops} | {wall} | **{m['accuracy']:.4f}** | {m['macro_f1']:.4f} | "

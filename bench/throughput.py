@@ -6,7 +6,7 @@
     python bench/throughput.py --profile kit/transformer --profile orig/transformer
 
 What one step is, for every case: ``zero_grad`` -> forward (the objective's total loss) ->
-``backward`` -> ``AdamW.step`` (fused on CUDA), on packed sequences of random ids (``[CLS] ...
+``backward`` -> ``AdamW.step`` (fused where torch has it), on packed sequences of random ids (``[CLS] ...
 [SEP]``, no padding), bf16 autocast on CUDA, fp32 on CPU (``--amp`` changes it).
 
 Cases:
@@ -58,8 +58,8 @@ import time
 from dataclasses import asdict, dataclass
 
 # Before torch starts OpenMP: on a CPU shared with other processes, OpenMP's default of spinning at
-# its barriers makes 2 threads up to 8x slower than 1 (a descheduled thread stalls its partner);
-# sleeping there costs nothing measurable when the machine is idle. Every case runs under it alike.
+# its barriers made 2 threads 8x slower than 1 on a loaded 2-core machine (a descheduled thread
+# stalls its partner; bench/RESULTS.md). Every case runs under it alike; set it yourself to override.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
@@ -98,7 +98,7 @@ BF16_PEAK_TFLOPS = [
     ("GB200", 2500.0), ("B200", 2250.0), ("H200", 989.0), ("GH200", 989.0), ("H100 NVL", 835.0),
     ("H100 PCIe", 756.0), ("H100", 989.0), ("H800", 989.0), ("A100", 312.0), ("A800", 312.0),
     ("L40S", 362.0), ("L40", 181.0), ("L4", 121.0), ("A10G", 70.0), ("A10", 125.0),
-    ("RTX 4090", 165.0), ("RTX 3090", 71.0), ("V100", 125.0),  # V100: fp16 (no bf16)
+    ("RTX 4090", 165.0), ("RTX 3090", 71.0),
 ]
 
 
@@ -240,17 +240,17 @@ class Case:
             self._loss = lambda m, ids: m(ids).loss
         else:
             raise SystemExit(f"unknown case {name!r}; cases look like kit/transformer, orig/reformer, hf")
+        if option not in OPTIONS:
+            raise SystemExit(f"unknown option +{option} in {name!r}; options: {', '.join('+' + o for o in OPTIONS if o)}")
+        if option == "fullvocab":
+            if family != "kit":
+                raise SystemExit("+fullvocab is an ablation of electra-kit's objective: kit/<backbone>+fullvocab")
+            model._generator_logits = _full_vocab_logits.__get__(model)
         self.model = model.to(device).train()
         params = list({id(p): p for p in model.parameters() if p.requires_grad}.values())
         self.n_params = sum(p.numel() for p in params)
-        self.optimizer = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
-        self.forward_model = self.model
-        if option in ("compile", "bf16") or option == "":
-            pass
-        else:
-            raise SystemExit(f"unknown option +{option} in {name!r}; options: +compile, +bf16")
-        if option == "compile":
-            self.forward_model = torch.compile(self.model)
+        self.optimizer = make_optimizer(params, device)
+        self.forward_model = torch.compile(self.model) if option == "compile" else self.model
         self.amp = "bf16" if option == "bf16" else amp
 
     def step(self, ids: torch.Tensor) -> None:
@@ -260,6 +260,25 @@ class Case:
             loss = self._loss(self.forward_model, ids)
         loss.backward()
         self.optimizer.step()
+
+
+OPTIONS = ("", "compile", "bf16", "fullvocab")
+
+
+def _full_vocab_logits(self, masked, attention_mask, kwargs):
+    """Ablation of electra-kit's Electra: the generator head at every position, then the K slots."""
+    hidden = self.generator(masked.corrupted, attention_mask=attention_mask)  # (b, n, d_g)
+    logits = self.generator_head(hidden)  # (b, n, V)
+    index = masked.positions[..., None].expand(-1, -1, logits.shape[-1])  # (b, K, V)
+    return logits.gather(1, index)
+
+
+def make_optimizer(params, device: torch.device) -> torch.optim.Optimizer:
+    """The same AdamW for every case: fused where torch has it (CUDA; CPU since torch 2.4)."""
+    try:
+        return torch.optim.AdamW(params, lr=1e-4, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(params, lr=1e-4)
 
 
 def make_batches(s: Shape, batch: int, device: torch.device, count: int = 4) -> list[torch.Tensor]:
@@ -287,7 +306,7 @@ def rss_bytes() -> int:
 
 def child_memory(args, s: Shape, device: torch.device) -> None:
     """Fresh process: imports as the parent does, builds one case, runs warm-up + 2 steps."""
-    _import_everything(args)
+    _import_for(args.child_memory)
     before = rss_bytes()
     case = Case(args.child_memory, s, device, args.amp)
     batches = make_batches(s, args.batch, device)
@@ -303,14 +322,16 @@ def child_memory(args, s: Shape, device: torch.device) -> None:
     print("MEMORY " + json.dumps(result), flush=True)
 
 
-def _import_everything(args) -> None:
-    """The same imports in every memory child, so the RSS baselines agree."""
+def _import_for(name: str) -> None:
+    """Everything building case ``name`` would import, so that none of it counts as its memory."""
     import electra_kit  # noqa: F401
 
-    for mod in ("electra_pytorch", "transformers"):
-        if importlib.util.find_spec(mod) is not None:
-            __import__(mod)
-    if importlib.util.find_spec("transformers") is not None:
+    family, _, backbone = name.partition("+")[0].partition("/")
+    if backbone:
+        importlib.import_module(f"electra_kit.backbones.{backbone}")
+    if family in ("orig", "hf"):
+        import electra_pytorch  # noqa: F401
+    if family == "hf":
         from transformers import ElectraForMaskedLM  # noqa: F401  (the lazy module's real import)
 
 
@@ -369,22 +390,73 @@ def profile_case(args, case: Case, batches) -> None:
 
     for i in range(max(1, args.warmup)):
         case.step(batches[i % len(batches)])
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if case.device.type == "cuda" else [])
     steps = max(1, min(args.steps, 3))
+    sync(case.device)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        case.step(batches[i % len(batches)])
+    sync(case.device)
+    wall = (time.perf_counter() - t0) / steps
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if case.device.type == "cuda" else [])
     with profile(activities=activities, record_shapes=True) as prof:
         for i in range(steps):
             case.step(batches[i % len(batches)])
         sync(case.device)
     events = prof.key_averages()
     sort = "self_cuda_time_total" if case.device.type == "cuda" else "self_cpu_time_total"
-    total = sum(getattr(e, sort.replace("_total", "_total")) for e in events)
+    total = sum(getattr(e, sort) for e in events)
     vocab = sum(getattr(e, sort) for e in prof.key_averages(group_by_input_shape=True)
                 if str(case.shape.vocab) in str(e.input_shapes))
-    print(f"\n### profile {case.name}: {steps} steps, {total / 1e3 / steps:.0f} ms self time per step; "
+    print(f"\n### profile {case.name}: {steps} steps; unprofiled wall time {1e3 * wall:.0f} ms per step; "
+          f"{total / 1e3 / steps:.0f} ms op self time per step; "
           f"ops on vocabulary-sized tensors ({case.shape.vocab} in an input shape): "
           f"{vocab / 1e3 / steps:.0f} ms per step ({100 * vocab / max(total, 1):.0f}%)")
     print(events.table(sort_by=sort, row_limit=args.profile_rows))
     print(prof.key_averages(group_by_input_shape=True).table(sort_by=sort, row_limit=args.profile_rows))
+
+
+def check_static(args, s: Shape, device: torch.device) -> dict:
+    """Compile electra-kit's forward once per backbone; feed it batches with 0, n/4 and n/2 padding
+    positions. Static shapes mean no recompilation; a host sync in the step (``.item()``,
+    ``bool(tensor)``) would show as a graph break. Prints what dynamo saw."""
+    import torch._dynamo as dynamo
+
+    from electra_kit.masking import Noise
+
+    def noise():  # as the trainer draws: from its own generator (DDP-exact masking and sampling)
+        return Noise(torch.Generator(device=device).manual_seed(0))
+
+    results = {}
+    for backbone in args.backbones:
+        torch.manual_seed(0)
+        model = build_kit(backbone, s).to(device).train()
+        ids = make_batches(s, args.batch, device, 1)[0]
+        dynamo.reset()
+        explained = dynamo.explain(model)(ids, ids != PAD, return_output=True, noise=noise())
+        reasons = sorted({str(getattr(r, "reason", r)).splitlines()[0][:120] for r in explained.break_reasons})
+        dynamo.reset()
+        compiled = torch.compile(model)
+        t0 = time.perf_counter()
+        recompiled = None
+        with dynamo.config.patch(error_on_recompile=True):
+            for pad in (0, s.seq // 4, s.seq // 2):
+                x = ids.clone()
+                if pad:
+                    x[::2, -pad:] = PAD  # every other row padded: the valid slots change, K does not
+                try:
+                    compiled(x, x != PAD, return_output=True, noise=noise()).loss.backward()
+                except Exception as exc:  # dynamo's RecompileError (its class moved between versions)
+                    recompiled = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                    break
+        results[backbone] = {"graphs": explained.graph_count, "graph_breaks": explained.graph_break_count,
+                             "break_reasons": reasons, "recompiled": recompiled,
+                             "compile_and_3_steps_s": time.perf_counter() - t0}
+        r = results[backbone]
+        print(f"static check kit/{backbone}: {r['graphs']} graph(s), {r['graph_breaks']} graph break(s), "
+              f"recompiled with other padding: {r['recompiled'] or 'no'} ({r['compile_and_3_steps_s']:.0f} s)")
+        for reason in reasons:
+            print(f"    break: {reason}")
+    return results
 
 
 # ------------------------------------------------------------------------------------ report
@@ -425,7 +497,7 @@ def report(args, s: Shape, cases: list[Case], times, memory, started: str) -> di
             rows[c.name]["mfu"] = rows[c.name]["tflops"] / peak if peak else None
 
     def ratio(a, b):
-        per_round = [x / y for x, y in zip(rows[a]["per_round_tokens_per_s"], rows[b]["per_round_tokens_per_s"])]
+        per_round = [x / y for x, y in zip(rows[a]["per_round_tokens_per_s"], rows[b]["per_round_tokens_per_s"], strict=True)]
         m_a, m_b = memory.get(a), memory.get(b)
         mem = _mem_value(m_a) / _mem_value(m_b) if m_a and m_b else None
         return {"speed": statistics.median(per_round), "min": min(per_round), "max": max(per_round), "memory": mem}
@@ -493,10 +565,10 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", choices=sorted(SHAPES), default="small")
     p.add_argument("--tiny", action="store_true", help="shape tiny, batch 2, 1 round, 1 warm-up; peers optional (CI)")
-    p.add_argument("--batch", type=int, help="sequences per step (default: 32 small, 2 base on CPU / 128, 32 on CUDA)")
+    p.add_argument("--batch", type=int, help="sequences per step (default: 16 small, 1 base on CPU / 128, 32 on CUDA)")
     p.add_argument("--seq", type=int, help="override the shape's sequence length")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per case per round")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=2, help="timed steps per case per round")
+    p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--backbones", default=",".join(BACKBONES), help="comma-separated")
     p.add_argument("--peers", default="orig,hf", help="comma-separated subset of orig,hf ('' for none)")
@@ -509,6 +581,8 @@ def parse_args(argv=None):
     p.add_argument("--no-memory", action="store_true", help="skip the per-case memory subprocesses")
     p.add_argument("--profile", action="append", default=[], metavar="CASE", help="profile this case instead of timing")
     p.add_argument("--profile-rows", type=int, default=25)
+    p.add_argument("--check-static", action="store_true",
+                   help="compile electra-kit per backbone: graph breaks (host syncs) and recompiles under padding")
     p.add_argument("--peak-tflops", type=float, help="the card's bf16 peak, when its name is not in the table")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--child-memory", help=argparse.SUPPRESS)
@@ -523,7 +597,7 @@ def parse_args(argv=None):
         args.amp = "bf16" if args.device == "cuda" else "fp32"
     if args.batch is None:
         cuda = args.device == "cuda"
-        args.batch = {"small": 128 if cuda else 32, "base": 32 if cuda else 2, "tiny": 2}[args.shape]
+        args.batch = {"small": 128 if cuda else 16, "base": 32 if cuda else 1, "tiny": 2}[args.shape]
     s = SHAPES[args.shape]
     args.seq = args.seq or s.seq
     args.backbones = [b for b in args.backbones.split(",") if b]
@@ -556,6 +630,12 @@ def main(argv=None) -> int:
     started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     names = case_names(args)
     batches = make_batches(s, args.batch, device)
+    if args.check_static:
+        result = check_static(args, s, device)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"check_static": result, "shape": args.shape, "batch": args.batch}, f, indent=2)
+        return 0
     if args.profile:
         for name in args.profile:
             profile_case(args, Case(name, s, device, args.amp), batches)

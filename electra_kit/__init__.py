@@ -2,12 +2,17 @@
 
 from .backbone import Backbone
 from .electra import Electra, ElectraOutput
+from .mlm import MaskedLM
+from .pretrained import Encoder, load_pretrained
 from .registry import create_backbone, list_backbones, register_backbone
 
 __all__ = [
     "Backbone",
     "Electra",
     "ElectraOutput",
+    "Encoder",
+    "MaskedLM",
+    "load_pretrained",
     "create_backbone",
     "list_backbones",
     "register_backbone",

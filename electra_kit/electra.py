@@ -23,7 +23,7 @@ import gin
 
 from .backbone import Backbone
 from .heads import DiscriminatorHead, GDESEmbedding, GeneratorHead, HiddenLayerExtractor, init_embeddings
-from .masking import GLOBAL_RNG, MaskedPositions, Noise, mask_tokens, sample_categorical
+from .masking import GLOBAL_RNG, MaskedPositions, Noise, draw_ahead, mask_tokens, sample_categorical, slot_count
 from .metrics import MeanAccumulator, roc_auc
 
 SHARING_MODES = ("tied", "gdes", "none")
@@ -219,6 +219,14 @@ class Electra(nn.Module):
             noise=noise,
         )
 
+    def _noise_plan(self, b: int, n: int) -> list[tuple[str, tuple[int, ...], int]]:
+        """The draws of one ``compute``, in order: masking (choose_positions, corrupt), then sampling."""
+        k = slot_count(n, self.mask_prob)
+        plan = [("rand", (b,), 0), ("rand", (b, n), 0), ("rand", (b, k), 0)]
+        if self.random_token_prob > 0:
+            plan.append(("randint", (b, k), self.random_token_pool.numel()))
+        return plan + [("rand", (b, k), 0)]
+
     @staticmethod
     def _backbone_mask(attention_mask: torch.Tensor) -> torch.Tensor | None:
         """What the backbones get: None (their no-padding path, e.g. SDPA without a mask) when no
@@ -249,6 +257,8 @@ class Electra(nn.Module):
     ) -> ElectraOutput:
         """``noise``: where masking and sampling draw their randomness (default: torch's global RNG)."""
         noise = noise or GLOBAL_RNG
+        if noise.generator is not None and _is_compiling():
+            noise = draw_ahead(noise, self._noise_plan(*input_ids.shape), input_ids.device)
         if attention_mask is None:
             attention_mask = input_ids != self.pad_token_id
         attention_mask = attention_mask.bool()

@@ -106,7 +106,8 @@ class SequenceModel(nn.Module):
 
 # ------------------------------------------------------------------------------------- building
 def load_backbone(model_dir: str | Path, *, dropout: float | None, random_init: bool) -> nn.Module:
-    """The encoder of a model folder, rebuilt with ``dropout`` where its adapter takes it."""
+    """The encoder of a model folder, rebuilt with ``dropout`` where its adapter takes it; with
+    ``random_init``, its architecture freshly initialised as the pretraining objectives do."""
     from safetensors.torch import load_model
 
     config = read_config(model_dir)
@@ -120,7 +121,11 @@ def load_backbone(model_dir: str | Path, *, dropout: float | None, random_init: 
             backbone = None
     if backbone is None:
         backbone = create_backbone(spec["name"], **kwargs)
-    if not random_init:
+    if random_init:  # where pretraining starts from: ELECTRA's N(0, 0.02) embeddings, the library's init elsewhere
+        from .heads import init_embeddings
+
+        init_embeddings(backbone, 0.02)
+    else:
         load_model(backbone, str(Path(model_dir) / "encoder.safetensors"))
     return backbone
 

@@ -48,6 +48,49 @@ class Noise:
 GLOBAL_RNG = Noise()
 
 
+class DrawnNoise(Noise):
+    """Random tensors drawn beforehand (:func:`draw_ahead`), handed out in the order asked for."""
+
+    def __init__(self, tensors: list[torch.Tensor]):
+        super().__init__()
+        self._tensors = list(tensors)
+
+    def _next(self, shape: tuple[int, ...]) -> torch.Tensor:
+        t = self._tensors.pop(0)
+        if tuple(t.shape) != tuple(shape):  # the objective asked in another order than planned
+            raise RuntimeError(f"drawn-ahead noise of shape {tuple(t.shape)} asked for as {tuple(shape)}")
+        return t
+
+    def rand(self, shape: tuple[int, ...], device) -> torch.Tensor:
+        return self._next(shape)
+
+    def randint(self, high: int, shape: tuple[int, ...], device) -> torch.Tensor:
+        return self._next(shape)
+
+    def exponential(self, shape: tuple[int, ...], device) -> torch.Tensor:
+        return self._next(shape)
+
+
+_compiler_disable = getattr(torch.compiler, "disable", None) or torch._dynamo.disable
+
+
+@_compiler_disable
+def draw_ahead(noise: Noise, plan: list[tuple[str, tuple[int, ...], int]], device) -> DrawnNoise:
+    """Draw ``plan`` (``("rand" | "randint", shape, high)``, in order) from ``noise`` now.
+
+    torch.compile cannot trace a draw from an explicit ``torch.Generator``: each is a graph break.
+    Drawing a step's numbers first, outside the graph and in the order the objective asks for
+    them, keeps the objective one graph and gives a compiled step exactly an eager step's numbers.
+    """
+    return DrawnNoise([noise.rand(shape, device) if kind == "rand" else noise.randint(high, shape, device)
+                       for kind, shape, high in plan])
+
+
+def slot_count(seq_len: int, mask_prob: float) -> int:
+    """``K``, the static number of masked slots per sequence."""
+    return max(1, min(seq_len, math.ceil(mask_prob * seq_len)))
+
+
 @dataclass
 class MaskedPositions:
     positions: torch.Tensor  # (b, K) long, distinct within a row
@@ -70,7 +113,7 @@ def maskable_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, ignor
 def choose_positions(maskable: torch.Tensor, mask_prob: float, noise: Noise = GLOBAL_RNG) -> tuple[torch.Tensor, torch.Tensor]:
     """Uniformly random distinct positions among ``maskable``: ``(positions, valid)``, each (b, K)."""
     b, n = maskable.shape
-    k_slots = max(1, min(n, math.ceil(mask_prob * n)))
+    k_slots = slot_count(n, mask_prob)
     n_maskable = maskable.sum(dim=1)  # (b,)
     # stochastic rounding keeps E[k_i] == mask_prob * n_maskable exactly; k_i <= ceil(.) <= K
     k = torch.floor(mask_prob * n_maskable + noise.rand((b,), maskable.device)).long()

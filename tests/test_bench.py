@@ -94,3 +94,32 @@ def test_reformer_feed_forward_chunking_does_not_change_values():
     ids = torch.randint(1, 64, (2, 64))
     with torch.no_grad():
         assert torch.allclose(one(ids), many(ids), atol=1e-5)
+
+
+def test_drawn_ahead_noise_gives_the_same_step():
+    """What a compiled step does with the trainer's generator (draw first, then consume) changes nothing."""
+    from electra_kit.masking import Noise, draw_ahead
+
+    model = _pair("transformer").train()
+    model.random_token_prob, model.replace_prob = 0.1, 0.8
+    model.register_buffer("random_token_pool", torch.arange(5, 64), persistent=False)
+    ids = torch.randint(5, 64, (4, 32))
+    direct = model.compute(ids, noise=Noise(torch.Generator().manual_seed(7)))
+    drawn = draw_ahead(Noise(torch.Generator().manual_seed(7)), model._noise_plan(4, 32), ids.device)
+    ahead = model.compute(ids, noise=drawn)
+    assert torch.equal(direct.disc_labels, ahead.disc_labels)
+    assert torch.allclose(direct.loss, ahead.loss)
+    assert not drawn._tensors  # every planned draw was used
+
+
+def test_the_objective_compiles_to_one_graph_with_an_explicit_generator():
+    import torch._dynamo as dynamo
+
+    from electra_kit.masking import Noise
+
+    model = _pair("transformer").train()
+    ids = torch.randint(5, 64, (2, 32))
+    dynamo.reset()
+    explained = dynamo.explain(model)(ids, ids != 0, return_output=True, noise=Noise(torch.Generator().manual_seed(0)))
+    dynamo.reset()
+    assert explained.graph_break_count == 0, explained.break_reasons

@@ -152,6 +152,9 @@ def test_every_registered_backbone_fine_tunes(tmp_path, model_dir, trec, name):
     state = load_backbone(folder, dropout=0.1, random_init=False).state_dict()
     for key, tensor in load_file(folder / "encoder.safetensors").items():
         assert torch.equal(state[key], tensor), key
+    # --random-init: the same architecture as pretraining starts it, N(0, 0.02) token embeddings
+    fresh = load_backbone(folder, dropout=0.1, random_init=True).get_token_embedding().weight
+    assert 0.015 < float(fresh.detach().std()) < 0.025
 
 
 def test_layer_groups_and_layerwise_learning_rates():
