@@ -386,20 +386,11 @@ def run_finetune(model_dir, spec: TaskSpec, cfg: FinetuneConfig, *, run_dir: str
 
         tracker = Tracker(run_dir=run_dir, tracking_uri=tracking_uri, run_name=run_dir.name,
                           experiment=experiment or f"finetune-{Path(spec.train).stem}")
-    status, error = "FAILED", None
-    try:
+    from .tracking import finish_when_done
+
+    with finish_when_done(tracker):
         results = finetune(model_dir, spec, cfg, tracker=tracker)
         path = write_results(results, run_dir / "results.json")
         if tracker is not None:
             tracker.log_artifact(path)
-        status = "FINISHED"
         return results, path
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    except BaseException as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        if tracker is not None:
-            tracker.finish(status, error)

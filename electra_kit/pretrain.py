@@ -194,35 +194,28 @@ def _setup(opts, cfg, device, dist, run_dir, paths):
 
 
 def _train(trainer, data, model, tracker, dist, device, run_dir) -> dict:
-    status, error = "FAILED", None
+    from .tracking import finish_when_done
+
     try:
-        result = trainer.fit()
-        model_dir = None
-        if dist.sharded:  # gather the shards into a plain copy of the model
-            state = dist.model_state(model)
+        with finish_when_done(tracker, killed=(Interrupted, KeyboardInterrupt)):
+            result = trainer.fit()
+            model_dir = None
+            if dist.sharded:  # gather the shards into a plain copy of the model
+                state = dist.model_state(model)
+                if dist.is_main:
+                    model = build_objective(data)
+                    model.load_state_dict(state)
             if dist.is_main:
-                model = build_objective(data)
-                model.load_state_dict(state)
-        if dist.is_main:
-            model_dir = save_pretrained(
-                model.cpu() if device.type != "cpu" else model, run_dir / "model", tokenizer=data.tokenizer,
-                special_ids=_special_ids(data), operative_config=trainer.operative_config,
-                max_seq_len=data.max_seq_len,
-            )
-            (run_dir / "summary.json").write_text(json.dumps(_summary(trainer, result, model_dir), indent=2))
-            if tracker is not None:
-                tracker.log_artifact(model_dir)
-        status = "FINISHED"
-        return {**result, "model_dir": model_dir, "run_dir": run_dir, "history": trainer.history}
-    except Interrupted:
-        status = "KILLED"
-        raise
-    except BaseException as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        raise
+                model_dir = save_pretrained(
+                    model.cpu() if device.type != "cpu" else model, run_dir / "model", tokenizer=data.tokenizer,
+                    special_ids=_special_ids(data), operative_config=trainer.operative_config,
+                    max_seq_len=data.max_seq_len,
+                )
+                (run_dir / "summary.json").write_text(json.dumps(_summary(trainer, result, model_dir), indent=2))
+                if tracker is not None:
+                    tracker.log_artifact(model_dir)
+            return {**result, "model_dir": model_dir, "run_dir": run_dir, "history": trainer.history}
     finally:
-        if tracker is not None:
-            tracker.finish(status, error)
         trainer.release()  # DDP's reducer must go before its process group (else gloo can deadlock at exit)
         dist.close()
 

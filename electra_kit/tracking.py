@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import logging
 import os
 import re
@@ -108,6 +109,24 @@ def artifact_location(uri: str, experiment: str) -> str | None:
 def _http_defaults() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+@contextlib.contextmanager
+def finish_when_done(tracker: "Tracker | None", killed: tuple[type[BaseException], ...] = (KeyboardInterrupt,)):
+    """Finish ``tracker``'s run as FINISHED, KILLED (on a ``killed`` exception) or FAILED with the error."""
+    if tracker is None:
+        yield
+        return
+    try:
+        yield
+    except killed:
+        tracker.finish("KILLED")
+        raise
+    except BaseException as exc:
+        tracker.finish("FAILED", f"{type(exc).__name__}: {exc}")
+        raise
+    else:
+        tracker.finish("FINISHED")
 
 
 def _chunks(d: dict, n: int) -> list[dict]:
