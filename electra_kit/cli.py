@@ -7,6 +7,13 @@ import sys
 from pathlib import Path
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def _cmd_run(args) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
@@ -35,7 +42,9 @@ def _cmd_run(args) -> int:
 def _cmd_finetune(args) -> int:
     from .finetune import FinetuneConfig, TaskSpec, format_results, run_finetune
     from .registry import UnknownBackboneError
+    from .threads import configure_threads
 
+    configure_threads(args.threads)
     options = dict(lr=args.lr, layer_decay=args.layer_decay, warmup_fraction=args.warmup_fraction, epochs=args.epochs,
                    batch_size=args.batch_size, weight_decay=args.weight_decay, dropout=args.dropout,
                    max_seq_len=args.max_seq_len, seeds=args.seeds, first_seed=args.first_seed, device=args.device)
@@ -149,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seq-len", type=int, help="(the model's)")
     p.add_argument("--random-init", action="store_true", help="same architecture and tokenizer, untrained weights")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (auto)")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads (default: $OMP_NUM_THREADS, else the idle cores)")
     p.add_argument("--run-dir", help="where results.json goes (default runs/finetune-TRAIN-TIME)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-tracking", action="store_true", help="do not record the run in MLflow")

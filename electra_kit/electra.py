@@ -22,11 +22,14 @@ from torch import nn
 import gin
 
 from .backbone import Backbone
-from .heads import DiscriminatorHead, GDESEmbedding, GeneratorHead, HiddenLayerExtractor, init_embeddings
+from .heads import DiscriminatorHead, GDESEmbedding, GeneratorHead, HiddenLayerExtractor, init_embeddings, init_weights
 from .masking import GLOBAL_RNG, MaskedPositions, Noise, draw_ahead, mask_tokens, sample_categorical, slot_count
 from .metrics import MeanAccumulator, roc_auc
 
 SHARING_MODES = ("tied", "gdes", "none")
+# "electra": every weight from a truncated N(0, 0.02), as Google's ELECTRA; "library": each
+# backbone library's own initialisation, with only the embeddings drawn from N(0, 0.02)
+WEIGHT_INITS = ("electra", "library")
 
 
 @dataclass
@@ -101,6 +104,7 @@ class Electra(nn.Module):
         embedding_sharing: str = "tied",
         share_position_embedding: bool = True,
         embedding_init_std: float | None = 0.02,
+        weight_init: str = "library",
     ):
         super().__init__()
         self._check_probs(mask_prob, replace_prob, random_token_prob, temperature)
@@ -119,11 +123,20 @@ class Electra(nn.Module):
         self.disc_weight, self.gen_weight = disc_weight, gen_weight
         self.embedding_sharing = embedding_sharing
 
+        if weight_init not in WEIGHT_INITS:
+            raise ValueError(f"weight_init={weight_init!r}; choose one of {WEIGHT_INITS}")
         if self.native:
-            if embedding_init_std is not None:  # before sharing, so a shared table is drawn once
+            # before sharing, so a shared table is drawn once
+            if weight_init == "electra":
+                init_weights(generator, embedding_init_std or 0.02)
+                init_weights(discriminator, embedding_init_std or 0.02)
+            elif embedding_init_std is not None:
                 init_embeddings(generator, embedding_init_std)
                 init_embeddings(discriminator, embedding_init_std)
             num_tokens = self._setup_native(num_tokens, embedding_sharing, share_position_embedding)
+            if weight_init == "electra":
+                init_weights(self.generator_head, embedding_init_std or 0.02)
+                init_weights(self.discriminator_head, embedding_init_std or 0.02)
         else:
             self._setup_raw(discr_dim, discr_layer)
         self.num_tokens = num_tokens

@@ -25,6 +25,26 @@ def init_embeddings(backbone: Backbone, std: float = 0.02) -> None:
                     param.normal_(0.0, std)
 
 
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """Google ELECTRA's (and BERT's) initialisation of every weight: truncated normal N(0, std)
+    cut at 2 std for each matrix (linear, embedding), zero biases, LayerNorm at (1, 0).
+
+    The libraries' defaults (Kaiming-uniform linears, N(0, 1) embeddings) give a far larger spread
+    at ELECTRA's widths; bench/recipe_factors.py measures what each choice does to learning.
+    """
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if param.ndim >= 2:
+                nn.init.trunc_normal_(param, 0.0, std, -2 * std, 2 * std)
+            elif name.endswith("bias"):
+                param.zero_()
+        for sub in module.modules():
+            if isinstance(sub, nn.LayerNorm) and sub.elementwise_affine:
+                nn.init.ones_(sub.weight)
+                if sub.bias is not None:
+                    nn.init.zeros_(sub.bias)
+
+
 class GeneratorHead(nn.Module):
     """ELECTRA's generator head: dense -> GELU -> LayerNorm -> logits tied to the token embedding.
 

@@ -16,7 +16,7 @@ from torch import nn
 import gin
 
 from .backbone import Backbone
-from .heads import GeneratorHead, init_embeddings
+from .heads import GeneratorHead, init_embeddings, init_weights
 from .masking import GLOBAL_RNG, Noise, mask_tokens
 from .metrics import MeanAccumulator
 
@@ -45,14 +45,21 @@ class MaskedLM(nn.Module):
         pad_token_id: int = 0,
         mask_ignore_token_ids=(),
         embedding_init_std: float | None = 0.02,
+        weight_init: str = "library",
     ):
         super().__init__()
         if not isinstance(encoder, Backbone):
             raise TypeError(f"MaskedLM needs a registry Backbone, got {type(encoder).__name__}")
-        if embedding_init_std is not None:
+        if weight_init not in ("electra", "library"):
+            raise ValueError(f"weight_init={weight_init!r}; choose 'electra' or 'library'")
+        if weight_init == "electra":  # the same choices as Electra's, so the baseline is like for like
+            init_weights(encoder, embedding_init_std or 0.02)
+        elif embedding_init_std is not None:
             init_embeddings(encoder, embedding_init_std)
         self.encoder = encoder
         self.head = GeneratorHead(encoder)
+        if weight_init == "electra":
+            init_weights(self.head, embedding_init_std or 0.02)
         self.mask_prob, self.replace_prob, self.random_token_prob = mask_prob, replace_prob, random_token_prob
         self.mask_token_id, self.pad_token_id = mask_token_id, pad_token_id
         ignore = sorted({*mask_ignore_token_ids, pad_token_id})

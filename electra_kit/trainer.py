@@ -28,6 +28,7 @@ from . import checkpoint as ckpt
 from .distributed import DistContext, unwrap
 from .masking import Noise
 from .metrics import MeanAccumulator
+from .threads import configure_threads
 
 
 @gin.configurable("train")
@@ -52,6 +53,7 @@ class TrainConfig:
     compile: bool = False
     strategy: str = "ddp"  # multi-process: ddp (replicate) | fsdp (shard parameters, grads, optimizer state)
     seed: int = 0
+    threads: int | None = None  # CPU threads; None: $OMP_NUM_THREADS, else the cores not busy (threads.py)
     max_bad_steps: int = 5  # non-finite loss/gradient steps in a row before the run stops
     progress: bool = True
 
@@ -143,6 +145,8 @@ class Trainer:
         extra_state: dict | None = None,
     ):
         self.cfg, self.device, self.dist = cfg, device, dist or DistContext()
+        if device.type == "cpu":
+            self.threads = configure_threads(cfg.threads)
         self.raw_model = model.to(device)
         self.model = self.dist.wrap(self.raw_model, device)
         if cfg.compile:
