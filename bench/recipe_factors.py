@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -53,7 +54,24 @@ VARIANTS: dict[str, list[str]] = {
     "bert_like_gdes": [*BERT_LIKE, "Electra.embedding_sharing = 'gdes'"],
     "bert_like_vocab4096": [*BERT_LIKE, "VOCAB_SIZE = 4096"],
     "bert_like_seq64": [*BERT_LIKE, "MAX_SEQ_LEN = 64", "BATCH_SIZE = 64"],
+    "base_lr1e-4": ["train.lr = 1e-4"],
 }
+# one factor at a time against lr 2e-4 (the largest lr at which the discriminator learned here)
+FACTORS = {
+    "init_electra": ["Electra.weight_init = 'electra'"],
+    "positions_unscaled": ["backbone.position_scale = 1.0"],
+    "post_norm": ["backbone.pre_norm = False", "backbone.post_emb_norm = True"],
+    "gen_depth2": ["generator/backbone.depth = 2"],
+    "gen_dim64": ["generator/backbone.dim = 64"],
+    "disc_weight20": ["Electra.disc_weight = 20.0"],
+    "disc_weight100": ["Electra.disc_weight = 100.0"],
+    "temperature1.5": ["Electra.temperature = 1.5"],
+    "gdes": ["Electra.embedding_sharing = 'gdes'"],
+    "vocab4096": ["VOCAB_SIZE = 4096"],
+    "seq64": ["MAX_SEQ_LEN = 64", "BATCH_SIZE = 64"],
+}
+for _factor, _bindings in FACTORS.items():
+    VARIANTS[f"lr2e-4_{_factor}"] = ["train.lr = 2e-4", *_bindings]
 
 
 def cli(argv: list[str], log: Path, threads: int) -> float:
@@ -86,7 +104,10 @@ def run_variant(name: str, args, out: Path) -> dict:
     argv = ["run", args.config, "--no-tracking", "--run-dir", str(run_dir)]
     for b in bindings:
         argv += ["--gin", b]
-    wall = cli(argv, out / f"pretrain_{name}.log", args.threads)
+    if args.reuse and (run_dir / "summary.json").is_file():
+        wall = None  # finished in an earlier sitting
+    else:
+        wall = cli(argv, out / f"pretrain_{name}.log", args.threads)
     summary = json.loads((run_dir / "summary.json").read_text())
     curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     evals = [{k: v for k, v in r.items() if k == "step" or k.startswith("eval/")} for r in curve
@@ -123,6 +144,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--finetune-args", default="--epochs 10 --lr 1e-4 --max-seq-len 64")
     parser.add_argument("--random-init", action="store_true", help="also fine-tune a random init of each")
+    parser.add_argument("--reuse", action="store_true", help="keep finished pretraining runs in --out-dir")
     parser.add_argument("--parallel", type=int, default=2, help="variants at once (one thread each)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--train", type=Path, default=REPO / "bench" / "data" / "trec_train.tsv")
@@ -140,11 +162,22 @@ def main(argv=None) -> int:
         raise SystemExit(f"unknown variant(s) {unknown}; see --list")
     out = args.out_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    lock = threading.Lock()
+
+    def one(name: str) -> dict | None:
+        try:
+            record = run_variant(name, args, out)
+        except RuntimeError as exc:  # one failed variant must not lose the others
+            print(f"{name}: {exc}", file=sys.stderr)
+            return None
+        with lock:  # each finished variant is kept at once: a long sweep can be stopped any time
+            kept = json.loads(args.json.read_text()) if args.json.is_file() else {}
+            kept[f"{name}@{args.steps}"] = record
+            args.json.write_text(json.dumps(kept, indent=2) + "\n")
+        return record
+
     with ThreadPoolExecutor(args.parallel) as pool:
-        records = list(pool.map(lambda n: run_variant(n, args, out), names))
-    kept = json.loads(args.json.read_text()) if args.json.is_file() else {}
-    kept.update({f"{r['name']}@{r['steps']}": r for r in records})
-    args.json.write_text(json.dumps(kept, indent=2) + "\n")
+        records = [r for r in pool.map(one, names) if r is not None]
     print(table(records))
     return 0
 

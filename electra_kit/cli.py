@@ -52,7 +52,7 @@ def _cmd_finetune(args) -> int:
                     label_column=args.label_column, format=args.format, header=not args.no_header, task=args.task)
     try:
         cfg = FinetuneConfig(**{k: v for k, v in options.items() if v is not None},
-                             random_init=args.random_init, progress=not args.no_progress)
+                             random_init=args.random_init, pooling=args.pooling, progress=not args.no_progress)
         results, path = run_finetune(args.model, spec, cfg, run_dir=args.run_dir, tracking=not args.no_tracking,
                                      tracking_uri=args.tracking_uri, experiment=args.experiment)
     except (ValueError, FileNotFoundError, UnknownBackboneError) as exc:
@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, help="(0)")
     p.add_argument("--dropout", type=float, help="(0.1)")
     p.add_argument("--max-seq-len", type=int, help="(the model's)")
+    p.add_argument("--pooling", choices=("cls", "mean"), default="cls",
+                   help="what the classification head reads: the first token or the mean of all tokens (cls)")
     p.add_argument("--random-init", action="store_true", help="same architecture and tokenizer, untrained weights")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (auto)")
     p.add_argument("--threads", type=_positive_int, help="CPU threads (default: $OMP_NUM_THREADS, else the idle cores)")

@@ -122,6 +122,7 @@ class Electra(nn.Module):
         self.mask_token_id, self.pad_token_id = mask_token_id, pad_token_id
         self.disc_weight, self.gen_weight = disc_weight, gen_weight
         self.embedding_sharing = embedding_sharing
+        self.weight_init = weight_init  # recorded in the model folder: a random-init baseline repeats it
 
         if weight_init not in WEIGHT_INITS:
             raise ValueError(f"weight_init={weight_init!r}; choose one of {WEIGHT_INITS}")

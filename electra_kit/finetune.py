@@ -53,6 +53,7 @@ class FinetuneConfig:
     max_seq_len: int | None = None  # default: the model's
     seeds: int = 1
     first_seed: int = 0
+    pooling: str = "cls"  # cls | mean: what the head reads (see pool)
     random_init: bool = False  # same architecture and tokenizer, fresh weights: the no-pretraining baseline
     device: str = "auto"
     progress: bool = True
@@ -93,15 +94,32 @@ class ClassificationHead(nn.Module):
         return self.out(self.dropout(F.gelu(self.dense(self.dropout(first)))))  # (b, k)
 
 
+POOLINGS = ("cls", "mean")
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """One vector per sequence: the first token's (ELECTRA's ``[CLS]``) or the mean of the real tokens'.
+
+    ELECTRA's discriminator never gets a learning signal at ``[CLS]`` (it is never replaced), so
+    after a short pretraining its hidden state there carries little; the mean uses every token.
+    """
+    if pooling == "cls":
+        return hidden[:, 0]  # (b, d)
+    weights = attention_mask.to(hidden.dtype)[..., None]  # (b, n, 1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (b, d)
+
+
 class SequenceModel(nn.Module):
-    def __init__(self, backbone: nn.Module, n_outputs: int, dropout: float):
+    def __init__(self, backbone: nn.Module, n_outputs: int, dropout: float, pooling: str = "cls"):
         super().__init__()
-        self.backbone = backbone
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling={pooling!r}; choose one of {POOLINGS}")
+        self.backbone, self.pooling = backbone, pooling
         self.head = ClassificationHead(backbone.hidden_dim, n_outputs, dropout)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids, attention_mask=attention_mask)  # (b, n, d)
-        return self.head(hidden[:, 0])  # (b, k)
+        return self.head(pool(hidden, attention_mask, self.pooling))  # (b, k)
 
 
 # ------------------------------------------------------------------------------------- building
@@ -121,10 +139,13 @@ def load_backbone(model_dir: str | Path, *, dropout: float | None, random_init: 
             backbone = None
     if backbone is None:
         backbone = create_backbone(spec["name"], **kwargs)
-    if random_init:  # where pretraining starts from: ELECTRA's N(0, 0.02) embeddings, the library's init elsewhere
-        from .heads import init_embeddings
+    if random_init:  # where pretraining started from: the objective's weight_init, recorded in config.json
+        from .heads import init_embeddings, init_weights
 
-        init_embeddings(backbone, 0.02)
+        if config.get("weight_init") == "electra":
+            init_weights(backbone, 0.02)
+        else:
+            init_embeddings(backbone, 0.02)
     else:
         load_model(backbone, str(Path(model_dir) / "encoder.safetensors"))
     return backbone
@@ -250,7 +271,8 @@ def finetune_seed(model_dir, data: Prepared, cfg: FinetuneConfig, seed: int, dev
     torch.manual_seed(seed)
     np.random.seed(seed)
     backbone = load_backbone(model_dir, dropout=cfg.dropout, random_init=cfg.random_init)
-    model = SequenceModel(backbone, 1 if data.task == "regression" else len(data.classes), cfg.dropout).to(device)
+    model = SequenceModel(backbone, 1 if data.task == "regression" else len(data.classes), cfg.dropout,
+                          cfg.pooling).to(device)
     groups = layerwise_param_groups(model, cfg)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, eps=cfg.adam_eps)
     n = len(data.train_rows)

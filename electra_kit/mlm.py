@@ -56,7 +56,7 @@ class MaskedLM(nn.Module):
             init_weights(encoder, embedding_init_std or 0.02)
         elif embedding_init_std is not None:
             init_embeddings(encoder, embedding_init_std)
-        self.encoder = encoder
+        self.encoder, self.weight_init = encoder, weight_init
         self.head = GeneratorHead(encoder)
         if weight_init == "electra":
             init_weights(self.head, embedding_init_std or 0.02)

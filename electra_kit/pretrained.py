@@ -61,6 +61,7 @@ def save_pretrained(model: nn.Module, folder: Path, *, tokenizer=None, special_i
         "hidden_dim": encoder.hidden_dim,
         "max_seq_len": max_seq_len or encoder.max_seq_len,
         "special_ids": special_ids or {},
+        "weight_init": getattr(model, "weight_init", "library"),
     }
     save_model(encoder, str(tmp / "encoder.safetensors"))
     if isinstance(model, Electra):
