@@ -23,8 +23,9 @@ import gin
 
 from .backbone import Backbone
 from .heads import DiscriminatorHead, GDESEmbedding, GeneratorHead, HiddenLayerExtractor, init_embeddings
-from .masking import GLOBAL_RNG, MaskedPositions, Noise, draw_ahead, mask_tokens, sample_categorical, slot_count
+from .masking import MaskedPositions, mask_tokens, sample_categorical, slot_count
 from .metrics import MeanAccumulator, roc_auc
+from .noise import GLOBAL_RNG, Noise, draw_ahead
 
 SHARING_MODES = ("tied", "gdes", "none")
 

@@ -17,8 +17,9 @@ import gin
 
 from .backbone import Backbone
 from .heads import GeneratorHead, init_embeddings
-from .masking import GLOBAL_RNG, Noise, mask_tokens
+from .masking import mask_tokens
 from .metrics import MeanAccumulator
+from .noise import GLOBAL_RNG, Noise
 
 
 @dataclass

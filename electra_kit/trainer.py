@@ -26,8 +26,8 @@ import gin
 
 from . import checkpoint as ckpt
 from .distributed import DistContext, unwrap
-from .masking import Noise
 from .metrics import MeanAccumulator
+from .noise import Noise
 
 
 @gin.configurable("train")
