@@ -26,6 +26,7 @@ from .heads import DiscriminatorHead, GDESEmbedding, GeneratorHead, HiddenLayerE
 from .masking import MaskedPositions, mask_tokens, sample_categorical, slot_count
 from .metrics import MeanAccumulator, roc_auc
 from .noise import GLOBAL_RNG, Noise, draw_ahead
+from .objective import Objective
 
 SHARING_MODES = ("tied", "gdes", "none")
 
@@ -81,7 +82,7 @@ def _ends_in_sigmoid(module: nn.Module) -> bool:
 
 
 @gin.configurable
-class Electra(nn.Module):
+class Electra(Objective):
     def __init__(
         self,
         generator: nn.Module,
@@ -154,6 +155,16 @@ class Electra(nn.Module):
     def encoder(self) -> nn.Module:
         """The model people keep: the discriminator."""
         return self.discriminator
+
+    def backbones(self) -> dict[str, nn.Module]:
+        return {"discriminator": self.discriminator, "generator": self.generator}
+
+    def folder_parts(self) -> dict[str, nn.Module]:
+        generator = nn.ModuleDict({"backbone": self.generator, "head": self.generator_head})
+        return {"encoder_head": self.discriminator_head, "generator": generator}
+
+    def folder_config(self) -> dict:
+        return {"embedding_sharing": self.embedding_sharing}
 
     # ---- construction -------------------------------------------------------------------------
 

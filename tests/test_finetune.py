@@ -20,14 +20,9 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from electra_kit.finetune import (
-    FinetuneConfig,
-    SequenceModel,
-    TaskSpec,
-    encode_examples,
-    finetune,
-    layerwise_param_groups,
-)
+from electra_kit.finetune import FinetuneConfig, TaskSpec, encode_examples, finetune
+from electra_kit.finetune_model import SequenceModel
+from electra_kit.optim import param_groups
 from electra_kit.registry import create_backbone, list_backbones
 from electra_kit.tasks import TaskError, read_labeled, spearman, task_metrics
 
@@ -83,14 +78,15 @@ def test_trec_slice_end_to_end_with_seeds_and_mlflow(tmp_path, model_dir, trec):
     assert "median" in proc.stdout and "finetune seed 1" in proc.stderr  # the table and the progress bar
     results = json.loads((tmp_path / "ft" / "results.json").read_text())
     assert results["task"]["type"] == "classification" and results["task"]["labels"] == CLASSES
-    assert results["task"]["n_train"] == 240 and results["task"]["n_eval"] == 60
+    assert results["task"]["n_train"] == 216 and results["task"]["n_val"] == 24 and results["task"]["n_eval"] == 60
     assert results["task"]["columns"] == {"text": "text", "pair": None, "label": "label"}  # found by name
     assert [s["seed"] for s in results["seeds"]] == [0, 1] and results["primary_metric"] == "accuracy"
     for key in ("accuracy", "f1", "macro_f1", "mcc", "eval_loss"):
         values = [s["metrics"][key] for s in results["seeds"]]
         assert all(np.isfinite(values)) and results["median"][key] == pytest.approx(statistics.median(values))
     assert all(0 <= s["metrics"]["accuracy"] <= 1 for s in results["seeds"])
-    assert results["seeds"][0]["steps"] == 8 and results["recipe"]["layer_decay"] == 0.8  # ceil(240 / 32)
+    assert results["seeds"][0]["steps"] == 7 and results["recipe"]["layer_decay"] == 0.8  # ceil(216 / 32)
+    assert all(s["selected_epoch"] == 1 for s in results["seeds"])  # one epoch: the only one to choose
 
     from mlflow import MlflowClient
 
@@ -165,7 +161,7 @@ def test_layer_groups_and_layerwise_learning_rates():
         assert len(groups) == 4 and sorted(ids) == sorted({id(p) for p in backbone.parameters()}), name
         assert any(p is backbone.get_token_embedding().weight for p in groups[0]), name  # embeddings first
     model = SequenceModel(backbone, 6, 0.1)
-    lrs = {g["depth"]: g["lr"] for g in layerwise_param_groups(model, FinetuneConfig(lr=1.0, layer_decay=0.5))}
+    lrs = {g["depth"]: g["lr"] for g in param_groups(model, lr=1.0, weight_decay=0.0, layer_decay=0.5)}
     assert lrs == {0: 0.5**5, 1: 0.5**4, 2: 0.5**3, 3: 0.5**2, 5: 1.0}  # ELECTRA's depths: head at L + 2
 
 
