@@ -54,12 +54,12 @@ def step_flops(config_file: str, bindings: list[str], args) -> float:
 
     import gin
     from electra_kit import config
-    from electra_kit.pretrain import pretrain
+    from electra_kit.objective import pretrain, resolve_objective
 
     gin.clear_config()
     config.parse([config_file], [*bindings, "backbone.attn_flash = False"])
     torch.manual_seed(0)
-    model = pretrain()(mask_token_id=2, pad_token_id=0, mask_ignore_token_ids=(3, 4))
+    model = resolve_objective(pretrain())(mask_token_id=2, pad_token_id=0, mask_ignore_token_ids=(3, 4))
     ids = torch.randint(5, args.vocab_size, (args.batch_size, args.seq_len))
     ids[:, 0], ids[:, -1] = 3, 4  # [CLS] ... [SEP], no padding: packed sequences
     with FlopCounterMode(display=False) as counter:
