@@ -105,3 +105,17 @@ def test_masked_lm_with_mlm_small_gin_end_to_end(tmp_path, small_corpus, cache_d
     assert (run_dir / "operative_config.gin").read_text().count("pretrain.objective = @MaskedLM") == 1
     encoder = load_pretrained(run_dir / "model")
     assert encoder.hidden_dim == 64
+
+
+def test_register_objective_at_run_time():
+    import electra_kit.registry as registry
+    from electra_kit import register_objective
+
+    @register_objective("test-mlm-alias")
+    class Alias(electra_kit.MaskedLM):
+        pass
+
+    try:
+        assert "test-mlm-alias" in list_objectives() and resolve_objective("test-mlm-alias") is Alias
+    finally:
+        registry._objectives.entries.pop("test-mlm-alias")
