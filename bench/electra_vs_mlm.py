@@ -48,13 +48,13 @@ def step_flops(config_file: str, bindings: list[str]) -> float:
 
     import gin
     from electra_kit import config
-    from electra_kit.pretrain import pretrain
+    from electra_kit.objective import pretrain, resolve_objective
 
     gin.clear_config()
     config.parse([config_file], [*bindings, "backbone.attn_flash = False"])
     batch, seq, vocab = (gin.query_parameter(f"%{m}") for m in ("BATCH_SIZE", "MAX_SEQ_LEN", "VOCAB_SIZE"))
     torch.manual_seed(0)
-    model = pretrain()(mask_token_id=2, pad_token_id=0, mask_ignore_token_ids=(3, 4))
+    model = resolve_objective(pretrain())(mask_token_id=2, pad_token_id=0, mask_ignore_token_ids=(3, 4))
     ids = torch.randint(5, vocab, (batch, seq))
     ids[:, 0], ids[:, -1] = 3, 4  # [CLS] ... [SEP], no padding: packed sequences
     with FlopCounterMode(display=False) as counter:

@@ -7,8 +7,9 @@ set_wait_policy()  # before anything imports torch: OpenMP reads its wait policy
 from .backbone import Backbone
 from .electra import Electra, ElectraOutput
 from .mlm import MaskedLM
+from .objective import Objective
 from .pretrained import Encoder, load_pretrained
-from .registry import create_backbone, list_backbones, register_backbone
+from .registry import create_backbone, list_backbones, list_objectives, register_backbone, register_objective
 
 __all__ = [
     "Backbone",
@@ -16,9 +17,12 @@ __all__ = [
     "ElectraOutput",
     "Encoder",
     "MaskedLM",
+    "Objective",
     "load_pretrained",
     "create_backbone",
     "list_backbones",
     "register_backbone",
+    "list_objectives",
+    "register_objective",
 ]
 __version__ = "0.1.0"

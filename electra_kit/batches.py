@@ -90,7 +90,11 @@ class BatchIterator:
         b = self.batch_size
         global_batch = self._permutation()[self.index * b:(self.index + 1) * b]
         self.index += 1
-        rows = _rows(self.dataset, global_batch[self.rank::self.world_size])  # (b / world_size, n)
+        return self._batch(global_batch[self.rank::self.world_size])
+
+    def _batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        """This rank's rows ``idx`` of the dataset as a batch (a subclass may collate otherwise)."""
+        rows = _rows(self.dataset, idx)  # (b / world_size, n)
         return _collate(rows, self.pad_id, self.pin_memory)
 
     def state_dict(self) -> dict:

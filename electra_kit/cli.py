@@ -47,7 +47,8 @@ def _cmd_finetune(args) -> int:
     configure_threads(args.threads)
     options = dict(lr=args.lr, layer_decay=args.layer_decay, warmup_fraction=args.warmup_fraction, epochs=args.epochs,
                    batch_size=args.batch_size, weight_decay=args.weight_decay, dropout=args.dropout,
-                   max_seq_len=args.max_seq_len, seeds=args.seeds, first_seed=args.first_seed, device=args.device)
+                   max_seq_len=args.max_seq_len, seeds=args.seeds, first_seed=args.first_seed, device=args.device,
+                   val_fraction=args.val_fraction, patience=args.patience)
     spec = TaskSpec(train=args.train, eval=args.eval, text_column=args.text_column, pair_column=args.pair_column,
                     label_column=args.label_column, format=args.format, header=not args.no_header, task=args.task)
     try:
@@ -59,7 +60,8 @@ def _cmd_finetune(args) -> int:
         print(f"electra-kit: error: {exc}", file=sys.stderr)
         return 2
     print(format_results(results))
-    print(f"electra-kit: {results['task']['type']} on {results['task']['n_train']} examples, "
+    print(f"electra-kit: {results['task']['type']} on {results['task']['n_train']} examples "
+          f"({results['task']['n_val']} held out to choose the epoch), "
           f"{len(results['seeds'])} seed(s); median {results['primary_metric']} "
           f"{results['median'][results['primary_metric']]:.4f}; results: {path}")
     return 0
@@ -148,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: regression when every label is a number and some are written as reals")
     p.add_argument("--seeds", type=int, help="fine-tune N times (seeds first-seed..), report each and the median (1)")
     p.add_argument("--first-seed", type=int, help="(0)")
-    p.add_argument("--epochs", type=float, help="(3)")
+    p.add_argument("--epochs", type=float, help="the most epochs trained; the best on --val-fraction is kept (3)")
+    p.add_argument("--val-fraction", type=float, help="of --train, held out (seeded) to choose the epoch; 0: last epoch (0.1)")
+    p.add_argument("--patience", type=int, help="stop after N epochs without a better validation score (off)")
     p.add_argument("--lr", type=float, help="peak learning rate of the head (3e-4, ELECTRA-Small)")
     p.add_argument("--layer-decay", type=float, help="layer-wise learning-rate decay (0.8)")
     p.add_argument("--warmup-fraction", type=float, help="(0.1)")

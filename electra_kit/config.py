@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import gin
+from gin import config_parser
 
 from .registry import create_backbone
 
@@ -61,8 +62,12 @@ logging.getLogger().addFilter(_QuietSearchPath())
 
 
 def _register_parts() -> None:
-    """Import every module that defines configurables, so any file can bind them."""
-    from . import data, electra, mlm, pretrain, trainer  # noqa: F401
+    """Import every module that defines configurables, so any file can bind them: the objectives
+    (built-in and plugins) come through the registry, each configurable lives beside its code."""
+    from . import data, objective, tracking, trainer  # noqa: F401
+    from .registry import objective_entries
+
+    objective_entries()
 
 
 def parse(config_files: list[str], bindings: list[str] = ()) -> list[Path]:
@@ -109,6 +114,38 @@ def query(binding_key: str, default=None):
 
 def operative_config() -> str:
     return gin.operative_config_str()
+
+
+class _Reference:
+    """A configurable reference or macro, written back in gin's own syntax."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+class _KeepReferences(config_parser.ParserDelegate):
+    def configurable_reference(self, scoped_name, evaluate):
+        return _Reference(f"@{scoped_name}()" if evaluate else f"@{scoped_name}")
+
+    def macro(self, name):
+        return _Reference(f"%{name}")
+
+
+def flatten_operative_config(text: str) -> dict[str, str]:
+    """gin's operative config text -> ``{"scope/Configurable.param": "value"}``, parsed by gin itself.
+
+    Values keep gin's syntax (``'reformer'``, ``0.0005``, ``@generator/backbone()``, ``%HIDDEN``);
+    macros are keyed by their name; imports, includes and comments are skipped.
+    """
+    out: dict[str, str] = {}
+    for statement in config_parser.ConfigParser(text, _KeepReferences()):
+        if isinstance(statement, config_parser.BindingStatement):
+            key = "/".join(p for p in (statement.scope, statement.selector) if p)
+            out[f"{key}.{statement.arg_name}" if statement.arg_name else key] = repr(statement.value)
+    return out
 
 
 def full_config() -> str:

@@ -23,8 +23,10 @@ import gin
 
 from .backbone import Backbone
 from .heads import DiscriminatorHead, GDESEmbedding, GeneratorHead, HiddenLayerExtractor, init_embeddings, init_weights
-from .masking import GLOBAL_RNG, MaskedPositions, Noise, draw_ahead, mask_tokens, sample_categorical, slot_count
+from .masking import MaskedPositions, mask_tokens, sample_categorical, slot_count
 from .metrics import MeanAccumulator, roc_auc
+from .noise import GLOBAL_RNG, Noise, draw_ahead
+from .objective import Objective
 
 SHARING_MODES = ("tied", "gdes", "none")
 # "electra": every weight from a truncated N(0, 0.02), as Google's ELECTRA; "library": each
@@ -83,7 +85,7 @@ def _ends_in_sigmoid(module: nn.Module) -> bool:
 
 
 @gin.configurable
-class Electra(nn.Module):
+class Electra(Objective):
     def __init__(
         self,
         generator: nn.Module,
@@ -167,6 +169,16 @@ class Electra(nn.Module):
     def encoder(self) -> nn.Module:
         """The model people keep: the discriminator."""
         return self.discriminator
+
+    def backbones(self) -> dict[str, nn.Module]:
+        return {"discriminator": self.discriminator, "generator": self.generator}
+
+    def folder_parts(self) -> dict[str, nn.Module]:
+        generator = nn.ModuleDict({"backbone": self.generator, "head": self.generator_head})
+        return {"encoder_head": self.discriminator_head, "generator": generator}
+
+    def folder_config(self) -> dict:
+        return {"embedding_sharing": self.embedding_sharing}
 
     # ---- construction -------------------------------------------------------------------------
 

@@ -15,7 +15,13 @@ ELECTRA-Small:
 
 A text pair is ``[CLS] a [SEP] b [SEP]``, truncated longest-first; the backbones have no segment
 embeddings, so the ``[SEP]`` alone marks the boundary. Batches are padded to their longest row.
-Metrics are those of the final epoch (no selection on the evaluation set).
+Epochs are chosen on a validation split, never on the evaluation (test) file: ``val_fraction`` of
+the training file (a seeded split, the same for every seed) is held out; ``epochs`` is the most
+that is trained, the model is evaluated on the split after every epoch, the best epoch by the
+task's primary metric is kept (training stops after ``patience`` epochs without improvement, if
+given), and the evaluation file's metrics are those of that epoch. ``val_fraction = 0``: no
+selection, the last epoch's metrics. Training runs on the one training loop (trainer.py): bf16
+autocast on CUDA, a checkpoint per epoch, the progress bar, ``metrics.jsonl`` per seed.
 """
 
 from __future__ import annotations
@@ -23,19 +29,22 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .batches import split_sequences
+from .finetune_model import LabeledBatches, SequenceModel, eval_batches
 from .pretrained import read_config
 from .registry import create_backbone
-from .tasks import TaskError, encode_labels, infer_task, label_set, primary_metric, read_labeled, task_metrics
+from .tasks import TaskError, encode_labels, infer_task, label_set, primary_metric, read_labeled
 from .tokenizer import special_ids
+from .trainer import TrainConfig, Trainer, resolve_device
 
 
 @dataclass
@@ -55,12 +64,19 @@ class FinetuneConfig:
     first_seed: int = 0
     pooling: str = "cls"  # cls | mean: what the head reads (see pool)
     random_init: bool = False  # same architecture and tokenizer, fresh weights: the no-pretraining baseline
+    val_fraction: float = 0.1  # of the training file, held out to choose the epoch (0: no selection)
+    split_seed: int = 0  # the validation split's seed: the same split for every fine-tuning seed
+    patience: int | None = None  # stop after this many epochs without a better validation score
     device: str = "auto"
     progress: bool = True
 
     def __post_init__(self):
         if self.seeds < 1 or self.batch_size < 1 or self.epochs <= 0:
             raise ValueError("seeds and batch size must be >= 1 and epochs > 0")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"--val-fraction must lie in [0, 1), got {self.val_fraction}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"--patience must be >= 1, got {self.patience}")
         if not 0 < self.layer_decay <= 1 or not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"layer decay must lie in (0, 1] and warmup fraction in [0, 1), got "
                              f"{self.layer_decay} and {self.warmup_fraction}")
@@ -76,50 +92,6 @@ class TaskSpec:
     format: str = "auto"
     header: bool = True
     task: str = "auto"
-
-
-class ClassificationHead(nn.Module):
-    """ELECTRA's sequence head on the first token's hidden state."""
-
-    def __init__(self, hidden_dim: int, n_outputs: int, dropout: float):
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.dense = nn.Linear(hidden_dim, hidden_dim)
-        self.out = nn.Linear(hidden_dim, n_outputs)
-        for layer in (self.dense, self.out):  # BERT's initialisation
-            nn.init.normal_(layer.weight, std=0.02)
-            nn.init.zeros_(layer.bias)
-
-    def forward(self, first: torch.Tensor) -> torch.Tensor:  # (b, d)
-        return self.out(self.dropout(F.gelu(self.dense(self.dropout(first)))))  # (b, k)
-
-
-POOLINGS = ("cls", "mean")
-
-
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """One vector per sequence: the first token's (ELECTRA's ``[CLS]``) or the mean of the real tokens'.
-
-    ELECTRA's discriminator never gets a learning signal at ``[CLS]`` (it is never replaced), so
-    after a short pretraining its hidden state there carries little; the mean uses every token.
-    """
-    if pooling == "cls":
-        return hidden[:, 0]  # (b, d)
-    weights = attention_mask.to(hidden.dtype)[..., None]  # (b, n, 1)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (b, d)
-
-
-class SequenceModel(nn.Module):
-    def __init__(self, backbone: nn.Module, n_outputs: int, dropout: float, pooling: str = "cls"):
-        super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling={pooling!r}; choose one of {POOLINGS}")
-        self.backbone, self.pooling = backbone, pooling
-        self.head = ClassificationHead(backbone.hidden_dim, n_outputs, dropout)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(input_ids, attention_mask=attention_mask)  # (b, n, d)
-        return self.head(pool(hidden, attention_mask, self.pooling))  # (b, k)
 
 
 # ------------------------------------------------------------------------------------- building
@@ -179,33 +151,6 @@ def encode_examples(tok, texts: list[str], pairs: list[str] | None, max_seq_len:
     return rows
 
 
-def collate(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    n = max(len(r) for r in rows)
-    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)  # (b, n)
-    mask = torch.zeros((len(rows), n), dtype=torch.bool)  # (b, n)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = True
-    return ids, mask
-
-
-def layerwise_param_groups(model: SequenceModel, cfg: FinetuneConfig) -> list[dict]:
-    """One AdamW group per layer (and decay / no-decay), the lr scaled as in ELECTRA."""
-    groups = [list(g) for g in model.backbone.layer_groups()]
-    covered = {id(p) for g in groups for p in g}
-    groups[-1] += [p for p in model.backbone.parameters() if id(p) not in covered]
-    n_layers = len(groups) - 1
-    depths = [*range(len(groups)), n_layers + 2]  # embeddings 0, layer i at i, the head at L + 2
-    out = []
-    for depth, params in zip(depths, [*groups, list(model.head.parameters())], strict=True):
-        scale = cfg.layer_decay ** (n_layers + 2 - depth)
-        for decay, chosen in ((cfg.weight_decay, [p for p in params if p.ndim >= 2]),
-                              (0.0, [p for p in params if p.ndim < 2])):
-            if chosen:
-                out.append({"params": chosen, "lr": cfg.lr * scale, "weight_decay": decay, "depth": depth})
-    return out
-
-
 # ------------------------------------------------------------------------------------- training
 @dataclass
 class Prepared:
@@ -218,6 +163,8 @@ class Prepared:
     columns: dict
     pad_id: int
     max_seq_len: int
+    val_rows: list[list[int]]  # held out from the training file to choose the epoch
+    y_val: np.ndarray
 
 
 def prepare(model_dir, spec: TaskSpec, cfg: FinetuneConfig) -> Prepared:
@@ -236,96 +183,112 @@ def prepare(model_dir, spec: TaskSpec, cfg: FinetuneConfig) -> Prepared:
     y_eval = encode_labels(evald, task, classes, train_path=spec.train)
     model_len = config.get("max_seq_len") or config["encoder"]["kwargs"].get("max_seq_len")
     max_len = min(cfg.max_seq_len or model_len, model_len)
-    return Prepared(task, classes, encode_examples(tok, train.texts, train.pairs, max_len),
-                    encode_examples(tok, evald.texts, evald.pairs, max_len), y_train, y_eval,
-                    {"text": cols.text, "pair": cols.pair, "label": cols.label}, special_ids(tok).pad_id, max_len)
+    rows = encode_examples(tok, train.texts, train.pairs, max_len)
+    train_ids, val_ids = _validation_split(len(rows), cfg, spec.train)
+    return Prepared(task, classes, [rows[i] for i in train_ids], encode_examples(tok, evald.texts, evald.pairs, max_len),
+                    y_train[train_ids], y_eval, {"text": cols.text, "pair": cols.pair, "label": cols.label},
+                    special_ids(tok).pad_id, max_len, [rows[i] for i in val_ids], y_train[val_ids])
 
 
-def _loss(task: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    if task == "regression":
-        return F.mse_loss(logits.squeeze(-1).float(), y.float())
-    return F.cross_entropy(logits.float(), y)
+def _validation_split(n: int, cfg: FinetuneConfig, path) -> tuple[np.ndarray, np.ndarray]:
+    if cfg.val_fraction == 0:
+        return np.arange(n), np.arange(0)
+    try:
+        train_ids, val_ids = split_sequences(n, cfg.val_fraction, 1, cfg.split_seed)
+    except ValueError:
+        raise TaskError(f"{path}: {n} example(s) are too few to hold out --val-fraction {cfg.val_fraction} "
+                        "for validation; add examples or pass --val-fraction 0") from None
+    return train_ids.astype(np.int64), val_ids.astype(np.int64)
 
 
-@torch.no_grad()
-def evaluate(model: SequenceModel, data: Prepared, cfg: FinetuneConfig, device) -> dict[str, float]:
-    model.eval()
-    order = np.argsort([len(r) for r in data.eval_rows], kind="stable")  # similar lengths batch together
-    preds, losses = np.empty(len(order), dtype=np.float64), []
-    for start in range(0, len(order), cfg.eval_batch_size):
-        idx = order[start:start + cfg.eval_batch_size]
-        ids, mask = collate([data.eval_rows[i] for i in idx], data.pad_id)
-        logits = model(ids.to(device), mask.to(device)).float().cpu()  # (b, k)
-        y = torch.from_numpy(data.y_eval[idx])
-        losses.append(float(_loss(data.task, logits, y)) * len(idx))
-        preds[idx] = logits.squeeze(-1).numpy() if data.task == "regression" else logits.argmax(-1).numpy()
-    y_pred = preds if data.task == "regression" else preds.astype(np.int64)
-    metrics = task_metrics(data.task, data.y_eval, y_pred, len(data.classes or []))
-    metrics["eval_loss"] = sum(losses) / len(order)
-    return metrics
+class _SeedMetrics:
+    """Hands the trainer's metrics to the run's tracker under ``seed_N/`` (``eval/`` is the validation split)."""
+
+    def __init__(self, tracker, seed: int):
+        self.tracker, self.prefix = tracker, f"seed_{seed}/"
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        renamed = {self.prefix + ("val/" + k[5:] if k.startswith("eval/") else k): v for k, v in metrics.items()}
+        self.tracker.log_metrics(renamed, step=step)
 
 
-def finetune_seed(model_dir, data: Prepared, cfg: FinetuneConfig, seed: int, device, on_metrics=None) -> dict:
-    """Train one seed; returns ``{seed, metrics (last epoch), epochs: [...], train_loss, wall_s}``."""
+class _BestEpoch:
+    """The trainer's ``on_eval``: keeps the weights of the best validation score; says when to stop."""
+
+    def __init__(self, model: nn.Module, key: str, steps_per_epoch: int, patience: int | None):
+        self.model, self.key, self.steps_per_epoch, self.patience = model, key, steps_per_epoch, patience
+        self.epochs: list[dict] = []
+        self.best: dict | None = None
+        self.state: dict | None = None
+
+    def __call__(self, step: int, metrics: dict) -> bool:
+        epoch = {"epoch": math.ceil(step / self.steps_per_epoch), "step": step,
+                 **{f"val_{k}": v for k, v in metrics.items()}}
+        self.epochs.append(epoch)
+        if self.best is None or metrics[self.key] > self.best[f"val_{self.key}"]:  # ties keep the earlier epoch
+            self.best = epoch
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        waited = len(self.epochs) - self.epochs.index(self.best) - 1
+        return self.patience is not None and waited >= self.patience
+
+
+def _train_config(cfg: FinetuneConfig, seed: int, n_train: int) -> tuple[TrainConfig, int]:
+    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+    total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    per_epoch = min(steps_per_epoch, total)
+    train = TrainConfig(
+        steps=total, batch_size=cfg.batch_size, lr=cfg.lr, layer_decay=cfg.layer_decay,
+        warmup_steps=round(cfg.warmup_fraction * total), warmup_cap=None, weight_decay=cfg.weight_decay,
+        adam_eps=cfg.adam_eps, max_grad_norm=cfg.max_grad_norm, log_every=per_epoch, eval_every=per_epoch,
+        checkpoint_every=per_epoch, keep_checkpoints=1, device=cfg.device, seed=seed, progress=cfg.progress,
+    )
+    return train, steps_per_epoch
+
+
+def finetune_seed(model_dir, data: Prepared, cfg: FinetuneConfig, seed: int, device, *, run_dir: Path,
+                  tracker=None) -> dict:
+    """Train one seed on the training loop; returns ``{seed, metrics (evaluation file, selected
+    epoch), selected_epoch, epochs: [...], steps, ...}``."""
     start = time.perf_counter()
     torch.manual_seed(seed)
     np.random.seed(seed)
     backbone = load_backbone(model_dir, dropout=cfg.dropout, random_init=cfg.random_init)
-    model = SequenceModel(backbone, 1 if data.task == "regression" else len(data.classes), cfg.dropout,
-                          cfg.pooling).to(device)
-    groups = layerwise_param_groups(model, cfg)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, eps=cfg.adam_eps)
-    n = len(data.train_rows)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    warmup = round(cfg.warmup_fraction * total)
+    n_out = 1 if data.task == "regression" else len(data.classes)
+    model = SequenceModel(backbone, n_out, cfg.dropout, data.task, cfg.pooling)
+    train_cfg, steps_per_epoch = _train_config(cfg, seed, len(data.train_rows))
+    batches = LabeledBatches(data.train_rows, data.y_train, cfg.batch_size, seed=seed, pad_id=data.pad_id)
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
+    def split(rows, labels):
+        return lambda: eval_batches(rows, labels, cfg.eval_batch_size, data.pad_id, device)
 
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    bar = None
-    if cfg.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, desc=f"finetune seed {seed}", unit="step", dynamic_ncols=True)
-    generator = torch.Generator().manual_seed(seed)
-    y_train = torch.from_numpy(data.y_train)
-    step, epochs, running = 0, [], []
-    while step < total:
-        model.train()
-        perm = torch.randperm(n, generator=generator)
-        for start_i in range(0, n, cfg.batch_size):
-            idx = perm[start_i:start_i + cfg.batch_size]
-            ids, mask = collate([data.train_rows[i] for i in idx.tolist()], data.pad_id)
-            loss = _loss(data.task, model(ids.to(device), mask.to(device)), y_train[idx].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            schedule.step()
-            step += 1
-            running.append(float(loss.detach()))
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{sum(running[-20:]) / len(running[-20:]):.3f}")
-            if step >= total:
-                break
-        metrics = evaluate(model, data, cfg, device)
-        train_loss = sum(running[-steps_per_epoch:]) / len(running[-steps_per_epoch:])
-        epochs.append({"epoch": len(epochs) + 1, "step": step, "train_loss": train_loss, **metrics})
-        if on_metrics is not None:
-            on_metrics(seed, step, {"train_loss": train_loss, **metrics})
-        if bar is not None:
-            key = primary_metric(data.task)
-            bar.set_postfix(loss=f"{train_loss:.3f}", **{key: f"{metrics[key]:.4f}"})
-    if bar is not None:
-        bar.close()
-    final = {k: v for k, v in epochs[-1].items() if k not in ("epoch", "step", "train_loss")}
-    return {"seed": seed, "metrics": final, "train_loss": epochs[-1]["train_loss"], "epochs": epochs,
-            "steps": total, "warmup_steps": warmup, "wall_s": time.perf_counter() - start}
+    selecting = len(data.val_rows) > 0
+    best = _BestEpoch(model, primary_metric(data.task), steps_per_epoch, cfg.patience)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(model, train_cfg, train_batches=batches, device=device, run_dir=run_dir,
+                      eval_batches=split(data.val_rows, data.y_val) if selecting else None,
+                      on_eval=best if selecting else None, progress_desc=f"finetune seed {seed}",
+                      tracker=_SeedMetrics(tracker, seed) if tracker is not None else None)
+    try:
+        result = trainer.fit()
+        if selecting:
+            model.load_state_dict(best.state)
+        trainer.eval_batches = split(data.eval_rows, data.y_eval)
+        metrics = trainer.evaluate()
+    finally:
+        trainer.release()
+    metrics["eval_loss"] = metrics.pop("loss")
+    train_losses = {h["step"]: h["train/loss"] for h in trainer.history if "train/loss" in h}
+    epochs = best.epochs or [{"epoch": math.ceil(result["step"] / steps_per_epoch), "step": result["step"]}]
+    for e in epochs:
+        e["train_loss"] = train_losses.get(e["step"])
+    chosen = best.best or epochs[-1]
+    if tracker is not None:
+        tracker.log_metrics({f"seed_{seed}/{k}": v for k, v in metrics.items()}, step=chosen["step"])
+    return {"seed": seed, "metrics": metrics, "selected_epoch": chosen["epoch"], "selected_step": chosen["step"],
+            "selected_by": f"val_{primary_metric(data.task)}" if selecting else "last epoch (no validation split)",
+            "train_loss": chosen["train_loss"], "epochs": epochs, "steps": result["step"],
+            "max_steps": train_cfg.steps, "stopped_early": result["step"] < train_cfg.steps,
+            "warmup_steps": train_cfg.effective_warmup, "wall_s": time.perf_counter() - start}
 
 
 def median_metrics(per_seed: list[dict]) -> dict[str, float]:
@@ -333,10 +296,13 @@ def median_metrics(per_seed: list[dict]) -> dict[str, float]:
     return {k: statistics.median(s["metrics"][k] for s in per_seed) for k in keys}
 
 
-def finetune(model_dir, spec: TaskSpec, cfg: FinetuneConfig | None = None, *, tracker=None) -> dict:
-    """Fine-tune ``cfg.seeds`` times; returns the results (per seed and median) as a dict."""
-    from .trainer import resolve_device
-
+def finetune(model_dir, spec: TaskSpec, cfg: FinetuneConfig | None = None, *, tracker=None,
+             run_dir: str | Path | None = None) -> dict:
+    """Fine-tune ``cfg.seeds`` times; returns the results (per seed and median) as a dict. Each seed's
+    checkpoints and ``metrics.jsonl`` go to ``run_dir/seed_N`` (a temporary folder without ``run_dir``)."""
+    if run_dir is None:
+        with tempfile.TemporaryDirectory(prefix="electra-kit-finetune-") as tmp:
+            return finetune(model_dir, spec, cfg, tracker=tracker, run_dir=tmp)
     cfg = cfg or FinetuneConfig()
     start = time.perf_counter()
     device = resolve_device(cfg.device)
@@ -346,7 +312,8 @@ def finetune(model_dir, spec: TaskSpec, cfg: FinetuneConfig | None = None, *, tr
         "model": str(Path(model_dir).resolve()), "backbone": config["encoder"]["name"],
         "pretraining": "none (random init)" if cfg.random_init else config.get("objective"),
         "task": {"type": data.task, "labels": data.classes, "train": str(spec.train), "eval": str(spec.eval),
-                 "n_train": len(data.train_rows), "n_eval": len(data.eval_rows), "columns": data.columns,
+                 "n_train": len(data.train_rows), "n_val": len(data.val_rows), "n_eval": len(data.eval_rows),
+                 "columns": data.columns,
                  "max_seq_len": data.max_seq_len},
         "recipe": asdict(cfg), "primary_metric": primary_metric(data.task),
     }
@@ -355,13 +322,10 @@ def finetune(model_dir, spec: TaskSpec, cfg: FinetuneConfig | None = None, *, tr
                   **{f"task.{k}": v for k, v in info["task"].items()}, **{f"finetune.{k}": v for k, v in asdict(cfg).items()}}
         tracker.start(params=params, tags={"electra_kit.kind": "finetune"})
 
-    def log(seed, step, metrics):
-        if tracker is not None:
-            tracker.log_metrics({f"seed_{seed}/{k}": v for k, v in metrics.items()}, step=step)
-
     per_seed = []
     for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
-        per_seed.append(finetune_seed(model_dir, data, cfg, seed, device, on_metrics=log))
+        per_seed.append(finetune_seed(model_dir, data, cfg, seed, device, run_dir=Path(run_dir) / f"seed_{seed}",
+                                      tracker=tracker))
     median = median_metrics(per_seed)
     if tracker is not None:
         tracker.log_metrics({f"median/{k}": v for k, v in median.items()}, step=per_seed[-1]["steps"])
@@ -369,12 +333,12 @@ def finetune(model_dir, spec: TaskSpec, cfg: FinetuneConfig | None = None, *, tr
 
 
 def format_results(results: dict) -> str:
-    """A small table: one row per seed, then the median."""
+    """A small table: one row per seed (with the epoch chosen on validation), then the median."""
     keys = list(results["median"])
-    lines = ["seed    " + "  ".join(f"{k:>9}" for k in keys)]
+    lines = ["seed    epoch  " + "  ".join(f"{k:>9}" for k in keys)]
     for s in results["seeds"]:
-        lines.append(f"{s['seed']:<8}" + "  ".join(f"{s['metrics'][k]:>9.4f}" for k in keys))
-    lines.append(f"{'median':<8}" + "  ".join(f"{results['median'][k]:>9.4f}" for k in keys))
+        lines.append(f"{s['seed']:<8}{s['selected_epoch']:>5}  " + "  ".join(f"{s['metrics'][k]:>9.4f}" for k in keys))
+    lines.append(f"{'median':<15}" + "  ".join(f"{results['median'][k]:>9.4f}" for k in keys))
     return "\n".join(lines)
 
 
@@ -411,7 +375,7 @@ def run_finetune(model_dir, spec: TaskSpec, cfg: FinetuneConfig, *, run_dir: str
     from .tracking import finish_when_done
 
     with finish_when_done(tracker):
-        results = finetune(model_dir, spec, cfg, tracker=tracker)
+        results = finetune(model_dir, spec, cfg, tracker=tracker, run_dir=run_dir)
         path = write_results(results, run_dir / "results.json")
         if tracker is not None:
             tracker.log_artifact(path)

@@ -6,24 +6,14 @@ import torch
 
 
 def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """Area under the ROC curve (Mann-Whitney U, ties averaged); NaN if one class is absent."""
-    scores, labels = scores.flatten().double(), labels.flatten().bool()
-    n_pos = int(labels.sum())
-    n_neg = labels.numel() - n_pos
-    if n_pos == 0 or n_neg == 0:
+    """Area under the ROC curve (scikit-learn); NaN if one class is absent."""
+    # imported here: it takes seconds, which a plain `import electra_kit` need not pay
+    from sklearn.metrics import roc_auc_score
+
+    labels = labels.flatten().bool().numpy()
+    if labels.all() or not labels.any():
         return float("nan")
-    order = scores.argsort()
-    sorted_scores = scores[order]
-    ranks = torch.empty_like(scores)
-    ranks[order] = torch.arange(1, scores.numel() + 1, dtype=torch.double)
-    # average the ranks of tied scores
-    uniq, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
-    if len(uniq) < scores.numel():
-        ends = counts.cumsum(0).double()
-        mean_rank = ends - (counts.double() - 1) / 2
-        ranks[order] = mean_rank[inverse]
-    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2
-    return float(u / (n_pos * n_neg))
+    return float(roc_auc_score(labels, scores.flatten().double().numpy()))
 
 
 class MeanAccumulator:

@@ -17,8 +17,10 @@ import gin
 
 from .backbone import Backbone
 from .heads import GeneratorHead, init_embeddings, init_weights
-from .masking import GLOBAL_RNG, Noise, mask_tokens
+from .masking import mask_tokens
 from .metrics import MeanAccumulator
+from .noise import GLOBAL_RNG, Noise
+from .objective import Objective
 
 
 @dataclass
@@ -33,7 +35,7 @@ class MLMOutput:
 
 
 @gin.configurable
-class MaskedLM(nn.Module):
+class MaskedLM(Objective):
     def __init__(
         self,
         encoder: Backbone,
@@ -67,6 +69,9 @@ class MaskedLM(nn.Module):
         every = torch.arange(encoder.num_tokens)
         pool = every[~torch.isin(every, torch.tensor([*ignore, mask_token_id]))]
         self.register_buffer("random_token_pool", pool, persistent=False)
+
+    def folder_parts(self) -> dict[str, nn.Module]:
+        return {"encoder_head": self.head}
 
     def compute(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, noise: Noise | None = None

@@ -16,13 +16,11 @@ from pathlib import Path
 
 import torch
 
-import gin
-
 from . import checkpoint as ckpt
 from . import config as gin_config
 from .data import BatchIterator, EvalIterator, build_data
 from .distributed import init_from_env
-from .electra import Electra
+from .objective import pretrain, resolve_objective
 from .pretrained import save_pretrained
 from .trainer import Interrupted, TrainConfig, Trainer, resolve_device
 
@@ -40,18 +38,6 @@ class RunOptions:
     tracking: bool = True
     tracking_uri: str | None = None
     experiment: str | None = None
-
-
-@gin.configurable
-def pretrain(*, objective=Electra):
-    """The gin-configurable choice of objective (``Electra`` or ``MaskedLM``)."""
-    return objective
-
-
-@gin.configurable
-def tracking(*, uri: str | None = None, experiment: str | None = None, enabled: bool = True) -> dict:
-    """Where the run is recorded; ``--tracking-uri`` / ``--experiment`` / ``--no-tracking`` win over these."""
-    return {"uri": uri, "experiment": experiment, "enabled": enabled}
 
 
 def default_run_dir(config_files: list[str]) -> Path:
@@ -77,17 +63,13 @@ def _prepare_run_dir(opts: RunOptions) -> Path:
 
 
 def build_objective(data) -> torch.nn.Module:
-    objective = pretrain()
-    kwargs = dict(mask_token_id=data.mask_id, pad_token_id=data.pad_id, mask_ignore_token_ids=(data.cls_id, data.sep_id))
+    """The configured objective, built from the data's special tokens and checked against the data."""
     try:
-        model = objective(**kwargs)
+        objective = resolve_objective(pretrain())
+        model = objective(**objective.special_token_kwargs(_special_ids(data)))
     except (KeyError, TypeError, ValueError) as exc:
         raise RunError(f"building the model failed: {exc.args[0] if exc.args else exc}") from exc
-    encoder = model.encoder
-    parts = [("discriminator" if isinstance(model, Electra) else "encoder", encoder)]
-    if isinstance(model, Electra):
-        parts.append(("generator", model.generator))
-    for role, backbone in parts:
+    for role, backbone in model.backbones().items():
         if data.vocab_size > backbone.num_tokens:
             raise RunError(
                 f"the tokenizer has {data.vocab_size} tokens but the {role} embedding holds {backbone.num_tokens}: "
@@ -102,28 +84,18 @@ def build_objective(data) -> torch.nn.Module:
 
 
 def _tracker(opts: RunOptions, run_dir: Path, rank: int):
+    from .tracking import Tracker, tracking
+
     configured = tracking()
     if not (opts.tracking and configured["enabled"]):
         return None
-    from .tracking import Tracker
-
     experiment = opts.experiment or configured["experiment"] or Path(opts.config_files[-1]).stem
     return Tracker(run_dir=run_dir, tracking_uri=opts.tracking_uri or configured["uri"], experiment=experiment,
                    run_name=run_dir.name, rank=rank)
 
 
 def _params(model, operative: str) -> dict:
-    from .tracking import flatten_gin_config
-
-    params = dict(flatten_gin_config(operative))
-    params["encoder.backbone"] = model.encoder.backbone_name
-    params["encoder.params"] = sum(p.numel() for p in model.encoder.parameters())
-    if isinstance(model, Electra):
-        params["discriminator.backbone"] = model.discriminator.backbone_name
-        params["generator.backbone"] = model.generator.backbone_name
-        params["discriminator.params"] = sum(p.numel() for p in model.discriminator.parameters())
-        params["generator.params"] = sum(p.numel() for p in model.generator.parameters())
-    return params
+    return {**gin_config.flatten_operative_config(operative), **model.report_params()}
 
 
 def run(opts: RunOptions) -> dict:

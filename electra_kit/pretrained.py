@@ -47,9 +47,7 @@ def _backbone_config(backbone: Backbone) -> dict:
 
 def save_pretrained(model: nn.Module, folder: Path, *, tokenizer=None, special_ids: dict | None = None,
                     operative_config: str = "", max_seq_len: int | None = None) -> Path:
-    """Write the model folder for an ``Electra`` (registry backbones) or ``MaskedLM`` objective."""
-    from .electra import Electra  # local: pretrained.py is also imported by light tools
-
+    """Write the model folder of an :class:`~electra_kit.objective.Objective` over registry backbones."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -64,14 +62,12 @@ def save_pretrained(model: nn.Module, folder: Path, *, tokenizer=None, special_i
         "weight_init": getattr(model, "weight_init", "library"),
     }
     save_model(encoder, str(tmp / "encoder.safetensors"))
-    if isinstance(model, Electra):
-        save_model(model.discriminator_head, str(tmp / "encoder_head.safetensors"))
-        generator = nn.ModuleDict({"backbone": model.generator, "head": model.generator_head})
-        save_model(generator, str(tmp / "generator.safetensors"))
-        config["generator"] = _backbone_config(model.generator)
-        config["embedding_sharing"] = model.embedding_sharing
-    else:
-        save_model(model.head, str(tmp / "encoder_head.safetensors"))
+    for stem, module in model.folder_parts().items():
+        save_model(module, str(tmp / f"{stem}.safetensors"))
+    for role, backbone in model.backbones().items():
+        if backbone is not model.encoder:  # e.g. ELECTRA's generator: the folder says how to rebuild it
+            config[role] = _backbone_config(backbone)
+    config.update(model.folder_config())
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     (tmp / "operative_config.gin").write_text(operative_config)
     if tokenizer is not None:

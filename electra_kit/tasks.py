@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import scipy.stats
+from sklearn.metrics import f1_score, matthews_corrcoef
 
 FORMATS = ("auto", "jsonl", "csv", "tsv")
 TASK_TYPES = ("auto", "classification", "regression")
@@ -227,54 +229,39 @@ def encode_labels(data: LabeledTexts, task: str, classes: list[str] | None, trai
 
 
 # --------------------------------------------------------------------------------------- metrics
-def matthews_corrcoef(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
-    """Matthews correlation, multi-class form (Gorodkin 2004); 0 when undefined."""
-    cm = np.zeros((n_classes, n_classes), dtype=np.float64)
-    np.add.at(cm, (y_true, y_pred), 1)
-    t, p, c, s = cm.sum(1), cm.sum(0), np.trace(cm), cm.sum()
-    denom = math.sqrt(max(s * s - (p * p).sum(), 0.0) * max(s * s - (t * t).sum(), 0.0))
-    return float((c * s - (p * t).sum()) / denom) if denom > 0 else 0.0
-
-
-def f1_scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
-    f1 = np.zeros(n_classes)
-    for k in range(n_classes):
-        tp = np.sum((y_pred == k) & (y_true == k))
-        fp, fn = np.sum((y_pred == k) & (y_true != k)), np.sum((y_pred != k) & (y_true == k))
-        f1[k] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
-    return f1
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks with ties averaged (as Spearman's rho needs)."""
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x), dtype=np.float64)
-    ranks[order] = np.arange(len(x), dtype=np.float64)
-    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    sums = np.bincount(inverse, weights=ranks)
-    return sums[inverse] / counts[inverse]
+def _correlation(fn, x: np.ndarray, y: np.ndarray) -> float:
+    """A SciPy correlation, 0 where it is undefined (a constant input, e.g. early in training)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return 0.0
+    return float(fn(x, y)[0])
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
-    x, y = np.asarray(x, np.float64) - np.mean(x), np.asarray(y, np.float64) - np.mean(y)
-    denom = math.sqrt(float((x * x).sum() * (y * y).sum()))
-    return float((x * y).sum() / denom) if denom > 0 else 0.0
+    return _correlation(scipy.stats.pearsonr, x, y)
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    return pearson(_ranks(np.asarray(x)), _ranks(np.asarray(y)))
+    return _correlation(scipy.stats.spearmanr, x, y)
 
 
 def task_metrics(task: str, y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = 0) -> dict[str, float]:
     """Classification: accuracy, F1 (of the second class when there are two, as GLUE's MRPC and
-    QQP; macro-averaged otherwise), macro F1 and Matthews correlation. Regression: Spearman,
-    Pearson and mean squared error."""
+    QQP; macro-averaged otherwise), macro F1 and Matthews correlation (scikit-learn). Regression:
+    Spearman, Pearson (SciPy) and mean squared error."""
     if task == "regression":
         return {"spearman": spearman(y_true, y_pred), "pearson": pearson(y_true, y_pred),
                 "mse": float(np.mean((np.asarray(y_true, np.float64) - y_pred) ** 2))}
-    f1 = f1_scores(y_true, y_pred, n_classes)
-    return {"accuracy": float(np.mean(y_true == y_pred)), "f1": float(f1[1] if n_classes == 2 else f1.mean()),
-            "macro_f1": float(f1.mean()), "mcc": matthews_corrcoef(y_true, y_pred, n_classes)}
+    labels = list(range(n_classes))
+    per_class = f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0.0)
+    return {"accuracy": float(np.mean(y_true == y_pred)), "f1": float(per_class[1] if n_classes == 2 else per_class.mean()),
+            "macro_f1": float(per_class.mean()), "mcc": _mcc(y_true, y_pred)}
+
+
+def _mcc(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    with warnings.catch_warnings():  # one class only (a small split): sklearn warns, and gives 0 as we want
+        warnings.simplefilter("ignore", UserWarning)
+        return float(matthews_corrcoef(y_true, y_pred))
 
 
 def primary_metric(task: str) -> str:

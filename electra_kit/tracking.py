@@ -40,6 +40,8 @@ import time
 import uuid
 from pathlib import Path
 
+import gin
+
 from .tracking_delivery import (
     MAX_METRICS_PER_BATCH,
     MAX_PARAM_VAL_LENGTH,
@@ -60,6 +62,13 @@ from .tracking_helpers import (
     ui_command,
 )
 from .tracking_outbox import OUTBOX_DIR, RUN_FILE, Outbox, read_run_file, sync_outbox, write_run_file
+
+
+@gin.configurable
+def tracking(*, uri: str | None = None, experiment: str | None = None, enabled: bool = True) -> dict:
+    """Where a run is recorded; ``--tracking-uri`` / ``--experiment`` / ``--no-tracking`` win over these."""
+    return {"uri": uri, "experiment": experiment, "enabled": enabled}
+
 
 __all__ = [
     "Tracker",

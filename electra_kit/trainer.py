@@ -1,9 +1,12 @@
-"""The training loop: step, accumulate, clip, schedule, evaluate, checkpoint.
+"""The training loop, for pretraining and fine-tuning alike: step, accumulate, clip, schedule,
+evaluate, checkpoint.
 
-The trainer knows a model whose ``forward(input_ids, attention_mask, return_output=True)``
-returns an output with ``.loss`` and ``.metrics()`` and which has ``evaluate(batches)``; it
-knows nothing of ELECTRA's insides. Each step's randomness (masking, sampling, dropout) is
-seeded from ``(seed, step, rank)``, so a resumed run repeats the uninterrupted one exactly.
+The trainer knows the :mod:`~electra_kit.objective` interface only: ``forward(input_ids,
+attention_mask, return_output=True, noise=..., **other batch fields)`` returns an output with
+``.loss``, ``.loss_terms`` and ``.metrics()``, and ``evaluate(batches)`` gives the eval metrics.
+Each step's randomness (masking, sampling, dropout) is seeded from ``(seed, step, rank)``, so a
+resumed run repeats the uninterrupted one exactly. ``on_eval(step, metrics) -> bool`` may stop
+the run after an evaluation (early stopping).
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ import gin
 
 from . import checkpoint as ckpt
 from .distributed import DistContext, unwrap
-from .masking import Noise
 from .metrics import MeanAccumulator
+from .noise import Noise
+from .optim import make_optimizer, param_groups, warmup_linear_decay, warmup_steps
 from .threads import configure_threads
 
 
@@ -37,8 +41,10 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 128  # global: split across ranks and accumulation micro-steps
     lr: float = 5e-4
-    warmup_steps: int = 10000  # capped at 10% of ``steps`` so short runs still reach the peak lr
+    warmup_steps: int = 10000
+    warmup_cap: float | None = 0.1  # warmup is at most this fraction of ``steps`` (short runs reach the peak lr)
     weight_decay: float = 0.01
+    layer_decay: float = 1.0  # < 1: layer-wise lr decay over the model's layer_groups() (fine-tuning)
     adam_betas: tuple = (0.9, 0.999)
     adam_eps: float = 1e-6
     max_grad_norm: float = 1.0
@@ -67,7 +73,7 @@ class TrainConfig:
 
     @property
     def effective_warmup(self) -> int:
-        return max(1, min(self.warmup_steps, self.steps // 10))
+        return warmup_steps(self.steps, self.warmup_steps, self.warmup_cap)
 
 
 class NonFiniteError(RuntimeError):
@@ -89,27 +95,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"train.device={name!r} but no CUDA device is available; use 'cpu' or 'auto'")
     return device
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW as in ELECTRA: no weight decay on biases and LayerNorm (1-d) parameters."""
-    params = {id(p): p for p in model.parameters() if p.requires_grad}.values()
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, fused=fused)
-
-
-def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    warmup, total = cfg.effective_warmup, cfg.steps
-
-    def factor(step: int) -> float:  # linear warmup, then linear decay to zero
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -143,6 +128,8 @@ class Trainer:
         tracker=None,
         operative_config: str = "",
         extra_state: dict | None = None,
+        on_eval: Callable[[int, dict], bool] | None = None,
+        progress_desc: str = "train",
     ):
         self.cfg, self.device, self.dist = cfg, device, dist or DistContext()
         if device.type == "cpu":
@@ -151,8 +138,10 @@ class Trainer:
         self.model = self.dist.wrap(self.raw_model, device)
         if cfg.compile:
             self.model = torch.compile(self.model)
-        self.optimizer = make_optimizer(self.raw_model, cfg, device)
-        self.schedule = make_schedule(self.optimizer, cfg)
+        groups = param_groups(self.raw_model, lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
+        self.optimizer = make_optimizer(groups, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, device=device)
+        self.schedule = warmup_linear_decay(self.optimizer, steps=cfg.steps, warmup=cfg.effective_warmup)
+        self.on_eval, self.progress_desc = on_eval, progress_desc
         self.train_batches, self.eval_batches = train_batches, eval_batches
         self.run_dir, self.tracker = Path(run_dir), tracker
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -244,7 +233,7 @@ class Trainer:
         if cfg.progress and self.dist.is_main:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+            bar = tqdm(total=cfg.steps, initial=self.step, desc=self.progress_desc, unit="step", dynamic_ncols=True)
         window, window_tokens, window_start = MeanAccumulator(), 0, time.perf_counter()
         last_ckpt, saved_step = None, None
         while self.step < cfg.steps:
@@ -261,13 +250,21 @@ class Trainer:
                 logged["train/tokens_per_s"] = window_tokens * self.dist.world_size / elapsed
                 self._log(logged, bar)
                 window, window_tokens, window_start = MeanAccumulator(), 0, time.perf_counter()
-            if self.eval_batches is not None and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
-                self._log({f"eval/{k}": v for k, v in self.evaluate().items()}, None)
+            stop = False
+            if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                if self.eval_batches is not None:
+                    metrics = self.evaluate()
+                    self._log({f"eval/{k}": v for k, v in metrics.items()}, None)
+                    stop = self.on_eval is not None and bool(self.on_eval(self.step, metrics))
+                if self.on_eval is not None:  # the same decision on every rank
+                    stop = self.dist.any_true(stop, self.device)
             if self.step % cfg.checkpoint_every == 0:
                 last_ckpt, saved_step = self.save(), self.step
             if self.dist.any_true(self._signal is not None, self.device):
                 path = self.save(final=True)
                 raise Interrupted(self._signal or signal.SIGTERM, path)
+            if stop:
+                break
         if bar is not None:
             bar.close()
         if saved_step != self.step:  # the same decision on every rank: save() has a barrier
@@ -286,11 +283,13 @@ class Trainer:
             tokens += int(batch["attention_mask"].sum())  # counted on the host copy: no device sync
             ids = batch["input_ids"].to(self.device, non_blocking=True)
             mask = batch["attention_mask"].to(self.device, non_blocking=True)
+            fields = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()
+                      if k not in ("input_ids", "attention_mask")}  # e.g. fine-tuning's labels
             self.noise_generator.manual_seed(step_seed(cfg.seed, self.step * cfg.grad_accum_steps + micro, 0))
             noise = Noise(self.noise_generator, self.dist.rank, self.dist.world_size)
             last = micro == cfg.grad_accum_steps - 1
             with self.dist.no_sync(self.model, skip=not last), self._autocast():
-                out = self.model(ids, mask, return_output=True, noise=noise)
+                out = self.model(ids, mask, return_output=True, noise=noise, **fields)
                 loss, loss_value = self._global_loss(out)
                 (loss / cfg.grad_accum_steps).backward()
             metrics = {**out.metrics(), "loss": loss_value}

@@ -20,14 +20,9 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from electra_kit.finetune import (
-    FinetuneConfig,
-    SequenceModel,
-    TaskSpec,
-    encode_examples,
-    finetune,
-    layerwise_param_groups,
-)
+from electra_kit.finetune import FinetuneConfig, TaskSpec, encode_examples, finetune
+from electra_kit.finetune_model import SequenceModel
+from electra_kit.optim import param_groups
 from electra_kit.registry import create_backbone, list_backbones
 from electra_kit.tasks import TaskError, read_labeled, spearman, task_metrics
 
@@ -83,14 +78,15 @@ def test_trec_slice_end_to_end_with_seeds_and_mlflow(tmp_path, model_dir, trec):
     assert "median" in proc.stdout and "finetune seed 1" in proc.stderr  # the table and the progress bar
     results = json.loads((tmp_path / "ft" / "results.json").read_text())
     assert results["task"]["type"] == "classification" and results["task"]["labels"] == CLASSES
-    assert results["task"]["n_train"] == 240 and results["task"]["n_eval"] == 60
+    assert results["task"]["n_train"] == 216 and results["task"]["n_val"] == 24 and results["task"]["n_eval"] == 60
     assert results["task"]["columns"] == {"text": "text", "pair": None, "label": "label"}  # found by name
     assert [s["seed"] for s in results["seeds"]] == [0, 1] and results["primary_metric"] == "accuracy"
     for key in ("accuracy", "f1", "macro_f1", "mcc", "eval_loss"):
         values = [s["metrics"][key] for s in results["seeds"]]
         assert all(np.isfinite(values)) and results["median"][key] == pytest.approx(statistics.median(values))
     assert all(0 <= s["metrics"]["accuracy"] <= 1 for s in results["seeds"])
-    assert results["seeds"][0]["steps"] == 8 and results["recipe"]["layer_decay"] == 0.8  # ceil(240 / 32)
+    assert results["seeds"][0]["steps"] == 7 and results["recipe"]["layer_decay"] == 0.8  # ceil(216 / 32)
+    assert all(s["selected_epoch"] == 1 for s in results["seeds"])  # one epoch: the only one to choose
 
     from mlflow import MlflowClient
 
@@ -165,7 +161,7 @@ def test_layer_groups_and_layerwise_learning_rates():
         assert len(groups) == 4 and sorted(ids) == sorted({id(p) for p in backbone.parameters()}), name
         assert any(p is backbone.get_token_embedding().weight for p in groups[0]), name  # embeddings first
     model = SequenceModel(backbone, 6, 0.1)
-    lrs = {g["depth"]: g["lr"] for g in layerwise_param_groups(model, FinetuneConfig(lr=1.0, layer_decay=0.5))}
+    lrs = {g["depth"]: g["lr"] for g in param_groups(model, lr=1.0, weight_decay=0.0, layer_decay=0.5)}
     assert lrs == {0: 0.5**5, 1: 0.5**4, 2: 0.5**3, 3: 0.5**2, 5: 1.0}  # ELECTRA's depths: head at L + 2
 
 
@@ -237,3 +233,78 @@ def test_reader_errors_name_file_and_line(tmp_path):
     (tmp_path / "gap.jsonl").write_text('{"text": "a", "label": 1}\n{"text": "b"}\n')
     with pytest.raises(TaskError, match=r"gap.jsonl:2: no value in column 'label'"):
         read_labeled(tmp_path / "gap.jsonl")
+
+
+# ---- learning, and choosing the epoch on a validation split ------------------------------------
+
+POSITIVE, NEGATIVE = ["peace", "freedom", "prosperity", "liberty"], ["war", "taxes", "debt", "crisis"]
+FILLER = ["the", "nation", "congress", "people", "will", "our", "and", "of", "in", "year", "must", "we"]
+
+
+def separable(path: Path, n: int, seed: int) -> Path:
+    """Sentences whose label is which word list their one keyword comes from (balanced: majority 0.5)."""
+    rng = np.random.default_rng(seed)
+    lines = ["text\tlabel"]
+    for i in range(n):
+        label = i % 2
+        words = list(rng.choice(FILLER, size=8))
+        words.insert(int(rng.integers(0, 9)), str(rng.choice(POSITIVE if label else NEGATIVE)))
+        lines.append(f"{' '.join(words)}\t{'good' if label else 'bad'}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_fine_tuning_learns_a_separable_task(tmp_path, model_dir):
+    train, test = separable(tmp_path / "train.tsv", 240, 0), separable(tmp_path / "test.tsv", 100, 1)
+    cfg = FinetuneConfig(epochs=20, lr=1e-3, progress=False)  # a 10-step pretrained model starts slowly
+    results = finetune(model_dir, TaskSpec(train=str(train), eval=str(test)), cfg)
+    (seed,) = results["seeds"]
+    assert seed["metrics"]["accuracy"] >= 0.9, seed  # the majority class is 0.5 (0.99 measured)
+    val = [e["val_accuracy"] for e in seed["epochs"]]
+    assert len(val) == 20 and seed["selected_epoch"] == 1 + val.index(max(val))  # the first best epoch
+    assert seed["epochs"][-1]["train_loss"] < 0.1 < seed["epochs"][0]["train_loss"]
+
+
+def test_the_epoch_is_chosen_on_a_seeded_split_of_the_training_file(tmp_path, model_dir, trec):
+    train, test = trec
+    cfg = FinetuneConfig(epochs=3, progress=False, seeds=2)
+    results = finetune(model_dir, TaskSpec(train=str(train), eval=str(test)), cfg)
+    task = results["task"]
+    assert (task["n_train"], task["n_val"], task["n_eval"]) == (216, 24, 60)  # 10 % of the 240 training rows
+    for seed in results["seeds"]:
+        assert [e["epoch"] for e in seed["epochs"]] == [1, 2, 3] and seed["selected_by"] == "val_accuracy"
+        val = [e["val_accuracy"] for e in seed["epochs"]]
+        assert seed["selected_epoch"] == 1 + val.index(max(val))
+        assert not any(k.startswith("test") or k == "accuracy" for e in seed["epochs"] for k in e)  # no test peeking
+    # the same split every time (seeded): a second run holds out the same rows
+    from electra_kit.finetune import prepare
+
+    a, b = prepare(model_dir, TaskSpec(train=str(train), eval=str(test)), cfg), prepare(
+        model_dir, TaskSpec(train=str(train), eval=str(test)), cfg)
+    assert a.val_rows == b.val_rows and len(a.val_rows) == 24
+    assert len(a.train_rows) + len(a.val_rows) == 240
+
+
+def test_patience_stops_after_epochs_without_improvement(tmp_path, model_dir):
+    from electra_kit.finetune import _BestEpoch
+
+    best = _BestEpoch(torch.nn.Linear(1, 1), "accuracy", steps_per_epoch=10, patience=2)
+    stops = [best(step, {"accuracy": acc}) for step, acc in [(10, 0.5), (20, 0.6), (30, 0.6), (40, 0.55)]]
+    assert stops == [False, False, False, True] and best.best["epoch"] == 2  # a tie is no improvement
+    train, test = separable(tmp_path / "train.tsv", 240, 0), separable(tmp_path / "test.tsv", 40, 1)
+    cfg = FinetuneConfig(epochs=20, lr=1e-3, patience=1, progress=False)
+    (seed,) = finetune(model_dir, TaskSpec(train=str(train), eval=str(test)), cfg)["seeds"]
+    assert seed["stopped_early"] and seed["steps"] < seed["max_steps"] and len(seed["epochs"]) < 20
+
+
+def test_no_validation_split_reports_the_last_epoch(tmp_path, model_dir, trec):
+    cfg = FinetuneConfig(epochs=2, val_fraction=0.0, progress=False)
+    (seed,) = finetune(model_dir, TaskSpec(train=str(trec[0]), eval=str(trec[1])), cfg)["seeds"]
+    assert seed["selected_epoch"] == 2 and seed["selected_by"].startswith("last epoch")
+
+
+def test_a_validation_split_too_large_for_the_file_names_the_flag(capsys, tmp_path, model_dir):
+    (tmp_path / "four.tsv").write_text("text\tlabel\na\tx\nb\ty\nc\tx\nd\ty\n")
+    message = error_of(capsys, tmp_path, "--model", str(model_dir), "--train", "four.tsv", "--eval", "four.tsv",
+                       "--val-fraction", "0.9")
+    assert "four.tsv" in message and "--val-fraction" in message
