@@ -96,11 +96,16 @@ def pretrain_run(name: str, config_file: str, steps: int, bindings: list[str], o
     return info
 
 
+def seeds_for(task: str, args) -> int:
+    overrides = dict(item.split("=") for item in args.task_seeds.split(",") if item)
+    return int(overrides.get(task, args.seeds))
+
+
 def finetune_run(name: str, model_dir: str, task: str, args, out: Path, extra: list[str] = ()) -> dict:
     _, train, test = TASKS[task]
     run_dir = out / f"finetune_{task}_{name}"
     argv = ["finetune", "--model", model_dir, "--train", str(args.data / train), "--eval", str(args.data / test),
-            "--text-column", "text", "--label-column", "label", "--seeds", str(args.seeds),
+            "--text-column", "text", "--label-column", "label", "--seeds", str(seeds_for(task, args)),
             "--no-progress", "--no-tracking", "--run-dir", str(run_dir), *args.finetune_args.split(), *extra]
     wall = run(argv, out / f"finetune_{task}_{name}.log")
     results = json.loads((run_dir / "results.json").read_text())
@@ -202,6 +207,7 @@ def main(argv=None) -> int:
     parser.add_argument("--gin", action="append", default=[], help="a binding for both pretraining configs")
     parser.add_argument("--tasks", default="trec,movie")
     parser.add_argument("--seeds", type=int, default=5, help="fine-tuning seeds per model and task")
+    parser.add_argument("--task-seeds", default="", help="per-task override, e.g. movie=3 (compute is short)")
     parser.add_argument("--finetune-args", default="", help="extra electra-kit finetune flags for every model")
     parser.add_argument("--parallel", type=int, default=2, help="runs at once, one thread each")
     parser.add_argument("--data", type=Path, default=REPO / "bench" / "data")
@@ -258,7 +264,7 @@ def main(argv=None) -> int:
     plot(rows, tasks, args.plot)
     for task in tasks:
         print()
-        print(table(rows, task, args.seeds))
+        print(table(rows, task, seeds_for(task, args)))
         ref = report["reference"][task]
         if ref:
             print(f"\nreference without pretraining or a network: {ref['model']}: accuracy {ref['accuracy']:.4f}; "

@@ -52,7 +52,7 @@ class FinetuneConfig:
     lr: float = 3e-4
     layer_decay: float = 0.8
     warmup_fraction: float = 0.1
-    epochs: float = 3.0
+    epochs: float = 10.0  # the most; the best epoch on the validation split is kept (bench/finetune_recipe.py)
     batch_size: int = 32
     eval_batch_size: int = 128
     weight_decay: float = 0.0
@@ -66,7 +66,7 @@ class FinetuneConfig:
     random_init: bool = False  # same architecture and tokenizer, fresh weights: the no-pretraining baseline
     val_fraction: float = 0.1  # of the training file, held out to choose the epoch (0: no selection)
     split_seed: int = 0  # the validation split's seed: the same split for every fine-tuning seed
-    patience: int | None = None  # stop after this many epochs without a better validation score
+    patience: int | None = 3  # stop after this many epochs without a better validation score (None: never)
     device: str = "auto"
     progress: bool = True
 
@@ -75,8 +75,8 @@ class FinetuneConfig:
             raise ValueError("seeds and batch size must be >= 1 and epochs > 0")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"--val-fraction must lie in [0, 1), got {self.val_fraction}")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"--patience must be >= 1, got {self.patience}")
+        if self.patience is not None and self.patience < 0:
+            raise ValueError(f"--patience must be >= 0 (0: never stop early), got {self.patience}")
         if not 0 < self.layer_decay <= 1 or not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"layer decay must lie in (0, 1] and warmup fraction in [0, 1), got "
                              f"{self.layer_decay} and {self.warmup_fraction}")
@@ -229,7 +229,7 @@ class _BestEpoch:
             self.best = epoch
             self.state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         waited = len(self.epochs) - self.epochs.index(self.best) - 1
-        return self.patience is not None and waited >= self.patience
+        return bool(self.patience) and waited >= self.patience
 
 
 def _train_config(cfg: FinetuneConfig, seed: int, n_train: int) -> tuple[TrainConfig, int]:
