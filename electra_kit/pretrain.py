@@ -151,6 +151,7 @@ def run(opts: RunOptions) -> dict:
 
 
 def _setup(opts, cfg, device, dist, run_dir, paths):
+    tracker = _tracker(opts, run_dir, dist.rank)  # a store MLflow refuses fails here, before the data is built
     data = _build_data_once(dist)
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone
     model = build_objective(data)
@@ -183,7 +184,6 @@ def _setup(opts, cfg, device, dist, run_dir, paths):
                       extra_state={"config_files": [str(p) for p in paths]})
     if opts.resume:
         trainer.resume(ckpt.latest_valid_checkpoint(run_dir / "checkpoints"))
-    tracker = _tracker(opts, run_dir, dist.rank)
     trainer.tracker = tracker
     if dist.is_main:
         (run_dir / "operative_config.gin").write_text(operative)

@@ -8,7 +8,6 @@ seeded from ``(seed, step, rank)``, so a resumed run repeats the uninterrupted o
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import signal
@@ -28,6 +27,7 @@ from . import checkpoint as ckpt
 from .distributed import DistContext, unwrap
 from .masking import Noise
 from .metrics import MeanAccumulator
+from .tracking import JOURNAL, append_journal
 
 
 @gin.configurable("train")
@@ -357,10 +357,9 @@ class Trainer:
     def _log(self, metrics: dict[str, float], bar) -> None:
         metrics = {k: float(v) for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
         self.history.append({"step": self.step, **metrics})
-        if self.dist.is_main:  # a local copy of every logged value, whatever happens to MLflow
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({"step": self.step, **metrics}) + "\n")
-        if self.tracker is not None:
+        if self.tracker is not None and self.tracker.active:  # journals to run_dir/metrics.jsonl, then MLflow
             self.tracker.log_metrics(metrics, step=self.step)
+        elif self.dist.is_main:  # the run's journal alone: every logged value, whatever happens to MLflow
+            append_journal(self.run_dir / JOURNAL, self.step, metrics)
         if bar is not None and "train/loss" in metrics:
             bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")

@@ -1,0 +1,21 @@
+"""MLflow tracking for electra-kit: a thin adapter over MLflow's own async logging, rank 0 only, that never
+stops a run. The run directory is the durable record (``metrics.jsonl``, ``mlflow_run.json``); MLflow gets a
+copy as it goes, and ``electra-kit sync RUN_DIR`` delivers whatever it missed.
+
+Where runs go: ``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db`` (the store
+MLflow's own tools open by default), artifacts beside a SQLite store in ``<db dir>/mlruns/<experiment>``.
+
+Modules, each importing only those before it: ``store`` (the run directory's records and their idempotent
+delivery), ``facts`` (params and tags), ``tracker`` (the live run), ``runs`` (the runs table, ``mlflow ui``).
+"""
+
+from .facts import flatten_gin_config, system_tags
+from .runs import format_runs_table, list_runs, ui_command
+from .store import JOURNAL, STATE, TrackingError, append_journal, resolve_tracking_uri, sync_run
+from .tracker import DEFAULT_EXPERIMENT, Tracker, finish_when_done
+
+__all__ = [
+    "DEFAULT_EXPERIMENT", "JOURNAL", "STATE", "Tracker", "TrackingError", "append_journal", "finish_when_done",
+    "flatten_gin_config", "format_runs_table", "list_runs", "resolve_tracking_uri", "sync_run", "system_tags",
+    "ui_command",
+]
