@@ -117,6 +117,44 @@ def test_training_survives_the_tracking_server_dying_mid_run(tmp_path, small_cor
         server.stop()
 
 
+def test_a_run_killed_during_a_server_outage_is_delivered_exactly_once_by_sync(tmp_path, small_corpus, cache_dir):
+    """The server dies, then the training process is SIGKILLed: what the server missed is in the run
+    directory, and `electra-kit sync` delivers every logged step once (and nothing when run again)."""
+    import json
+
+    server = MlflowServer(tmp_path / "server").start()
+    try:
+        args = [*TINY, "--tracking-uri", server.uri, "--run-dir", "r",
+                "--gin", "train.steps = 200", "--gin", "train.log_every = 2", "--gin", "train.checkpoint_every = 10"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.Popen(cli_argv(small_corpus, *args), cwd=tmp_path, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ckpts = tmp_path / "r" / "checkpoints"
+        deadline = time.time() + 240
+        while not (ckpts / "step_00000010").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        server.kill()
+        while not (ckpts / "step_00000030").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        server.start()
+        logged = [json.loads(line)["step"] for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+                  if "train/loss" in line]
+        assert logged and logged[-1] >= 30
+        sync = [sys.executable, "-m", "electra_kit", "sync", "r"]
+        out = subprocess.run(sync, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-3000:]
+        client = MlflowClient(server.uri)
+        run = only_run(client)
+        assert steps_of(client, run.info.run_id, "train/loss") == logged, "every journaled step once"
+        again = subprocess.run(sync, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0 and "sent 0 metric values" in again.stdout
+        assert steps_of(client, run.info.run_id, "train/loss") == logged
+    finally:
+        server.stop()
+
+
 def test_ui_serves_the_store_the_runs_went_to(tmp_path, small_corpus, cache_dir):
     import json
     import urllib.request
