@@ -112,10 +112,11 @@ def _tracker(opts: RunOptions, run_dir: Path, rank: int):
                    run_name=run_dir.name, rank=rank)
 
 
-def _params(model, operative: str) -> dict:
+def _params(model, operative: str, cfg: TrainConfig) -> dict:
     from .tracking import flatten_gin_config
 
     params = dict(flatten_gin_config(operative))
+    params["train.effective_warmup_steps"] = cfg.effective_warmup  # warmup_steps, capped at 10% of the steps
     params["encoder.backbone"] = model.encoder.backbone_name
     params["encoder.params"] = sum(p.numel() for p in model.encoder.parameters())
     if isinstance(model, Electra):
@@ -188,8 +189,9 @@ def _setup(opts, cfg, device, dist, run_dir, paths):
     if dist.is_main:
         (run_dir / "operative_config.gin").write_text(operative)
     if tracker is not None:
-        tracker.start(params=_params(model, operative), tags=_tags(model), resume=opts.resume)
+        tracker.start(params=_params(model, operative, cfg), tags=_tags(model), resume=opts.resume)
         tracker.log_artifact(run_dir / "operative_config.gin")
+        tracker.log_artifact(run_dir / "operative_config.gin", as_text="operative_config.gin.txt")  # UI preview
     return trainer, data, model, tracker
 
 

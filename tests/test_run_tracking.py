@@ -53,6 +53,8 @@ def test_run_lands_in_the_default_sqlite_store(tmp_path, small_corpus, cache_dir
     assert params["train.steps"] == "30" or params.get("TRAIN_STEPS") == "30"
     assert params["discriminator/backbone.dim"] == "64" and params["generator/backbone.name"] == "'transformer'"
     assert params["discriminator.backbone"] == "transformer" and int(params["generator.params"]) > 0
+    assert params["train.effective_warmup_steps"] == "3"  # train.warmup_steps capped at 10% of 30 steps
+    assert not any(v.startswith("%") for v in params.values()), "macros are resolved"
     for key in ("train/loss", "train/gen_loss", "train/disc_loss", "train/gen_acc", "train/disc_acc",
                 "train/lr", "train/grad_norm", "train/tokens_per_s"):
         assert steps_of(client, run.info.run_id, key) == [5, 10, 15, 20, 25, 30], key
@@ -60,7 +62,8 @@ def test_run_lands_in_the_default_sqlite_store(tmp_path, small_corpus, cache_dir
     tags = run.data.tags
     assert tags["objective"] == "Electra" and "torch" in " ".join(tags)
     files = artifact_paths(client, run.info.run_id)
-    for name in ("operative_config.gin", "model/encoder.safetensors", "model/tokenizer.json", "model/config.json"):
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    for name in ("operative_config.gin", "operative_config.gin.txt", "model/encoder.safetensors", "model/tokenizer.json", "model/config.json"):
         assert name in files, files
     # artifacts stay beside the store, not scattered into other folders
     assert any(p.name == "encoder.safetensors" for p in (tmp_path / "mlruns").rglob("*"))

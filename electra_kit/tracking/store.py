@@ -208,6 +208,9 @@ def _run(client, state: dict):
         exp_id = exp.experiment_id
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp_id)
+        for key, value in EXPERIMENT_TAGS.items():
+            if key not in exp.tags:
+                client.set_experiment_tag(exp_id, key, value)
     uid = state["uid"]
     found = client.search_runs([exp_id], f"tags.`{UID_TAG}` = '{uid}'", ViewType.ALL, max_results=1)
     if found:
@@ -255,7 +258,9 @@ def deliver(client, state: dict, run_dir: Path, *, metrics: bool = True, start: 
         if art.get("done"):
             continue
         path = Path(art["path"])
-        if path.is_dir():
+        if art.get("as_text") and path.is_file():
+            client.log_text(run_id, path.read_text(), "/".join(p for p in (art.get("artifact_path"), art["as_text"]) if p))
+        elif path.is_dir():
             client.log_artifacts(run_id, str(path), "/".join(p for p in (art.get("artifact_path"), path.name) if p))
         elif path.is_file():
             client.log_artifact(run_id, str(path), art.get("artifact_path"))

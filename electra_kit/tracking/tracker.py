@@ -150,13 +150,15 @@ class Tracker:
             except Exception:  # noqa: BLE001 - the journal has it; the background thread replays it
                 self._live, self._dirty = False, True
 
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        """Upload a file, or a folder as ``artifact_path/<folder name>/...``, in the background."""
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None, *, as_text: str | None = None) -> None:
+        """Upload a file, or a folder as ``artifact_path/<folder name>/...``, in the background. ``as_text``: a text
+        file's content under that name instead (the MLflow UI previews ``.txt`` files, not ``.gin``)."""
         path = Path(path).resolve()
         if self._closed or not path.exists():
             return logger.warning("log_artifact: %s does not exist", path) if not self._closed else None
-        entry = {"path": str(path), "artifact_path": artifact_path, "done": False}
-        self._update(artifacts=[a for a in self._state["artifacts"] if a["path"] != str(path)] + [entry])
+        entry = {"path": str(path), "artifact_path": artifact_path, "as_text": as_text, "done": False}
+        same = (str(path), as_text)
+        self._update(artifacts=[a for a in self._state["artifacts"] if (a["path"], a.get("as_text")) != same] + [entry])
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if not self._closed:
