@@ -111,9 +111,12 @@ def test_run_round_trip(store, tmp_path, caplog):
     assert [r["step"] for r in journal if "train/loss" in r] == list(range(20)) and all("ts" in r for r in journal)
     assert caplog.text.count("refuses the metric name") == 1  # the bad name once, not once per step
 
-    rows = list_runs(store, "round-trip")
-    assert rows[0]["run_id"] == run_id and rows[0]["generator"] == "reformer" and rows[0]["step"] == 19
-    assert "reformer" in format_runs_table(rows)
+    runs = list_runs(store, "round-trip")
+    assert runs["run_id"][0] == run_id and runs["params.generator.backbone"][0] == "reformer"
+    header, row = format_runs_table(runs).splitlines()
+    assert header.split() == ["name", "run", "id", "status", "generator", "discriminator", "steps", "loss", "gen",
+                              "loss", "disc", "loss", "tok/s", "started"]
+    assert row.split()[:5] == ["rt", run_id, "FINISHED", "reformer", "performer"] and row.split()[6] == "-9"
 
 
 @pytest.mark.parametrize("status", ["FAILED", "KILLED"])
@@ -358,4 +361,5 @@ def test_helpers_default_to_the_working_directory(tmp_path, monkeypatch):
     assert argv[argv.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path}/mlflow.db"
     assert argv[argv.index("--default-artifact-root") + 1] == str(tmp_path / "mlruns")
     assert "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false" in argv and "5123" in argv
-    assert list_runs() == [] and not (tmp_path / "mlflow.db").exists()
+    assert list_runs().empty and not (tmp_path / "mlflow.db").exists()
+    assert format_runs_table(list_runs()) == "no runs"

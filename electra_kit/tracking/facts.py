@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shlex
 import socket
 import sys
-from pathlib import Path
 
 
 class _Ref:
@@ -52,19 +52,9 @@ def flatten_gin_config(operative_config_str: str) -> dict[str, str]:
     return out
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
 def system_tags() -> dict[str, str]:
-    """MLflow's own source tags (user, entry point, git commit of the code that runs), plus versions,
-    command line, host, CPU and GPU facts."""
+    """MLflow's own source tags (user, entry point, git commit of the code that runs), plus versions, command
+    line, host, CPU and GPU facts."""
     from importlib.metadata import PackageNotFoundError, version
 
     from mlflow.tracking.context.registry import resolve_tags
@@ -75,28 +65,21 @@ def system_tags() -> dict[str, str]:
         except PackageNotFoundError:
             return "unknown"
 
-    tags = {
-        **resolve_tags(),
-        "electra_kit.version": pkg("electra-kit"),
-        "electra_kit.mlflow_version": pkg("mlflow"),
-        "electra_kit.python": platform.python_version(),
-        "electra_kit.command": shlex.join(sys.argv),
-        "electra_kit.hostname": socket.gethostname(),
-        "electra_kit.cpu": _cpu_model(),
-        "electra_kit.cpu_count": str(os.cpu_count() or 0),
-    }
-    try:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), cpu)
+    tags = {**resolve_tags(), "electra_kit.version": pkg("electra-kit"), "electra_kit.mlflow_version": pkg("mlflow"),
+            "electra_kit.python": platform.python_version(), "electra_kit.command": shlex.join(sys.argv),
+            "electra_kit.hostname": socket.gethostname(), "electra_kit.cpu": cpu,
+            "electra_kit.cpu_count": str(os.cpu_count() or 0)}
+    with contextlib.suppress(ImportError):
         import torch
-    except ImportError:
-        return tags
-    tags["electra_kit.torch_version"] = torch.__version__
-    tags["electra_kit.device"] = "cuda" if torch.cuda.is_available() else "cpu"
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        tags.update({
-            "electra_kit.gpu_name": props.name,
-            "electra_kit.gpu_count": str(torch.cuda.device_count()),
-            "electra_kit.gpu_memory_gb": f"{props.total_memory / 2**30:.1f}",
-            "electra_kit.cuda_version": str(torch.version.cuda),
-        })
+
+        tags["electra_kit.torch_version"] = torch.__version__
+        tags["electra_kit.device"] = "cuda" if torch.cuda.is_available() else "cpu"
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            tags.update({"electra_kit.gpu_name": props.name, "electra_kit.gpu_count": str(torch.cuda.device_count()),
+                         "electra_kit.gpu_memory_gb": f"{props.total_memory / 2**30:.1f}",
+                         "electra_kit.cuda_version": str(torch.version.cuda)})
     return tags

@@ -1,10 +1,10 @@
 """The Tracker: one MLflow run fed from the training loop (rank 0), which it never blocks or fails.
 
-Every record is on disk before MLflow hears of it (see :mod:`.store`). While the store keeps up, metrics go
-out at once through MLflow's own async logging (``log_batch(..., synchronous=False)``). When a send fails
-or too many are in flight, the Tracker stops sending live; a background thread retries with backoff, replays
-the journal with ``store.deliver`` (which sends only what the store lacks) and goes live again. ``finish``
-waits at most ``drain_timeout`` seconds; whatever is unconfirmed by then is on disk for ``electra-kit sync``.
+Every record is on disk before MLflow hears of it (:mod:`.store`). While the store keeps up, metrics go out at
+once through MLflow's own async logging (``log_batch(..., synchronous=False)``). When a send fails or too many
+are in flight, sending stops; a background thread retries with backoff, replays the journal with
+``store.deliver`` (only what the store lacks) and goes live again. ``finish`` waits ``drain_timeout`` seconds
+at most: whatever is unconfirmed then is on disk, for ``electra-kit sync``.
 """
 
 from __future__ import annotations
@@ -112,12 +112,11 @@ class Tracker:
         }
         self._run_id = self._state["run_id"]
         with self._lock:
-            if self.journal.exists() and self.journal.stat().st_size:
-                with open(self.journal, "rb+") as f:  # a line torn by a kill must not swallow the next one
-                    f.seek(-1, os.SEEK_END)
-                    if f.read(1) != b"\n":
-                        f.write(b"\n")
-            self._end = self.journal.stat().st_size if self.journal.exists() else 0
+            with open(self.journal, "ab+") as f:  # a line torn by a kill must not swallow the next one
+                size = f.seek(0, os.SEEK_END)
+                if size and os.pread(f.fileno(), 1, size - 1) != b"\n":
+                    f.write(b"\n")
+                self._end = f.tell()
             store.write_state(self.run_dir, self._state)
         self._thread = threading.Thread(target=self._loop, daemon=True, name="electra-kit-mlflow")
         self._thread.start()
@@ -147,6 +146,7 @@ class Tracker:
             try:
                 if batch:
                     self._pending.append(self._client.log_batch(self._run_id, metrics=batch, synchronous=False))
+                    self._wake.set()  # the background thread confirms it
             except Exception:  # noqa: BLE001 - the journal has it; the background thread replays it
                 self._live, self._dirty = False, True
 
@@ -172,9 +172,6 @@ class Tracker:
         if self._thread is None:
             return
         atexit.unregister(self._atexit)
-        if status not in ("FINISHED", "FAILED", "KILLED"):
-            logger.warning("unknown run status %r; using FAILED", status)
-            status = "FAILED"
         self._deadline = time.monotonic() + self.drain_timeout
         self._update(status=status, end_time=now_ms(), error=error[-8000:] if error else None)
         self._stop.set()
@@ -192,12 +189,12 @@ class Tracker:
         """Change the run's state by replacing values, never mutating them (the delivery reads them unlocked)."""
         with self._lock:
             self._state.update(fields)
-            store.write_state(self.run_dir, self._state)
+            self._save(self._state, locked=True)
             self._todo = True
         self._wake.set()
 
-    def _save(self, state: dict) -> None:
-        with self._lock:
+    def _save(self, state: dict, locked: bool = False) -> None:
+        with contextlib.nullcontext() if locked else self._lock:
             store.write_state(self.run_dir, state)
 
     def _atexit(self) -> None:
@@ -251,6 +248,12 @@ class Tracker:
         except BaseException:
             self._todo = True
             raise
+        if self._run_id is None:  # start MLflow's async queue and its threads here, not in a training step
+            from mlflow.entities import RunTag
+
+            uid = [RunTag(store.UID_TAG, self._state["uid"])]
+            for ops in [self._client.log_batch(result["run_id"], tags=uid, synchronous=False) for _ in range(10)]:
+                ops.wait()
         self._run_id = result["run_id"]
         self._safe_end = end if replay else self._safe_end
         with self._lock:
