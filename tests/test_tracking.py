@@ -277,7 +277,7 @@ def test_a_hanging_store_leaves_every_record_on_disk_for_sync(store, tmp_path, m
 @pytest.mark.parametrize(
     "uri, reason",
     [
-        ("foo://bar", "unsupported URI"),
+        ("foo://bar", "MLflow has no store for 'foo:'"),
         ("file:///tmp/electra-kit-test-mlruns", "maintenance mode"),
         ("sqlite:////proc/electra-kit-test.db", "cannot create /proc/electra-kit-test.db"),
         ("sqlite:////proc/electra-kit-test/sub/x.db", "cannot create"),
@@ -289,6 +289,16 @@ def test_a_store_mlflow_refuses_fails_at_construction(tmp_path, monkeypatch, uri
         Tracker(run_dir=tmp_path, tracking_uri=uri)
     assert "\n" not in str(err.value) and uri in str(err.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_store_stops_the_run_before_anything_is_built(tmp_path, capsys):
+    from electra_kit.cli import main
+
+    run_dir = tmp_path / "r"
+    assert main(["run", "tiny.gin", "--tracking-uri", "foo://bar", "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("electra-kit: error: tracking URI foo://bar: MLflow has no store") and err.count("\n") == 1
+    assert not run_dir.exists()
 
 
 def test_runs_and_sync_say_what_is_wrong_in_one_line(tmp_path, capsys):

@@ -66,6 +66,10 @@ def check_store(uri: str) -> str:
     down is not an error here: the Tracker waits for it."""
     from mlflow.tracking._tracking_service.utils import _tracking_store_registry
 
+    scheme = uri.split(":", 1)[0] if ":" in uri else ""
+    if scheme not in _tracking_store_registry._registry:
+        known = ", ".join(sorted(s for s in _tracking_store_registry._registry if s))
+        raise TrackingError(f"tracking URI {uri}: MLflow has no store for '{scheme}:' (it has: {known})")
     try:
         builder = _tracking_store_registry.get_store_builder(uri)
         if uri.startswith(("file:", "/", ".", "~")):
