@@ -59,7 +59,7 @@ def steps_of(client: MlflowClient, run_id: str, key: str) -> list[int]:
 def test_run_round_trip(store, tmp_path, caplog):
     params = {f"p{i}": i for i in range(150)}  # more than one log_batch of params
     params.update(
-        {"generator.backbone": "reformer", "discriminator.backbone": "performer", "long": "x" * 7000}
+        {"generator.backbone": "reformer", "discriminator.backbone": "performer", "long": "x" * 7000, "bad@param": 1}
     )
     (tmp_path / "config.gin").write_text("train.steps = 3\n")
     folder = tmp_path / "tokenizer"
@@ -110,6 +110,7 @@ def test_run_round_trip(store, tmp_path, caplog):
     journal = [json.loads(line) for line in (tmp_path / "run" / JOURNAL).read_text().splitlines()]
     assert [r["step"] for r in journal if "train/loss" in r] == list(range(20)) and all("ts" in r for r in journal)
     assert caplog.text.count("refuses the metric name") == 1  # the bad name once, not once per step
+    assert "refuses the param name 'bad@param'" in caplog.text and "bad@param" not in p  # the rest arrived
 
     runs = list_runs(store, "round-trip")
     assert runs["run_id"][0] == run_id and runs["params.generator.backbone"][0] == "reformer"

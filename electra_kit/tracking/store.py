@@ -147,22 +147,25 @@ def lock_run_dir(run_dir: Path):
 _refused: set[str] = set()
 
 
-def valid_metrics(values: dict) -> dict[str, float]:
-    """The values under names MLflow accepts (``step`` and ``ts`` aside); a refused name is reported once."""
-    from mlflow.utils.validation import _validate_metric_name
+def valid_entries(values: dict, kind: str = "metric") -> dict:
+    """The entries under names MLflow accepts for a ``kind`` ("metric", "param" or "tag"), a refused name reported
+    once (a refused name would fail its whole batch, every time). Metrics become floats; ``step``, ``ts`` and
+    what is no number are left out."""
+    from mlflow.utils import validation
 
     out = {}
     for key, value in values.items():
-        if key in ("step", "ts") or key in _refused:
+        if (kind == "metric" and key in ("step", "ts")) or key in _refused:
             continue
         try:
-            _validate_metric_name(key)
-            out[key] = float(value)
+            getattr(validation, f"_validate_{kind}_name")(key)
+            out[key] = float(value) if kind == "metric" else value
         except (TypeError, ValueError):
             pass
         except Exception as exc:  # noqa: BLE001 - MlflowException: a name MLflow refuses
             _refused.add(key)
-            logger.warning("MLflow refuses the metric name %r; it stays in the journal only (%s)", key, describe(exc))
+            logger.warning("MLflow refuses the %s name %r; it stays in the run directory only (%s)", kind, key,
+                           describe(exc))
     return out
 
 
@@ -208,7 +211,7 @@ def deliver(client, state: dict, run_dir: Path, *, metrics: bool = True, start: 
     tags = [RunTag(k, v) for k, v in state.get("tags", {}).items() if run.data.tags.get(k) != v]
     missing = []
     if metrics:
-        records = [(r, valid_metrics(r)) for r in read_journal(run_dir / JOURNAL, start, end)]
+        records = [(r, valid_entries(r)) for r in read_journal(run_dir / JOURNAL, start, end)]
         keys = {k for _, values in records for k in values}
         have = {k: {(m.step, m.timestamp) for m in client.get_metric_history(run_id, k)} for k in keys}
         missing = [Metric(k, v, r["ts"], r["step"]) for r, values in records for k, v in values.items()

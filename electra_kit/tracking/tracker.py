@@ -96,7 +96,8 @@ class Tracker:
         old = store.read_state(self.run_dir) if resume else {}
         if resume and not old.get("uid"):
             logger.warning("resume: %s has no %s; starting a new MLflow run", self.run_dir, store.STATE)
-        new, kept = {str(k): _clip(v) for k, v in params.items()}, old.get("params", {})
+        new = store.valid_entries({str(k): _clip(v) for k, v in params.items()}, "param")
+        kept = old.get("params", {})
         changed = [f"{k}={kept[k]} (now {v})" for k, v in new.items() if kept.get(k, v) != v]
         if changed:
             logger.warning("MLflow refuses to change a logged param; the run keeps %s", ", ".join(changed))
@@ -107,7 +108,8 @@ class Tracker:
             "tracking_uri": self.tracking_uri, "artifact_location": store.artifact_location(self.tracking_uri, experiment),
             "run_name": old.get("run_name", self.run_name), "start_time": old.get("start_time") or now_ms(),
             "params": {**new, **kept}, "artifacts": old.get("artifacts", []) + self._state["artifacts"],
-            "tags": {k: _clip(v, 8000) for k, v in {**old.get("tags", {}), **facts, **tags}.items()},
+            "tags": store.valid_entries({k: _clip(v, 8000) for k, v in {**old.get("tags", {}), **facts, **tags}.items()},
+                                        "tag"),
             "status": None, "end_time": None, "error": None,
         }
         self._run_id = self._state["run_id"]
@@ -142,7 +144,7 @@ class Tracker:
                 return
             from mlflow.entities import Metric
 
-            batch = [Metric(k, v, ts, step) for k, v in store.valid_metrics(values).items()]
+            batch = [Metric(k, v, ts, step) for k, v in store.valid_entries(values).items()]
             try:
                 if batch:
                     self._pending.append(self._client.log_batch(self._run_id, metrics=batch, synchronous=False))
@@ -162,7 +164,8 @@ class Tracker:
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if not self._closed:
-            self._update(tags={**self._state["tags"], **{str(k): _clip(v, 8000) for k, v in tags.items()}})
+            tags = store.valid_entries({str(k): _clip(v, 8000) for k, v in tags.items()}, "tag")
+            self._update(tags={**self._state["tags"], **tags})
 
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
         """End the run with FINISHED, FAILED or KILLED; wait at most ``drain_timeout`` seconds for the store."""
