@@ -58,7 +58,7 @@ class Tracker:
                  drain_timeout: float = 30.0, start_timeout: float = 30.0,
                  system_metrics_interval: float | None = None):
         self.active = bool(enabled) and rank == 0
-        self._run_id: str | None = None
+        self.run_id: str | None = None  # MLflow's, once the store has the run
         self._closed = not self.active
         self._thread: threading.Thread | None = None
         if not self.active:
@@ -77,20 +77,16 @@ class Tracker:
         self._end = self._safe_end = 0  # journal bytes written; of those, bytes the store holds for sure
         self._live, self._dirty, self._todo = False, True, True  # send live? replay needed? state to deliver?
         self._pending: collections.deque = collections.deque()  # async sends not yet confirmed
-        self._failing = self._confirmed = False
+        self._failing = self._confirmed = self._warm = False
         self._deadline, self._last_step = float("inf"), 0
         # MLflow logs an error per failed async batch; the Tracker reports an outage once, and its end
         logging.getLogger("mlflow.utils.async_logging.async_logging_queue").setLevel(logging.CRITICAL)
-
-    @property
-    def run_id(self) -> str | None:
-        return self._run_id
 
     def start(self, *, params: dict[str, object], tags: dict[str, str], resume: bool = False) -> str | None:
         """Record the run (with ``resume``, the one this run directory recorded before) and connect in the
         background; returns the MLflow run id, or None if the store did not answer within ``start_timeout``."""
         if not self.active or self._thread is not None:
-            return self._run_id
+            return self.run_id
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._lockfh = store.lock_run_dir(self.run_dir)
         old = store.read_state(self.run_dir) if resume else {}
@@ -112,7 +108,7 @@ class Tracker:
                                         "tag"),
             "status": None, "end_time": None, "error": None,
         }
-        self._run_id = self._state["run_id"]
+        self.run_id = self._state["run_id"]
         with self._lock:
             with open(self.journal, "ab+") as f:  # a line torn by a kill must not swallow the next one
                 size = f.seek(0, os.SEEK_END)
@@ -126,7 +122,7 @@ class Tracker:
         if self.sysmon_interval:
             threading.Thread(target=self._sample_system_metrics, daemon=True, name="electra-kit-sysmetrics").start()
         self._attempted.wait(self.start_timeout)
-        return self._run_id
+        return self.run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Journal ``metrics`` (numbers or 0-d tensors) for ``step``; send them if the store keeps up."""
@@ -147,7 +143,7 @@ class Tracker:
             batch = [Metric(k, v, ts, step) for k, v in store.valid_entries(values).items()]
             try:
                 if batch:
-                    self._pending.append(self._client.log_batch(self._run_id, metrics=batch, synchronous=False))
+                    self._pending.append(self._client.log_batch(self.run_id, metrics=batch, synchronous=False))
                     self._wake.set()  # the background thread confirms it
             except Exception:  # noqa: BLE001 - the journal has it; the background thread replays it
                 self._live, self._dirty = False, True
@@ -251,13 +247,14 @@ class Tracker:
         except BaseException:
             self._todo = True
             raise
-        if self._run_id is None:  # start MLflow's async queue and its threads here, not in a training step
+        if not self._warm:  # start MLflow's async queue and its threads here, not in a training step
             from mlflow.entities import RunTag
 
             uid = [RunTag(store.UID_TAG, self._state["uid"])]
             for ops in [self._client.log_batch(result["run_id"], tags=uid, synchronous=False) for _ in range(10)]:
                 ops.wait()
-        self._run_id = result["run_id"]
+            self._warm = True
+        self.run_id = result["run_id"]
         self._safe_end = end if replay else self._safe_end
         with self._lock:
             if replay and self._end == end:  # nothing came in while replaying: go live
