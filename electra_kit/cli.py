@@ -85,28 +85,41 @@ def _cmd_backbones(_args) -> int:
 
 
 def _cmd_runs(args) -> int:
-    from .tracking import format_runs_table, list_runs
+    from .tracking import TrackingError, format_runs_table, list_runs
 
-    print(format_runs_table(list_runs(tracking_uri=args.tracking_uri, experiment=args.experiment)))
+    try:
+        print(format_runs_table(list_runs(tracking_uri=args.tracking_uri, experiment=args.experiment)))
+    except TrackingError as exc:
+        print(f"electra-kit: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
 def _cmd_ui(args) -> int:
     import os
 
-    from .tracking import ui_command
+    from .tracking import TrackingError, ui_command
 
-    argv = ui_command(tracking_uri=args.tracking_uri, port=args.port)
+    try:
+        argv = ui_command(tracking_uri=args.tracking_uri, port=args.port)
+    except TrackingError as exc:
+        print(f"electra-kit: {exc}", file=sys.stderr)
+        return 2
     print("electra-kit: " + " ".join(argv), file=sys.stderr)
     os.execvp(argv[0], argv)
     return 0  # not reached
 
 
 def _cmd_sync(args) -> int:
-    from .tracking import sync_outbox
+    from .tracking import TrackingError, sync_run
 
-    result = sync_outbox(Path(args.run_dir), tracking_uri=args.tracking_uri)
-    print(f"electra-kit: {result}")
+    try:
+        r = sync_run(Path(args.run_dir), tracking_uri=args.tracking_uri)
+    except TrackingError as exc:
+        print(f"electra-kit: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"electra-kit: {args.run_dir} is in sync with run {r['run_id']} at {r['tracking_uri']}: sent {r['metrics']} "
+          f"metric values, {r['params']} params, {r['artifacts']} artifacts")
     return 0
 
 

@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 
 import gin
-from gin import config_parser
 
 from .registry import create_backbone
 
@@ -114,38 +113,6 @@ def query(binding_key: str, default=None):
 
 def operative_config() -> str:
     return gin.operative_config_str()
-
-
-class _Reference:
-    """A configurable reference or macro, written back in gin's own syntax."""
-
-    def __init__(self, text: str):
-        self.text = text
-
-    def __repr__(self) -> str:
-        return self.text
-
-
-class _KeepReferences(config_parser.ParserDelegate):
-    def configurable_reference(self, scoped_name, evaluate):
-        return _Reference(f"@{scoped_name}()" if evaluate else f"@{scoped_name}")
-
-    def macro(self, name):
-        return _Reference(f"%{name}")
-
-
-def flatten_operative_config(text: str) -> dict[str, str]:
-    """gin's operative config text -> ``{"scope/Configurable.param": "value"}``, parsed by gin itself.
-
-    Values keep gin's syntax (``'reformer'``, ``0.0005``, ``@generator/backbone()``, ``%HIDDEN``);
-    macros are keyed by their name; imports, includes and comments are skipped.
-    """
-    out: dict[str, str] = {}
-    for statement in config_parser.ConfigParser(text, _KeepReferences()):
-        if isinstance(statement, config_parser.BindingStatement):
-            key = "/".join(p for p in (statement.scope, statement.selector) if p)
-            out[f"{key}.{statement.arg_name}" if statement.arg_name else key] = repr(statement.value)
-    return out
 
 
 def full_config() -> str:

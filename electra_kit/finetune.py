@@ -207,6 +207,10 @@ class _SeedMetrics:
     def __init__(self, tracker, seed: int):
         self.tracker, self.prefix = tracker, f"seed_{seed}/"
 
+    @property
+    def active(self) -> bool:  # then the run's own journal (RUN_DIR/metrics.jsonl) gets them, prefixed
+        return self.tracker.active
+
     def log_metrics(self, metrics: dict, step: int) -> None:
         renamed = {self.prefix + ("val/" + k[5:] if k.startswith("eval/") else k): v for k, v in metrics.items()}
         self.tracker.log_metrics(renamed, step=step)

@@ -94,8 +94,12 @@ def _tracker(opts: RunOptions, run_dir: Path, rank: int):
                    run_name=run_dir.name, rank=rank)
 
 
-def _params(model, operative: str) -> dict:
-    return {**gin_config.flatten_operative_config(operative), **model.report_params()}
+def _params(model, operative: str, cfg: TrainConfig) -> dict:
+    from .tracking import flatten_gin_config
+
+    params = {**flatten_gin_config(operative), **model.report_params()}
+    params["train.effective_warmup_steps"] = cfg.effective_warmup  # warmup_steps, after its cap
+    return params
 
 
 def run(opts: RunOptions) -> dict:
@@ -123,6 +127,7 @@ def run(opts: RunOptions) -> dict:
 
 
 def _setup(opts, cfg, device, dist, run_dir, paths):
+    tracker = _tracker(opts, run_dir, dist.rank)  # a store MLflow refuses fails here, before the data is built
     data = _build_data_once(dist)
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone
     model = build_objective(data)
@@ -155,13 +160,13 @@ def _setup(opts, cfg, device, dist, run_dir, paths):
                       extra_state={"config_files": [str(p) for p in paths]})
     if opts.resume:
         trainer.resume(ckpt.latest_valid_checkpoint(run_dir / "checkpoints"))
-    tracker = _tracker(opts, run_dir, dist.rank)
     trainer.tracker = tracker
     if dist.is_main:
         (run_dir / "operative_config.gin").write_text(operative)
     if tracker is not None:
-        tracker.start(params=_params(model, operative), tags=_tags(model), resume=opts.resume)
+        tracker.start(params=_params(model, operative, cfg), tags=_tags(model), resume=opts.resume)
         tracker.log_artifact(run_dir / "operative_config.gin")
+        tracker.log_artifact(run_dir / "operative_config.gin", as_text="operative_config.gin.txt")  # UI preview
     return trainer, data, model, tracker
 
 

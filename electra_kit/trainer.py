@@ -11,7 +11,6 @@ the run after an evaluation (early stopping).
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import signal
@@ -33,6 +32,7 @@ from .metrics import MeanAccumulator
 from .noise import Noise
 from .optim import make_optimizer, param_groups, warmup_linear_decay, warmup_steps
 from .threads import configure_threads
+from .tracking import JOURNAL, append_journal
 
 
 @gin.configurable("train")
@@ -360,10 +360,9 @@ class Trainer:
     def _log(self, metrics: dict[str, float], bar) -> None:
         metrics = {k: float(v) for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
         self.history.append({"step": self.step, **metrics})
-        if self.dist.is_main:  # a local copy of every logged value, whatever happens to MLflow
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({"step": self.step, **metrics}) + "\n")
-        if self.tracker is not None:
+        if self.tracker is not None and self.tracker.active:  # journals to run_dir/metrics.jsonl, then MLflow
             self.tracker.log_metrics(metrics, step=self.step)
+        elif self.dist.is_main:  # the run's journal alone: every logged value, whatever happens to MLflow
+            append_journal(self.run_dir / JOURNAL, self.step, metrics)
         if bar is not None and "train/loss" in metrics:
             bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")

@@ -53,6 +53,8 @@ def test_run_lands_in_the_default_sqlite_store(tmp_path, small_corpus, cache_dir
     assert params["train.steps"] == "30" or params.get("TRAIN_STEPS") == "30"
     assert params["discriminator/backbone.dim"] == "64" and params["generator/backbone.name"] == "'transformer'"
     assert params["discriminator.backbone"] == "transformer" and int(params["generator.params"]) > 0
+    assert params["train.effective_warmup_steps"] == "3"  # train.warmup_steps capped at 10% of 30 steps
+    assert not any(v.startswith("%") for v in params.values()), "macros are resolved"
     for key in ("train/loss", "train/gen_loss", "train/disc_loss", "train/gen_acc", "train/disc_acc",
                 "train/lr", "train/grad_norm", "train/tokens_per_s"):
         assert steps_of(client, run.info.run_id, key) == [5, 10, 15, 20, 25, 30], key
@@ -60,7 +62,8 @@ def test_run_lands_in_the_default_sqlite_store(tmp_path, small_corpus, cache_dir
     tags = run.data.tags
     assert tags["objective"] == "Electra" and "torch" in " ".join(tags)
     files = artifact_paths(client, run.info.run_id)
-    for name in ("operative_config.gin", "model/encoder.safetensors", "model/tokenizer.json", "model/config.json"):
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    for name in ("operative_config.gin", "operative_config.gin.txt", "model/encoder.safetensors", "model/tokenizer.json", "model/config.json"):
         assert name in files, files
     # artifacts stay beside the store, not scattered into other folders
     assert any(p.name == "encoder.safetensors" for p in (tmp_path / "mlruns").rglob("*"))
@@ -113,6 +116,44 @@ def test_training_survives_the_tracking_server_dying_mid_run(tmp_path, small_cor
         assert run.info.status == "FINISHED"
         assert steps_of(client, run.info.run_id, "train/loss") == list(range(2, 61, 2)), "every logged step arrives once"
         assert "model/encoder.safetensors" in artifact_paths(client, run.info.run_id)
+    finally:
+        server.stop()
+
+
+def test_a_run_killed_during_a_server_outage_is_delivered_exactly_once_by_sync(tmp_path, small_corpus, cache_dir):
+    """The server dies, then the training process is SIGKILLed: what the server missed is in the run
+    directory, and `electra-kit sync` delivers every logged step once (and nothing when run again)."""
+    import json
+
+    server = MlflowServer(tmp_path / "server").start()
+    try:
+        args = [*TINY, "--tracking-uri", server.uri, "--run-dir", "r",
+                "--gin", "train.steps = 200", "--gin", "train.log_every = 2", "--gin", "train.checkpoint_every = 10"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.Popen(cli_argv(small_corpus, *args), cwd=tmp_path, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ckpts = tmp_path / "r" / "checkpoints"
+        deadline = time.time() + 240
+        while not (ckpts / "step_00000010").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        server.kill()
+        while not (ckpts / "step_00000030").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        server.start()
+        logged = [json.loads(line)["step"] for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+                  if "train/loss" in line]
+        assert logged and logged[-1] >= 30
+        sync = [sys.executable, "-m", "electra_kit", "sync", "r"]
+        out = subprocess.run(sync, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-3000:]
+        client = MlflowClient(server.uri)
+        run = only_run(client)
+        assert steps_of(client, run.info.run_id, "train/loss") == logged, "every journaled step once"
+        again = subprocess.run(sync, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0 and "sent 0 metric values" in again.stdout
+        assert steps_of(client, run.info.run_id, "train/loss") == logged
     finally:
         server.stop()
 

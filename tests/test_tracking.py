@@ -1,10 +1,12 @@
-"""electra_kit.tracking against real MLflow stores: SQLite files and a real ``mlflow server``."""
+"""electra_kit.tracking against real MLflow stores: SQLite files, a real ``mlflow server``, and stores that
+are down, hang or are refused."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import logging
+import socket
 import time
 from pathlib import Path
 
@@ -14,20 +16,21 @@ from mlflow import MlflowClient
 from mlflow_server import MlflowServer, free_port
 
 from electra_kit.tracking import (
-    OUTBOX_DIR,
-    RUN_FILE,
+    JOURNAL,
+    STATE,
     Tracker,
+    TrackingError,
     flatten_gin_config,
     format_runs_table,
     list_runs,
     resolve_tracking_uri,
-    sync_outbox,
+    sync_run,
     system_tags,
     ui_command,
 )
 
 HAS_PSUTIL = importlib.util.find_spec("psutil") is not None  # system metrics need it
-FAST = dict(flush_interval=0.1, system_metrics=False)
+FAST = dict(system_metrics=False)
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +59,7 @@ def steps_of(client: MlflowClient, run_id: str, key: str) -> list[int]:
 def test_run_round_trip(store, tmp_path, caplog):
     params = {f"p{i}": i for i in range(150)}  # more than one log_batch of params
     params.update(
-        {"generator.backbone": "reformer", "discriminator.backbone": "performer", "long": "x" * 7000}
+        {"generator.backbone": "reformer", "discriminator.backbone": "performer", "long": "x" * 7000, "bad@param": 1}
     )
     (tmp_path / "config.gin").write_text("train.steps = 3\n")
     folder = tmp_path / "tokenizer"
@@ -69,7 +72,6 @@ def test_run_round_trip(store, tmp_path, caplog):
         tracking_uri=store,
         experiment="round-trip",
         run_name="rt",
-        flush_interval=0.1,
         system_metrics_interval=0.2,
     )
     run_id = tr.start(params=params, tags={"purpose": "test"})
@@ -103,14 +105,19 @@ def test_run_round_trip(store, tmp_path, caplog):
     assert run.info.artifact_uri.startswith(
         Path(store[len("sqlite:///") :]).parent.joinpath("mlruns").as_uri()
     )
-    info = json.loads((tmp_path / "run" / RUN_FILE).read_text())
-    assert info["run_id"] == run_id
-    assert not (tmp_path / "run" / OUTBOX_DIR).exists()  # nothing was buffered, nothing left behind
-    assert caplog.text.count("refused") == 1  # the bad name once, not once per step
+    info = json.loads((tmp_path / "run" / STATE).read_text())
+    assert info["run_id"] == run_id and info["status"] == "FINISHED" and all(a["done"] for a in info["artifacts"])
+    journal = [json.loads(line) for line in (tmp_path / "run" / JOURNAL).read_text().splitlines()]
+    assert [r["step"] for r in journal if "train/loss" in r] == list(range(20)) and all("ts" in r for r in journal)
+    assert caplog.text.count("refuses the metric name") == 1  # the bad name once, not once per step
+    assert "refuses the param name 'bad@param'" in caplog.text and "bad@param" not in p  # the rest arrived
 
-    rows = list_runs(store, "round-trip")
-    assert rows[0]["run_id"] == run_id and rows[0]["generator"] == "reformer" and rows[0]["step"] == 19
-    assert "reformer" in format_runs_table(rows)
+    runs = list_runs(store, "round-trip")
+    assert runs["run_id"][0] == run_id and runs["params.generator.backbone"][0] == "reformer"
+    header, row = format_runs_table(runs).splitlines()
+    assert header.split() == ["name", "run", "id", "status", "generator", "discriminator", "steps", "loss", "gen",
+                              "loss", "disc", "loss", "tok/s", "started"]
+    assert row.split()[:5] == ["rt", run_id, "FINISHED", "reformer", "performer"] and row.split()[6] == "-9"
 
 
 @pytest.mark.parametrize("status", ["FAILED", "KILLED"])
@@ -144,7 +151,7 @@ def test_resume_appends_to_same_run(store, tmp_path, caplog):
     assert steps_of(client, run_id, "train/loss") == list(range(10))
     params = client.get_run(run_id).data.params
     assert params["train.steps"] == "10" and params["train.new"] == "1"
-    assert "refused" in caplog.text
+    assert "refuses to change a logged param; the run keeps train.steps=10 (now 20)" in caplog.text
 
 
 def test_rank1_and_disabled_write_nothing(tmp_path):
@@ -185,8 +192,7 @@ def test_server_killed_mid_run(server, tmp_path, caplog):
     assert steps_of(client, run_id, "train/gen_loss") == list(range(n))
     assert client.get_run(run_id).info.status == "FINISHED"
     text = caplog.text
-    assert "failed" in text and "reachable again" in text
-    assert not (tmp_path / OUTBOX_DIR).exists()
+    assert "failed" in text and "reachable again" in text and "did not confirm" not in text
 
 
 def test_server_down_at_start_run_created_on_recovery(server, tmp_path):
@@ -196,13 +202,13 @@ def test_server_down_at_start_run_created_on_recovery(server, tmp_path):
         tracking_uri=server.uri,
         experiment="late",
         run_name="late",
-        flush_interval=0.1,
         system_metrics_interval=0.1,
     )
     assert tr.start(params={"a": 1}, tags={"t": "1"}) is None
     for step in range(10):
         tr.log_metrics({"train/loss": float(step)}, step)
-    assert any((tmp_path / OUTBOX_DIR).glob("*.jsonl"))  # buffered on disk, not only in memory
+    lines = (tmp_path / JOURNAL).read_text().splitlines()  # on disk, not only in memory
+    assert [json.loads(line)["step"] for line in lines if "train/loss" in line] == list(range(10))
     server.start()
     tr.finish()
     assert tr.run_id
@@ -210,12 +216,12 @@ def test_server_down_at_start_run_created_on_recovery(server, tmp_path):
     run = client.get_run(tr.run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "late" and run.data.params["a"] == "1"
     assert steps_of(client, tr.run_id, "train/loss") == list(range(10))
-    if HAS_PSUTIL:  # sampled while the server was down, delivered from the outbox
+    if HAS_PSUTIL:  # sampled while the server was down, delivered from the journal
         assert any(k.startswith("system/") for k in run.data.metrics)
-    assert json.loads((tmp_path / RUN_FILE).read_text())["run_id"] == tr.run_id
+    assert json.loads((tmp_path / STATE).read_text())["run_id"] == tr.run_id
 
 
-def test_sync_outbox_delivers_later(store, tmp_path):
+def test_sync_delivers_what_a_dead_store_missed_exactly_once(store, tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"
     tr = Tracker(run_dir=tmp_path, tracking_uri=dead, experiment="synced", drain_timeout=0.5, **FAST)
     assert tr.start(params={"a": 1}, tags={}) is None
@@ -224,26 +230,88 @@ def test_sync_outbox_delivers_later(store, tmp_path):
     (tmp_path / "note.txt").write_text("hello")
     tr.log_artifact(tmp_path / "note.txt")
     tr.finish("FAILED", error="boom")
-    assert tr.run_id is None and any((tmp_path / OUTBOX_DIR).glob("*.jsonl"))
+    assert tr.run_id is None
 
-    journal = next((tmp_path / OUTBOX_DIR).glob("*.jsonl"))
-    saved = journal.read_text()
-    counts = sync_outbox(tmp_path, tracking_uri=store)
-    assert counts["remaining"] == 0 and counts["delivered"] >= 33 and counts["outboxes"] == 1
-    run_id = json.loads((tmp_path / RUN_FILE).read_text())["run_id"]
+    saved = (tmp_path / STATE).read_text()
+    counts = sync_run(tmp_path, tracking_uri=store)
+    assert counts["metrics"] == 30 and counts["params"] == 1 and counts["artifacts"] == 1
+    run_id = json.loads((tmp_path / STATE).read_text())["run_id"]
     client = MlflowClient(store)
     run = client.get_run(run_id)
     assert run.info.status == "FAILED" and run.data.tags["electra_kit.error"] == "boom"
     assert steps_of(client, run_id, "train/loss") == list(range(30))
     assert [a.path for a in client.list_artifacts(run_id)] == ["note.txt"]
-    assert sync_outbox(tmp_path, tracking_uri=store)["delivered"] == 0  # nothing twice
-    # The acknowledgements lost (a crash right after delivery): the replay creates no second run
-    # (found by its uid tag) and no second metric (MLflow's SQL store de-duplicates identical ones).
-    journal.parent.mkdir(exist_ok=True)
-    journal.write_text(saved)
-    assert sync_outbox(tmp_path, tracking_uri=store)["remaining"] == 0
+    assert sync_run(tmp_path, tracking_uri=store)["metrics"] == 0  # nothing twice
+    # The state file as it was before the first sync (a crash right after delivery): the replay creates no
+    # second run (found by its uid tag) and no second metric (the store already has each step and timestamp).
+    (tmp_path / STATE).write_text(saved.replace(dead, store))
+    assert sync_run(tmp_path)["metrics"] == 0
     assert len(client.search_runs([run.info.experiment_id])) == 1
     assert steps_of(client, run_id, "train/loss") == list(range(30))
+
+
+def test_a_hanging_store_leaves_every_record_on_disk_for_sync(store, tmp_path, monkeypatch, caplog):
+    """A server that accepts connections and never answers: finish() gives up after drain_timeout, says so,
+    and everything the run logged is in the run directory, which ``sync`` then delivers."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # connections queue up, nothing ever reads them
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        tr = Tracker(run_dir=tmp_path, tracking_uri=uri, experiment="hang", drain_timeout=1, start_timeout=1, **FAST)
+        t0 = time.monotonic()
+        assert tr.start(params={"a": 1}, tags={}) is None
+        for step in range(25):
+            tr.log_metrics({"train/loss": float(step)}, step)
+        tr.finish("FINISHED")
+        assert time.monotonic() - t0 < 10
+        tr._thread.join(10)
+    assert "did not confirm" in caplog.text and f"electra-kit sync {tmp_path}" in caplog.text
+    assert json.loads((tmp_path / STATE).read_text())["status"] == "FINISHED"
+    assert sync_run(tmp_path, tracking_uri=store)["metrics"] == 25
+    run_id = json.loads((tmp_path / STATE).read_text())["run_id"]
+    client = MlflowClient(store)
+    assert client.get_run(run_id).info.status == "FINISHED" and client.get_run(run_id).data.params["a"] == "1"
+    assert steps_of(client, run_id, "train/loss") == list(range(25))
+
+
+@pytest.mark.parametrize(
+    "uri, reason",
+    [
+        ("foo://bar", "MLflow has no store for 'foo:'"),
+        ("file:///tmp/electra-kit-test-mlruns", "maintenance mode"),
+        ("sqlite:////proc/electra-kit-test.db", "cannot create /proc/electra-kit-test.db"),
+        ("sqlite:////proc/electra-kit-test/sub/x.db", "cannot create"),
+    ],
+)
+def test_a_store_mlflow_refuses_fails_at_construction(tmp_path, monkeypatch, uri, reason):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    with pytest.raises(TrackingError, match=reason) as err:
+        Tracker(run_dir=tmp_path, tracking_uri=uri)
+    assert "\n" not in str(err.value) and uri in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_store_stops_the_run_before_anything_is_built(tmp_path, capsys):
+    from electra_kit.cli import main
+
+    run_dir = tmp_path / "r"
+    assert main(["run", "tiny.gin", "--tracking-uri", "foo://bar", "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("electra-kit: error: tracking URI foo://bar: MLflow has no store") and err.count("\n") == 1
+    assert not run_dir.exists()
+
+
+def test_runs_and_sync_say_what_is_wrong_in_one_line(tmp_path, capsys):
+    from electra_kit.cli import main
+
+    assert main(["runs", "--tracking-uri", f"http://127.0.0.1:{free_port()}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("electra-kit: error: cannot read runs from http://127.0.0.1:") and err.count("\n") == 1
+    assert main(["sync", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err == f"electra-kit: error: {tmp_path / 'missing'}: no such run directory\n"
+    assert main(["sync", str(tmp_path)]) == 2
+    assert "not a tracked run directory" in capsys.readouterr().err
 
 
 GIN_OPERATIVE = """\
@@ -277,32 +345,32 @@ train.schedule = \\
      'warmup': 100}
 train.optimizer = @torch.optim.AdamW
 train.steps = 2000
+train.warmup = [%HIDDEN, %generator/DEPTH]
 """
 
 
-def test_flatten_gin_config():
+def test_gin_config_becomes_params_with_macros_resolved():
     flat = flatten_gin_config(GIN_OPERATIVE)
-    assert flat["HIDDEN"] == "256" and flat["generator/DEPTH"] == "4"
-    assert flat["discriminator/backbone.dim"] == "%HIDDEN"
+    assert flat["HIDDEN"] == "256" and flat["generator/DEPTH"] == "4"  # the macros are params themselves
+    assert flat["discriminator/backbone.dim"] == "256" and flat["train.warmup"] == "[256, 4]"
     assert flat["discriminator/backbone.name"] == "'performer'"
     assert flat["Electra.generator"] == "@generator/backbone()"
     assert flat["Electra.mask_prob"] == "0.15"
     assert flat["train.schedule"] == "{'extra': [1, 2, 3], 'kind': 'linear', 'warmup': 100}"
     assert flat["train.optimizer"] == "@torch.optim.AdamW" and flat["train.steps"] == "2000"
     assert not any("import" in k for k in flat)
-    # text gin's parser refuses still gives the bindings it can read
-    broken = flatten_gin_config("a.b = 1\nc/d.e = $oops(\n  1)\n")
-    assert broken["a.b"] == "1" and "c/d.e" in broken
 
 
-def test_helpers_outside_git(tmp_path, monkeypatch):
+def test_helpers_default_to_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert resolve_tracking_uri() == f"sqlite:///{tmp_path}/mlflow.db"
     assert resolve_tracking_uri("sqlite:///x.db") == f"sqlite:///{tmp_path}/x.db"
     tags = system_tags()
-    assert tags["electra_kit.device"] in ("cpu", "cuda") and "mlflow.source.git.commit" not in tags
+    assert tags["electra_kit.device"] in ("cpu", "cuda") and tags["electra_kit.torch_version"] == torch.__version__
+    assert {"mlflow.user", "mlflow.source.name", "mlflow.source.type"} <= set(tags)  # MLflow's own source tags
     argv = ui_command(port=5123)
     assert argv[argv.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path}/mlflow.db"
     assert argv[argv.index("--default-artifact-root") + 1] == str(tmp_path / "mlruns")
     assert "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false" in argv and "5123" in argv
-    assert list_runs() == [] and not (tmp_path / "mlflow.db").exists()
+    assert list_runs().empty and not (tmp_path / "mlflow.db").exists()
+    assert format_runs_table(list_runs()) == "no runs"

@@ -1,0 +1,264 @@
+"""A tracked run directory, the durable record, and its idempotent delivery to an MLflow store.
+
+``metrics.jsonl`` (the journal: ``{"step": 7, "ts": <ms>, "train/loss": 2.3}`` per line) and ``mlflow_run.json``
+(uid, MLflow run id once known, store, experiment, params, tags, artifacts with ``done`` once uploaded, final
+status) hold everything MLflow should learn, before it hears of it. ``deliver`` makes the store agree with them
+and may run any number of times: the run is found by id or by its ``electra_kit.uid`` tag before one is created,
+params and tags are idempotent, a metric goes out only if the store lacks its (key, step, timestamp), an artifact
+until it is done.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+logger = logging.getLogger("electra_kit.tracking")
+
+JOURNAL, STATE, LOCK = "metrics.jsonl", "mlflow_run.json", ".mlflow.lock"
+UID_TAG, ERROR_TAG = "electra_kit.uid", "electra_kit.error"
+# MLflow 3's UI shows an experiment of this kind as "Machine learning" (runs first), not as GenAI (traces first).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
+class TrackingError(ValueError):
+    """A tracking store or run directory that can't be used; the message says which and why."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
+def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
+    """The argument, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db; SQLite paths made absolute
+    (so that a later ``sync`` from another directory finds the same file)."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    m = re.match(r"^sqlite:///(?!/)(.+)$", uri)  # sqlite:///relative.db (four slashes = absolute)
+    return "sqlite:///" + str(Path.cwd() / m.group(1)) if m and m.group(1) != ":memory:" else uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    m = re.match(r"^sqlite:///(.+)$", uri)
+    return Path(m.group(1)) if m and m.group(1) != ":memory:" else None
+
+
+def http_defaults() -> None:
+    """No retries, 30 s timeout (MLflow's 7 retries keep a dead server's requests busy for minutes; the Tracker
+    retries with backoff instead). Process-wide, where unset."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+def check_store(uri: str) -> str:
+    """Refuse at once a store MLflow will never accept (unknown scheme; the file store MLflow 3 refuses) and a
+    SQLite file whose folder can't be created or written (MLflow would retry for ~100 s). A server that is
+    down is not an error here: the Tracker waits for it."""
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    scheme = uri.split(":", 1)[0] if ":" in uri else ""
+    if scheme not in _tracking_store_registry._registry:
+        known = ", ".join(sorted(s for s in _tracking_store_registry._registry if s))
+        raise TrackingError(f"tracking URI {uri}: MLflow has no store for '{scheme}:' (it has: {known})")
+    try:
+        builder = _tracking_store_registry.get_store_builder(uri)
+        if uri.startswith(("file:", "/", ".", "~")):
+            builder(uri)  # a local folder: cheap to open, and refused unless MLFLOW_ALLOW_FILE_STORE=true
+    except Exception as exc:  # noqa: BLE001 - MLflow's reason, in one line
+        raise TrackingError(f"tracking URI {uri}: {describe(exc).split('. ')[0]}") from exc
+    db = sqlite_path(uri)
+    try:
+        if db is not None and not db.exists():
+            db.parent.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=db.parent).close()
+    except OSError as exc:
+        raise TrackingError(f"tracking URI {uri}: cannot create {db} ({exc.strerror or exc})") from exc
+    return uri
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """For a SQLite store: <db dir>/mlruns/<experiment>, so that artifacts stay beside the store."""
+    db = sqlite_path(uri)
+    return (db.parent / "mlruns" / (re.sub(r"[^\w.-]+", "_", experiment) or "default")).as_uri() if db else None
+
+
+def append_journal(path: Path, step: int, values: dict[str, float]) -> tuple[int, int]:
+    """Append one journal line; returns its timestamp (ms; MLflow receives the same) and the journal's size."""
+    ts = now_ms()
+    with open(path, "a") as f:
+        f.write(json.dumps({"step": step, "ts": ts, **values}) + "\n")
+        return ts, f.tell()
+
+
+def read_journal(path: Path, start: int = 0, end: int | None = None) -> list[dict]:
+    """The journal's records between bytes ``start`` and ``end``; a line torn by a kill is skipped."""
+    if not path.exists():
+        return []
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(-1 if end is None else max(0, end - start))
+    records = []
+    for line in data.splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return [r for r in records if isinstance(r, dict) and isinstance(r.get("step"), int) and "ts" in r]
+
+
+def read_state(run_dir: Path) -> dict:
+    try:
+        return json.loads((Path(run_dir) / STATE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_state(run_dir: Path, state: dict) -> None:
+    """Replace mlflow_run.json atomically: a kill leaves the old one or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{STATE}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(state, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, Path(run_dir) / STATE)
+
+
+def lock_run_dir(run_dir: Path):
+    """An exclusive flock on run_dir/.mlflow.lock, held until the returned file closes; None if another has it."""
+    fh = open(Path(run_dir) / LOCK, "a")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fh
+    except OSError:
+        fh.close()
+
+
+_refused: set[str] = set()
+
+
+def valid_entries(values: dict, kind: str = "metric") -> dict:
+    """The entries under names MLflow accepts for a ``kind`` ("metric", "param" or "tag"), a refused name reported
+    once (a refused name would fail its whole batch, every time). Metrics become floats; ``step``, ``ts`` and
+    what is no number are left out."""
+    from mlflow.utils import validation
+
+    out = {}
+    for key, value in values.items():
+        if (kind == "metric" and key in ("step", "ts")) or key in _refused:
+            continue
+        try:
+            getattr(validation, f"_validate_{kind}_name")(key)
+            out[key] = float(value) if kind == "metric" else value
+        except (TypeError, ValueError):
+            pass
+        except Exception as exc:  # noqa: BLE001 - MlflowException: a name MLflow refuses
+            _refused.add(key)
+            logger.warning("MLflow refuses the %s name %r; it stays in the run directory only (%s)", kind, key,
+                           describe(exc))
+    return out
+
+
+def _run(client, state: dict):
+    """The state's MLflow run: by id, else by uid tag, else a new one (in its experiment, created if need be)."""
+    from mlflow.entities import ViewType
+    from mlflow.exceptions import MlflowException
+
+    if state.get("run_id"):
+        try:
+            return client.get_run(state["run_id"])
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+    exp = client.get_experiment_by_name(state["experiment"])
+    if exp is None:
+        exp_id = client.create_experiment(state["experiment"], state.get("artifact_location"), EXPERIMENT_TAGS)
+    else:
+        exp_id = exp.experiment_id
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp_id)
+        for key, value in EXPERIMENT_TAGS.items():
+            if key not in exp.tags:
+                client.set_experiment_tag(exp_id, key, value)
+    found = client.search_runs([exp_id], f"tags.`{UID_TAG}` = '{state['uid']}'", ViewType.ALL, max_results=1)
+    return found[0] if found else client.create_run(
+        exp_id, start_time=state.get("start_time"), tags={UID_TAG: state["uid"]}, run_name=state.get("run_name"))
+
+
+def deliver(client, state: dict, run_dir: Path, *, metrics: bool = True, start: int = 0, end: int | None = None,
+            save=None) -> dict:
+    """Make the store hold what ``state`` and the journal (bytes ``start`` to ``end``) say; returns counts.
+    ``save(state)`` persists progress (the run id, artifacts done). Raises what the store raises: call again."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    save = save or (lambda s: write_state(run_dir, s))
+    run = _run(client, state)
+    run_id = run.info.run_id
+    if state.get("run_id") != run_id:
+        state["run_id"] = run_id
+        save(state)
+    params = [Param(k, v) for k, v in state.get("params", {}).items() if k not in run.data.params]
+    tags = [RunTag(k, v) for k, v in state.get("tags", {}).items() if run.data.tags.get(k) != v]
+    missing = []
+    if metrics:
+        records = [(r, valid_entries(r)) for r in read_journal(run_dir / JOURNAL, start, end)]
+        keys = {k for _, values in records for k in values}
+        have = {k: {(m.step, m.timestamp) for m in client.get_metric_history(run_id, k)} for k in keys}
+        missing = [Metric(k, v, r["ts"], r["step"]) for r, values in records for k, v in values.items()
+                   if (r["step"], r["ts"]) not in have[k]]
+    client.log_batch(run_id, missing, params, tags, synchronous=True)  # MLflow splits it within its limits
+    uploaded = [a for a in state.get("artifacts", []) if not a.get("done")]
+    for art in uploaded:
+        path, dest = Path(art["path"]), art.get("artifact_path")
+        if art.get("as_text") and path.is_file():
+            client.log_text(run_id, path.read_text(), "/".join(p for p in (dest, art["as_text"]) if p))
+        elif path.is_dir():
+            client.log_artifacts(run_id, str(path), "/".join(p for p in (dest, path.name) if p))
+        elif path.is_file():
+            client.log_artifact(run_id, str(path), dest)
+        else:
+            logger.warning("artifact %s no longer exists; not uploaded", path)
+        art["done"] = True
+        save(state)
+    if state.get("status"):
+        if state.get("error"):
+            client.set_tag(run_id, ERROR_TAG, state["error"])
+        client.set_terminated(run_id, status=state["status"], end_time=state.get("end_time"))
+    elif run.info.status != "RUNNING":  # resumed: the run goes on
+        client.update_run(run_id, status="RUNNING")
+    return {"run_id": run_id, "params": len(params), "metrics": len(missing), "artifacts": len(uploaded)}
+
+
+def sync_run(run_dir: str | Path, tracking_uri: str | None = None) -> dict:
+    """``electra-kit sync RUN_DIR``: deliver what the run recorded (to ``tracking_uri`` instead of the store it
+    recorded, if given); returns counts. Raises TrackingError with the reason."""
+    from mlflow import MlflowClient
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise TrackingError(f"{run_dir}: no such run directory")
+    state = read_state(run_dir)
+    if not state.get("uid"):
+        raise TrackingError(f"{run_dir} has no {STATE}: it is not a tracked run directory")
+    lock = lock_run_dir(run_dir)
+    if lock is None:
+        raise TrackingError(f"{run_dir} belongs to a live run (it holds {LOCK}), which delivers its own records")
+    with lock:
+        http_defaults()
+        uri = check_store(resolve_tracking_uri(tracking_uri or state.get("tracking_uri")))
+        if uri != state.get("tracking_uri"):
+            state.update(tracking_uri=uri, artifact_location=artifact_location(uri, state["experiment"]))
+        try:
+            return {"tracking_uri": uri, **deliver(MlflowClient(uri), state, run_dir)}
+        except Exception as exc:  # noqa: BLE001 - the store's failure, in one line
+            raise TrackingError(f"delivery to {uri} failed: {describe(exc)}; run sync again later") from exc

@@ -1,0 +1,290 @@
+"""The Tracker: one MLflow run fed from the training loop (rank 0), which it never blocks or fails.
+
+Every record is on disk before MLflow hears of it (:mod:`.store`). While the store keeps up, metrics go out at
+once through MLflow's own async logging (``log_batch(..., synchronous=False)``). When a send fails or too many
+are in flight, sending stops; a background thread retries with backoff, replays the journal with
+``store.deliver`` (only what the store lacks) and goes live again. ``finish`` waits ``drain_timeout`` seconds
+at most: whatever is unconfirmed then is on disk, for ``electra-kit sync``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import contextlib
+import logging
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import gin
+
+from . import store
+from .facts import system_tags
+from .store import logger, now_ms
+
+DEFAULT_EXPERIMENT = "electra-kit"
+
+
+@gin.configurable
+def tracking(*, uri: str | None = None, experiment: str | None = None, enabled: bool = True) -> dict:
+    """Where a run is recorded; ``--tracking-uri`` / ``--experiment`` / ``--no-tracking`` win over these."""
+    return {"uri": uri, "experiment": experiment, "enabled": enabled}
+MAX_IN_FLIGHT = 10  # unconfirmed async sends; more means a slow store: the journal is replayed in bulk instead
+
+
+def _clip(value, limit: int = 6000) -> str:  # mlflow.utils.validation: params 6000, tags 8000 characters
+    value = str(value)
+    return value if len(value) <= limit else value[: limit - 14] + "...[truncated]"
+
+
+@contextlib.contextmanager
+def finish_when_done(tracker: "Tracker | None", killed: tuple[type[BaseException], ...] = (KeyboardInterrupt,)):
+    """Finish ``tracker``'s run as FINISHED, KILLED (on a ``killed`` exception) or FAILED with the error."""
+    if tracker is None:
+        yield
+        return
+    try:
+        yield
+    except killed:
+        tracker.finish("KILLED")
+        raise
+    except BaseException as exc:
+        tracker.finish("FAILED", f"{type(exc).__name__}: {exc}")
+        raise
+    tracker.finish("FINISHED")
+
+
+class Tracker:
+    """One MLflow run: construction refuses a store MLflow won't accept (TrackingError); ``start``, then
+    ``log_metrics`` / ``log_artifact`` / ``set_tags``, then ``finish``. All no-ops unless ``enabled`` and rank 0."""
+
+    def __init__(self, *, run_dir: str | Path, tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT,
+                 run_name: str | None = None, enabled: bool = True, rank: int = 0, system_metrics: bool = True,
+                 drain_timeout: float = 30.0, start_timeout: float = 30.0,
+                 system_metrics_interval: float | None = None):
+        self.active = bool(enabled) and rank == 0
+        self.run_id: str | None = None  # MLflow's, once the store has the run
+        self._closed = not self.active
+        self._thread: threading.Thread | None = None
+        if not self.active:
+            return
+        store.http_defaults()
+        self.tracking_uri = store.check_store(store.resolve_tracking_uri(tracking_uri))
+        self.run_dir, self.experiment, self.run_name = Path(run_dir).resolve(), experiment, run_name
+        self.journal = self.run_dir / store.JOURNAL
+        self.drain_timeout, self.start_timeout = drain_timeout, start_timeout
+        self.sysmon_interval = (system_metrics_interval or float(os.environ.get(
+            "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL") or 10.0)) if system_metrics else None
+        self._lock = threading.Lock()  # the state file, the journal's end, the live/dirty flags
+        self._wake, self._stop, self._attempted = threading.Event(), threading.Event(), threading.Event()
+        self._client = self._lockfh = None
+        self._state: dict = {"artifacts": [], "tags": {}}
+        self._end = self._safe_end = 0  # journal bytes written; of those, bytes the store holds for sure
+        self._live, self._dirty, self._todo = False, True, True  # send live? replay needed? state to deliver?
+        self._pending: collections.deque = collections.deque()  # async sends not yet confirmed
+        self._failing = self._confirmed = self._warm = False
+        self._deadline, self._last_step = float("inf"), 0
+        # MLflow logs an error per failed async batch; the Tracker reports an outage once, and its end
+        logging.getLogger("mlflow.utils.async_logging.async_logging_queue").setLevel(logging.CRITICAL)
+
+    def start(self, *, params: dict[str, object], tags: dict[str, str], resume: bool = False) -> str | None:
+        """Record the run (with ``resume``, the one this run directory recorded before) and connect in the
+        background; returns the MLflow run id, or None if the store did not answer within ``start_timeout``."""
+        if not self.active or self._thread is not None:
+            return self.run_id
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lockfh = store.lock_run_dir(self.run_dir)
+        old = store.read_state(self.run_dir) if resume else {}
+        if resume and not old.get("uid"):
+            logger.warning("resume: %s has no %s; starting a new MLflow run", self.run_dir, store.STATE)
+        new = store.valid_entries({str(k): _clip(v) for k, v in params.items()}, "param")
+        kept = old.get("params", {})
+        changed = [f"{k}={kept[k]} (now {v})" for k, v in new.items() if kept.get(k, v) != v]
+        if changed:
+            logger.warning("MLflow refuses to change a logged param; the run keeps %s", ", ".join(changed))
+        experiment = old.get("experiment", self.experiment)
+        facts = {} if "electra_kit.version" in tags else system_tags()  # the caller may have sent them
+        self._state = {
+            "uid": old.get("uid") or uuid.uuid4().hex, "run_id": old.get("run_id"), "experiment": experiment,
+            "tracking_uri": self.tracking_uri, "artifact_location": store.artifact_location(self.tracking_uri, experiment),
+            "run_name": old.get("run_name", self.run_name), "start_time": old.get("start_time") or now_ms(),
+            "params": {**new, **kept}, "artifacts": old.get("artifacts", []) + self._state["artifacts"],
+            "tags": store.valid_entries({k: _clip(v, 8000) for k, v in {**old.get("tags", {}), **facts, **tags}.items()},
+                                        "tag"),
+            "status": None, "end_time": None, "error": None,
+        }
+        self.run_id = self._state["run_id"]
+        with self._lock:
+            with open(self.journal, "ab+") as f:  # a line torn by a kill must not swallow the next one
+                size = f.seek(0, os.SEEK_END)
+                if size and os.pread(f.fileno(), 1, size - 1) != b"\n":
+                    f.write(b"\n")
+                self._end = f.tell()
+            store.write_state(self.run_dir, self._state)
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="electra-kit-mlflow")
+        self._thread.start()
+        atexit.register(self._atexit)
+        if self.sysmon_interval:
+            threading.Thread(target=self._sample_system_metrics, daemon=True, name="electra-kit-sysmetrics").start()
+        self._attempted.wait(self.start_timeout)
+        return self.run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Journal ``metrics`` (numbers or 0-d tensors) for ``step``; send them if the store keeps up."""
+        if self._closed:
+            return
+        values = {}
+        for k, v in metrics.items():
+            with contextlib.suppress(TypeError, ValueError, RuntimeError):
+                values[str(k)] = float(v)
+        with self._lock:
+            ts, self._end = store.append_journal(self.journal, step, values)
+            self._last_step = step
+            if not self._live or len(self._pending) >= MAX_IN_FLIGHT:
+                self._live, self._dirty = False, True
+                return
+            from mlflow.entities import Metric
+
+            batch = [Metric(k, v, ts, step) for k, v in store.valid_entries(values).items()]
+            try:
+                if batch:
+                    self._pending.append(self._client.log_batch(self.run_id, metrics=batch, synchronous=False))
+                    self._wake.set()  # the background thread confirms it
+            except Exception:  # noqa: BLE001 - the journal has it; the background thread replays it
+                self._live, self._dirty = False, True
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None, *, as_text: str | None = None) -> None:
+        """Upload a file, or a folder as ``artifact_path/<folder name>/...``, in the background. ``as_text``: a text
+        file's content under that name instead (the MLflow UI previews ``.txt`` files, not ``.gin``)."""
+        path = Path(path).resolve()
+        if self._closed or not path.exists():
+            return logger.warning("log_artifact: %s does not exist", path) if not self._closed else None
+        entry = {"path": str(path), "artifact_path": artifact_path, "as_text": as_text, "done": False}
+        same = (str(path), as_text)
+        self._update(artifacts=[a for a in self._state["artifacts"] if (a["path"], a.get("as_text")) != same] + [entry])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if not self._closed:
+            tags = store.valid_entries({str(k): _clip(v, 8000) for k, v in tags.items()}, "tag")
+            self._update(tags={**self._state["tags"], **tags})
+
+    def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
+        """End the run with FINISHED, FAILED or KILLED; wait at most ``drain_timeout`` seconds for the store."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is None:
+            return
+        atexit.unregister(self._atexit)
+        self._deadline = time.monotonic() + self.drain_timeout
+        self._update(status=status, end_time=now_ms(), error=error[-8000:] if error else None)
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(self.drain_timeout + 1)
+        if not self._confirmed:
+            logger.warning("MLflow at %s did not confirm all of this run's records; they are on disk in %s (%s, %s): "
+                           "deliver them with `electra-kit sync %s`", self.tracking_uri, self.run_dir,
+                           store.JOURNAL, store.STATE, self.run_dir)
+        if self._lockfh is not None:
+            self._lockfh.close()
+
+    # ------------------------------------------------------------------------- background side
+    def _update(self, **fields) -> None:
+        """Change the run's state by replacing values, never mutating them (the delivery reads them unlocked)."""
+        with self._lock:
+            self._state.update(fields)
+            self._save(self._state, locked=True)
+            self._todo = True
+        self._wake.set()
+
+    def _save(self, state: dict, locked: bool = False) -> None:
+        with contextlib.nullcontext() if locked else self._lock:
+            store.write_state(self.run_dir, state)
+
+    def _atexit(self) -> None:
+        self.drain_timeout = min(self.drain_timeout, 5.0)
+        self.finish("KILLED", error="process exited without Tracker.finish()")
+
+    def _loop(self) -> None:
+        backoff = 0.5
+        while not self._confirmed:
+            failed = False
+            try:
+                self._settle()
+                if self._dirty or self._todo or self._stop.is_set():
+                    self._deliver()
+                if self._failing:
+                    logger.warning("MLflow at %s is reachable again: delivered what it missed", self.tracking_uri)
+                self._failing, backoff = False, 0.5
+            except Exception as exc:  # noqa: BLE001 - never let the store stop training
+                if not self._failing:
+                    logger.warning("MLflow at %s failed (%s); training goes on, records are kept in %s and retried",
+                                   self.tracking_uri, store.describe(exc), self.run_dir)
+                self._failing = failed = True
+                backoff = min(backoff * 2, 60.0)
+            self._attempted.set()
+            if self._stop.is_set() and time.monotonic() >= self._deadline:
+                return
+            self._wake.wait(1.0 if self._stop.is_set() else backoff if failed else 0.1)
+            self._wake.clear()
+
+    def _settle(self) -> None:
+        """Wait for the async sends so far; a failed one makes the journal dirty (the replay resends it)."""
+        while self._pending:
+            try:
+                self._pending[0].wait()
+            except Exception:  # noqa: BLE001
+                with self._lock:
+                    self._live, self._dirty = False, True
+            self._pending.popleft()
+
+    def _deliver(self) -> None:
+        with self._lock:
+            replay, end, final = self._dirty, self._end, self._stop.is_set()
+            self._todo = False
+        try:
+            if self._client is None:
+                from mlflow import MlflowClient
+
+                self._client = MlflowClient(self.tracking_uri)  # builds the store: may take long, or fail
+            result = store.deliver(self._client, self._state, self.run_dir, metrics=replay, start=self._safe_end,
+                                   end=end, save=self._save)
+        except BaseException:
+            self._todo = True
+            raise
+        if not self._warm:  # start MLflow's async queue and its threads here, not in a training step
+            from mlflow.entities import RunTag
+
+            uid = [RunTag(store.UID_TAG, self._state["uid"])]
+            for ops in [self._client.log_batch(result["run_id"], tags=uid, synchronous=False) for _ in range(10)]:
+                ops.wait()
+            self._warm = True
+        self.run_id = result["run_id"]
+        self._safe_end = end if replay else self._safe_end
+        with self._lock:
+            if replay and self._end == end:  # nothing came in while replaying: go live
+                self._dirty = False
+            self._live = not self._dirty
+            self._confirmed = final and not (self._dirty or self._todo or self._pending)
+
+    def _sample_system_metrics(self) -> None:
+        """MLflow's own CPU/disk/network/GPU monitors, sampled here so their values go through the journal like
+        every other metric (an outage loses none), stepped by the latest training step."""
+        try:
+            from mlflow.system_metrics.metrics import cpu_monitor, disk_monitor, gpu_monitor, network_monitor
+
+            monitors = [cpu_monitor.CPUMonitor(), disk_monitor.DiskMonitor(), network_monitor.NetworkMonitor()]
+        except Exception as exc:  # noqa: BLE001 - psutil missing
+            return logger.warning("system metrics disabled: %s", exc)
+        with contextlib.suppress(Exception):  # no GPU, or no pynvml
+            monitors.append(gpu_monitor.GPUMonitor())
+        while not self._stop.wait(self.sysmon_interval) and not self._closed:
+            values = {}
+            for m in monitors:
+                m.collect_metrics()
+                values.update(m.aggregate_metrics())
+                m.clear_metrics()
+            self.log_metrics({f"system/{k}": v for k, v in values.items()}, self._last_step)
