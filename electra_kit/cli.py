@@ -11,6 +11,8 @@ def _cmd_run(args) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .pretrain import RunError, RunOptions, run
+    from .resume import ResumeError, continue_command
+    from .rundir import RunDirError
     from .trainer import Interrupted, NonFiniteError
 
     opts = RunOptions(
@@ -21,10 +23,13 @@ def _cmd_run(args) -> int:
     try:
         result = run(opts)
     except Interrupted as exc:
-        print(f"electra-kit: {exc}. Continue with: electra-kit run {' '.join(args.configs)} "
-              f"--run-dir {exc.checkpoint.parent.parent if exc.checkpoint else '<run dir>'} --resume", file=sys.stderr)
+        run_dir = getattr(exc, "run_dir", None) or (exc.checkpoint.parent.parent if exc.checkpoint else "<run dir>")
+        again = continue_command(run_dir, tracking=not args.no_tracking, tracking_uri=args.tracking_uri,
+                                 experiment=args.experiment)
+        print(f"electra-kit: {exc}. Continue with: {again}", file=sys.stderr)
         return 128 + exc.signum
-    except (ConfigError, RunError, CheckpointError, NonFiniteError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, RunError, RunDirError, ResumeError, CheckpointError, NonFiniteError, FileNotFoundError,
+            ValueError) as exc:
         print(f"electra-kit: error: {_without_gin_context(exc)}", file=sys.stderr)
         return 2
     if result["model_dir"] is not None:  # rank 0 of a multi-process run
@@ -117,10 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="pretrain from gin config files")
-    p.add_argument("configs", nargs="+", help="gin files (working directory first, then the packaged configs)")
+    p.add_argument("configs", nargs="*", help="gin files (working directory first, then the packaged configs); "
+                                              "a --resume takes the run's own config and needs none")
     p.add_argument("--gin", action="append", metavar="BINDING", help="a gin binding applied after the files")
     p.add_argument("--run-dir", help="where checkpoints, logs and the model folder go (default runs/NAME-TIME)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint, with its own config "
+                        "and tokenizer (--gin may change only steps, logging, eval and checkpoint cadence)")
     p.add_argument("--no-tracking", action="store_true", help="do not record the run in MLflow")
     p.add_argument("--tracking-uri", help="MLflow store or server (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--experiment", help="MLflow experiment name (default: the last gin file's name)")

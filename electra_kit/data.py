@@ -47,12 +47,12 @@ from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
 import gin
+from electra_kit.atomic import atomic_write, publish_file
 from electra_kit.batches import BatchIterator, EvalIterator, split_sequences  # noqa: F401  (re-exported)
 from electra_kit.tokenizer import (
     TOKENIZER_FORMAT_VERSION,
     SpecialIds,
     load_tokenizer,
-    save_tokenizer,
     special_ids,
     tokenizer_fingerprint,
     tokenizer_vocab_size,
@@ -61,7 +61,7 @@ from electra_kit.tokenizer import (
 
 log = logging.getLogger(__name__)
 
-SHARD_FORMAT_VERSION = 1
+SHARD_FORMAT_VERSION = 2  # 2: meta.json carries the token stream's sha256
 _CHUNK_CHARS = 2_000_000  # text per encode_batch call: bounds memory while tokenizing
 _PARAGRAPH_MAX_CHARS = 1_000_000  # a paragraph longer than this is cut at a line boundary
 CACHE_STATS: Counter = Counter()  # "tokenizer_trained", "corpus_tokenized": for tests and logs
@@ -180,20 +180,6 @@ def _progress(files: Sequence[str], desc: str) -> tqdm:
 
 
 # --------------------------------------------------------------------------------- tokenizer
-def _publish(tmp: str, path: str) -> None:
-    """Move a finished ``tmp`` to ``path`` unless another process published it first."""
-    try:
-        os.link(tmp, path)  # atomic create-if-absent
-    except FileExistsError:
-        pass
-    except OSError:  # a filesystem without hard links
-        if not os.path.exists(path):
-            os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def tokenizer_cache_path(cache_dir: str, corpus_fp: str, vocab_size: int, lowercase: bool) -> str:
     key = _hash(corpus_fp, vocab_size, lowercase, TOKENIZER_FORMAT_VERSION)
     return os.path.join(cache_dir, "tokenizers", key, "tokenizer.json")
@@ -226,8 +212,7 @@ def _trained_tokenizer(files, corpus_fp, text_field, vocab_size, lowercase, cach
     if chars[0] == 0:
         raise _empty_corpus_error(files)
     CACHE_STATS["tokenizer_trained"] += 1
-    tmp = save_tokenizer(tok, f"{path}.tmp-{os.getpid()}.json")
-    _publish(tmp, path)
+    publish_file(path, lambda tmp: tok.save(str(tmp)))
     log.info("tokenizer: trained %d entries -> %s", tok.get_vocab_size(), path)
     return Tokenizer.from_file(path), path
 
@@ -242,8 +227,7 @@ def _tokenize_to_file(files, text_field, tok: Tokenizer, sep_id: int, dtype, pat
     encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
     n_tokens = n_docs = doc_tokens = 0
     pieces: list[str | None] = []
-    chars = 0
-    tmp = f"{path}.tmp-{os.getpid()}"
+    stream = hashlib.sha256()  # of the token stream itself: the data's identity, whatever the file times
 
     def flush(out) -> None:
         nonlocal n_tokens, n_docs, doc_tokens
@@ -262,10 +246,12 @@ def _tokenize_to_file(files, text_field, tok: Tokenizer, sep_id: int, dtype, pat
         if arrays:
             arr = np.concatenate(arrays)
             arr.tofile(out)
+            stream.update(arr.tobytes())
             n_tokens += arr.size
         pieces.clear()
 
-    try:
+    def write(tmp) -> None:
+        chars = 0
         with open(tmp, "wb") as out, _progress(files, "tokenizing") as bar:
             for piece in iter_documents(files, text_field, bar.update):
                 pieces.append(piece)
@@ -274,17 +260,13 @@ def _tokenize_to_file(files, text_field, tok: Tokenizer, sep_id: int, dtype, pat
                     flush(out)
                     chars = 0
             flush(out)
-            out.flush()
-            os.fsync(out.fileno())
         if n_tokens == 0:
             raise _empty_corpus_error(files)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(path, writer=write)
     CACHE_STATS["corpus_tokenized"] += 1
     return {"format": SHARD_FORMAT_VERSION, "dtype": np.dtype(dtype).name, "n_tokens": n_tokens,
-            "n_documents": n_docs, "files": len(files)}
+            "n_documents": n_docs, "files": len(files), "sha256": stream.hexdigest()}
 
 
 def _token_file(files, corpus_fp, text_field, tok, sep_id, vocab_size, cache_dir):
@@ -292,18 +274,19 @@ def _token_file(files, corpus_fp, text_field, tok, sep_id, vocab_size, cache_dir
     folder = os.path.join(cache_dir, "shards", key)
     path, meta_path = os.path.join(folder, "tokens.bin"), os.path.join(folder, "meta.json")
     if os.path.isfile(meta_path) and os.path.isfile(path):
-        with open(meta_path) as f:
-            meta = json.load(f)
-        if os.path.getsize(path) == meta["n_tokens"] * np.dtype(meta["dtype"]).itemsize:
+        try:
+            with open(meta_path) as f:
+                meta = json.load(f)
+            fits = os.path.getsize(path) == meta["n_tokens"] * np.dtype(meta["dtype"]).itemsize and "sha256" in meta
+        except (ValueError, KeyError, TypeError):  # a damaged cache entry is rebuilt, not trusted
+            fits = False
+        if fits:
             log.info("token file: cache hit %s", path)
             return path, meta, key
     os.makedirs(folder, exist_ok=True)
     dtype = np.uint16 if vocab_size <= 2**16 else np.uint32
     meta = _tokenize_to_file(files, text_field, tok, sep_id, dtype, path)
-    tmp = f"{meta_path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(meta, f)
-    os.replace(tmp, meta_path)  # written last: its presence means tokens.bin is complete
+    atomic_write(meta_path, json.dumps(meta))  # written last: its presence means tokens.bin is complete
     return path, meta, key
 
 
@@ -405,7 +388,8 @@ def build_data(*, corpus=None, tokenizer=None, vocab_size: int = 30522, lowercas
 
     n_seq = meta["n_tokens"] // (max_seq_len - 2)
     train_ids, eval_ids = split_sequences(n_seq, eval_fraction, min_eval_sequences, seed)
-    fingerprint = _hash(shard_key, max_seq_len, eval_fraction, min_eval_sequences, seed)
+    # what the model sees: the token stream's content (not the files' times), its tokenizer, the split
+    fingerprint = _hash(meta["sha256"], tokenizer_fingerprint(tok), max_seq_len, eval_fraction, min_eval_sequences, seed)
 
     def view(seq_ids):
         return PackedSequences(token_path, meta["dtype"], meta["n_tokens"], max_seq_len, ids.cls_id,

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .atomic import atomic_write
 from .pretrained import read_config
 from .registry import create_backbone
 from .tasks import TaskError, encode_labels, infer_task, label_set, primary_metric, read_labeled, task_metrics
@@ -357,11 +358,7 @@ def format_results(results: dict) -> str:
 
 
 def write_results(results: dict, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(path)
-    return path
+    return atomic_write(path, json.dumps(results, indent=2))
 
 
 def resolve_model_dir(path: str | Path) -> Path:

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from .atomic import recover_dir, staged_dir
 from .backbone import Backbone
 from .heads import GDESEmbedding
 from .registry import create_backbone
@@ -51,8 +52,6 @@ def save_pretrained(model: nn.Module, folder: Path, *, tokenizer=None, special_i
     from .electra import Electra  # local: pretrained.py is also imported by light tools
 
     folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
     encoder = _standalone(model.encoder)
     config = {
         "format_version": FORMAT_VERSION,
@@ -62,24 +61,21 @@ def save_pretrained(model: nn.Module, folder: Path, *, tokenizer=None, special_i
         "max_seq_len": max_seq_len or encoder.max_seq_len,
         "special_ids": special_ids or {},
     }
-    save_model(encoder, str(tmp / "encoder.safetensors"))
-    if isinstance(model, Electra):
-        save_model(model.discriminator_head, str(tmp / "encoder_head.safetensors"))
-        generator = nn.ModuleDict({"backbone": model.generator, "head": model.generator_head})
-        save_model(generator, str(tmp / "generator.safetensors"))
-        config["generator"] = _backbone_config(model.generator)
-        config["embedding_sharing"] = model.embedding_sharing
-    else:
-        save_model(model.head, str(tmp / "encoder_head.safetensors"))
-    (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    (tmp / "operative_config.gin").write_text(operative_config)
-    if tokenizer is not None:
-        tokenizer.save(str(tmp / "tokenizer.json"))
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    # a unique temporary folder, swapped in whole: the old folder goes only once the new one is there
+    with staged_dir(folder) as tmp:
+        save_model(encoder, str(tmp / "encoder.safetensors"))
+        if isinstance(model, Electra):
+            save_model(model.discriminator_head, str(tmp / "encoder_head.safetensors"))
+            generator = nn.ModuleDict({"backbone": model.generator, "head": model.generator_head})
+            save_model(generator, str(tmp / "generator.safetensors"))
+            config["generator"] = _backbone_config(model.generator)
+            config["embedding_sharing"] = model.embedding_sharing
+        else:
+            save_model(model.head, str(tmp / "encoder_head.safetensors"))
+        (tmp / "operative_config.gin").write_text(operative_config)
+        if tokenizer is not None:
+            tokenizer.save(str(tmp / "tokenizer.json"))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
     return folder
 
 
@@ -119,10 +115,18 @@ class Encoder(nn.Module):
 
 def read_config(folder: Path) -> dict:
     folder = Path(folder)
+    recover_dir(folder)  # a save killed mid-swap on a filesystem without atomic exchange
     path = folder / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not an electra-kit model folder: {path.name} is missing")
-    return json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); the model folder is damaged") from None
+    if not isinstance(config, dict) or not isinstance(config.get("encoder"), dict) \
+            or not {"name", "kwargs"} <= config["encoder"].keys():
+        raise ValueError(f"{path}: not an electra-kit model config (no encoder name and kwargs)")
+    return config
 
 
 def load_pretrained(folder: str | Path, *, part: str = "encoder", map_location: str = "cpu") -> Encoder:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from .atomic import atomic_write
+
 PAD, UNK, MASK, CLS, SEP = "[PAD]", "[UNK]", "[MASK]", "[CLS]", "[SEP]"
 SPECIAL_TOKENS = (PAD, UNK, MASK, CLS, SEP)  # this order gives the ids 0..4 of a trained vocab
 REQUIRED_SPECIAL_TOKENS = (PAD, MASK, CLS, SEP)  # [UNK] may be absent from a user's tokenizer
@@ -126,10 +128,7 @@ def save_tokenizer(tok: Tokenizer, path: str | os.PathLike) -> str:
     path = os.fspath(path)
     if not path.endswith(".json"):
         path = os.path.join(path, TOKENIZER_FILE)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    tok.save(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, writer=lambda tmp: tok.save(str(tmp)))
     return path
 
 

@@ -141,6 +141,7 @@ class Trainer:
         tracker=None,
         operative_config: str = "",
         extra_state: dict | None = None,
+        checkpoint_files: dict[str, str] | None = None,
     ):
         self.cfg, self.device, self.dist = cfg, device, dist or DistContext()
         self.raw_model = model.to(device)
@@ -154,6 +155,7 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.operative_config = operative_config
         self.extra_state = extra_state or {}
+        self.checkpoint_files = checkpoint_files or {}  # carried in every checkpoint (the tokenizer)
         self.step, self.tokens_seen, self.bad_in_row = 0, 0, 0
         self.history: list[dict] = []  # logged metrics, for the caller's summary
         self._signal: int | None = None
@@ -201,6 +203,7 @@ class Trainer:
         path = ckpt.save_checkpoint(
             self.ckpt_dir, self.step, model_state=model_state, torch_state=torch_state,
             trainer_state=trainer_state, operative_config=self.operative_config, keep=self.cfg.keep_checkpoints,
+            files=self.checkpoint_files,
         )
         self.dist.barrier()
         return path
