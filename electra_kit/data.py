@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 import gin
 from electra_kit.atomic import atomic_write, publish_file
 from electra_kit.batches import BatchIterator, EvalIterator, split_sequences  # noqa: F401  (re-exported)
+from electra_kit.config_checks import BUILD_DATA, check_values, check_writable_dir
 from electra_kit.tokenizer import (
     TOKENIZER_FORMAT_VERSION,
     SpecialIds,
@@ -370,9 +371,11 @@ def build_data(*, corpus=None, tokenizer=None, vocab_size: int = 30522, lowercas
     ``tokenizer``: None (train a WordPiece vocabulary of ``vocab_size`` on the corpus, cached), a
     ``tokenizers.Tokenizer``, or a path to a ``tokenizer.json``, a BERT ``vocab.txt`` or a folder.
     """
+    check_values("build_data", locals(), BUILD_DATA)
     if max_seq_len < 3:
         raise ValueError(f"max_seq_len={max_seq_len} leaves no room between [CLS] and [SEP]")
     cache_dir = os.path.expanduser(cache_dir or default_cache_dir())
+    check_writable_dir(cache_dir, "the cache folder (build_data.cache_dir / $ELECTRA_KIT_CACHE)")
     files = resolve_corpus(corpus)
     corpus_fp = corpus_fingerprint(files, text_field)
     if tokenizer is None:

@@ -23,7 +23,16 @@ import gin
 
 from .backbone import Backbone
 from .heads import DiscriminatorHead, GDESEmbedding, GeneratorHead, HiddenLayerExtractor, init_embeddings
-from .masking import GLOBAL_RNG, MaskedPositions, Noise, draw_ahead, mask_tokens, sample_categorical, slot_count
+from .masking import (
+    GLOBAL_RNG,
+    MaskedPositions,
+    Noise,
+    check_token_ids,
+    draw_ahead,
+    mask_tokens,
+    sample_categorical,
+    slot_count,
+)
 from .metrics import MeanAccumulator, roc_auc
 
 SHARING_MODES = ("tied", "gdes", "none")
@@ -127,6 +136,8 @@ class Electra(nn.Module):
         else:
             self._setup_raw(discr_dim, discr_layer)
         self.num_tokens = num_tokens
+        check_token_ids(num_tokens, mask_token_id=mask_token_id, pad_token_id=pad_token_id,
+                        mask_ignore_token_ids=tuple(mask_ignore_token_ids))
 
         ignore = sorted({*mask_ignore_token_ids, pad_token_id})
         self.register_buffer("ignore_ids", torch.tensor(ignore, dtype=torch.long), persistent=False)

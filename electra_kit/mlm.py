@@ -17,7 +17,7 @@ import gin
 
 from .backbone import Backbone
 from .heads import GeneratorHead, init_embeddings
-from .masking import GLOBAL_RNG, Noise, mask_tokens
+from .masking import GLOBAL_RNG, Noise, check_token_ids, mask_tokens
 from .metrics import MeanAccumulator
 
 
@@ -49,6 +49,8 @@ class MaskedLM(nn.Module):
         super().__init__()
         if not isinstance(encoder, Backbone):
             raise TypeError(f"MaskedLM needs a registry Backbone, got {type(encoder).__name__}")
+        check_token_ids(encoder.num_tokens, mask_token_id=mask_token_id, pad_token_id=pad_token_id,
+                        mask_ignore_token_ids=tuple(mask_ignore_token_ids))
         if embedding_init_std is not None:
             init_embeddings(encoder, embedding_init_std)
         self.encoder = encoder

@@ -25,6 +25,7 @@ from torch import nn
 import gin
 
 from . import checkpoint as ckpt
+from .config_checks import TRAIN, check_values
 from .distributed import DistContext, unwrap
 from .masking import Noise
 from .metrics import MeanAccumulator
@@ -56,12 +57,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "grad_accum_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"train.{name} must be a positive integer, got {value!r}")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"train.precision must be auto, bf16 or fp32, got {self.precision!r}")
+        check_values("train", vars(self), TRAIN)  # each binding checked before anything is built
 
     @property
     def effective_warmup(self) -> int:
