@@ -83,7 +83,7 @@ def parse(config_files: list[str], bindings: list[str] = ()) -> list[Path]:
         try:
             gin.parse_config(binding)
         except Exception as exc:
-            raise ConfigError(f"in --gin binding {binding!r}: {_first_line(exc)}") from exc
+            raise ConfigError(f"in --gin binding {binding!r}: {_one_line(exc)}") from exc
     _check_macros()
     return paths
 
@@ -123,9 +123,11 @@ def _check_macros() -> None:
                                       f"defines; define it (e.g. --gin \"{name} = ...\") or fix the name")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0] if "\n" in text and len(text) > 400 else text
+def _one_line(exc: BaseException) -> str:
+    """gin's parse errors span lines (Python's literal parser, then gin's own); keep gin's words, on one line."""
+    lines = [x.strip() for x in (str(exc).strip() or type(exc).__name__).splitlines() if x.strip()]
+    useful = [x for x in lines if "malformed node or string" not in x] or lines
+    return "; ".join(useful)
 
 
 def _describe_parse_error(exc: Exception, path: Path) -> str:
