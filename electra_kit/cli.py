@@ -38,8 +38,10 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_finetune(args) -> int:
+    from .config_checks import FINETUNE_FLAGS, check_flags
     from .finetune import FinetuneConfig, TaskSpec, format_results, run_finetune
     from .registry import UnknownBackboneError
+    from .rundir import RunDirError
 
     options = dict(lr=args.lr, layer_decay=args.layer_decay, warmup_fraction=args.warmup_fraction, epochs=args.epochs,
                    batch_size=args.batch_size, weight_decay=args.weight_decay, dropout=args.dropout,
@@ -47,12 +49,13 @@ def _cmd_finetune(args) -> int:
     spec = TaskSpec(train=args.train, eval=args.eval, text_column=args.text_column, pair_column=args.pair_column,
                     label_column=args.label_column, format=args.format, header=not args.no_header, task=args.task)
     try:
+        check_flags(options, FINETUNE_FLAGS)
         cfg = FinetuneConfig(**{k: v for k, v in options.items() if v is not None},
                              random_init=args.random_init, progress=not args.no_progress)
         results, path = run_finetune(args.model, spec, cfg, run_dir=args.run_dir, tracking=not args.no_tracking,
                                      tracking_uri=args.tracking_uri, experiment=args.experiment)
-    except (ValueError, FileNotFoundError, UnknownBackboneError) as exc:
-        print(f"electra-kit: error: {exc}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, UnknownBackboneError, RunDirError) as exc:
+        print(f"electra-kit: error: {_without_gin_context(exc)}", file=sys.stderr)
         return 2
     print(format_results(results))
     print(f"electra-kit: {results['task']['type']} on {results['task']['n_train']} examples, "

@@ -113,6 +113,21 @@ class Encoder(nn.Module):
         return self.forward(ids, mask), mask
 
 
+def load_weights_into(module: nn.Module, path: Path, **kwargs) -> None:
+    """``safetensors.load_model`` whose failures (truncated file, other shapes) name the file, in one line."""
+    from safetensors import SafetensorError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the model folder is incomplete")
+    try:
+        load_model(module, str(path), **kwargs)
+    except (SafetensorError, RuntimeError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: cannot be loaded ({reason[:300]}); the model folder is damaged or does not "
+                         f"match its config.json") from None
+
+
 def read_config(folder: Path) -> dict:
     folder = Path(folder)
     recover_dir(folder)  # a save killed mid-swap on a filesystem without atomic exchange
@@ -136,10 +151,10 @@ def load_pretrained(folder: str | Path, *, part: str = "encoder", map_location: 
     spec = config["encoder"] if part == "encoder" else config["generator"]
     backbone = create_backbone(spec["name"], **spec["kwargs"])
     if part == "encoder":
-        load_model(backbone, str(folder / "encoder.safetensors"), device=map_location)
+        load_weights_into(backbone, folder / "encoder.safetensors", device=map_location)
     else:
         wrapper = nn.ModuleDict({"backbone": backbone})
-        load_model(wrapper, str(folder / "generator.safetensors"), strict=False, device=map_location)
+        load_weights_into(wrapper, folder / "generator.safetensors", strict=False, device=map_location)
     tokenizer = None
     if (folder / "tokenizer.json").is_file():
         from tokenizers import Tokenizer

@@ -29,9 +29,9 @@ class RunDirError(RuntimeError):
     """The run directory cannot be used; the message names it and says what to do."""
 
 
-def default_run_dir(config_files: list[str], root: Path = Path("runs")) -> Path:
+def default_run_dir(config_files: list[str], root: Path = Path("runs"), *, stem: str | None = None) -> Path:
     """``runs/<last config>-<time>``, created here and now so no other run can take the name."""
-    stem = Path(config_files[-1]).stem if config_files else "run"
+    stem = stem or (Path(config_files[-1]).stem if config_files else "run")
     base = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     root.mkdir(parents=True, exist_ok=True)
     for n in range(1, 10_000):
@@ -107,6 +107,13 @@ class RunDir:
             (self.path / LOCK_FILE).unlink()
         os.close(self._fd)
         self._fd = None
+
+    def close(self, *, failed: bool) -> None:
+        """Release the lock; after a failure, also remove the directory if this run made it and left it empty."""
+        self.release()
+        if failed and self.created:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()
 
     # ---- a failed start -------------------------------------------------------------------------
 
