@@ -10,7 +10,7 @@ from pathlib import Path
 def _cmd_run(args) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
-    from .pretrain import RunError, RunOptions, run
+    from .pretrain import RunError, RunOptions, StoppedBeforeTraining, run
     from .resume import ResumeError, continue_command
     from .rundir import RunDirError
     from .trainer import Interrupted, NonFiniteError
@@ -27,6 +27,13 @@ def _cmd_run(args) -> int:
         again = continue_command(run_dir, tracking=not args.no_tracking, tracking_uri=args.tracking_uri,
                                  experiment=args.experiment)
         print(f"electra-kit: {exc}. Continue with: {again}", file=sys.stderr)
+        return 128 + exc.signum
+    except StoppedBeforeTraining as exc:
+        again = ""
+        if args.resume:
+            again = ". Continue with: " + continue_command(exc.run_dir or args.run_dir, tracking=not args.no_tracking,
+                                                          tracking_uri=args.tracking_uri, experiment=args.experiment)
+        print(f"electra-kit: {_without_gin_context(exc)}{again}", file=sys.stderr)
         return 128 + exc.signum
     except (ConfigError, RunError, RunDirError, ResumeError, CheckpointError, NonFiniteError, FileNotFoundError,
             ValueError) as exc:

@@ -6,9 +6,12 @@ names its culprit. The heavy parts are built here and passed into the trainer.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +33,36 @@ from .trainer import Interrupted, TrainConfig, Trainer, resolve_device
 
 class RunError(RuntimeError):
     """A run cannot start; the message names what is wrong and what to do."""
+
+
+class StoppedBeforeTraining(Exception):
+    """SIGTERM/SIGINT arrived while the run was being set up; the message says what was kept."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum, self.kept, self.run_dir = signum, "", None
+
+    def __str__(self) -> str:
+        return f"stopped by {signal.Signals(self.signum).name} before training began" + (f": {self.kept}" if self.kept else "")
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """During set-up (vocabulary training can take minutes) SIGTERM/SIGINT stop the run through
+    the normal error path, so the run directory is left as the message says."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, _frame):
+        raise StoppedBeforeTraining(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @dataclass
@@ -139,11 +172,18 @@ def run(opts: RunOptions) -> dict:
             run_dir = opts.run_dir or Path(".")
         if dist.enabled:  # every rank needs rank 0's run directory (its default name has a timestamp)
             run_dir = Path(dist.broadcast_object(str(run_dir)))
-        trainer, data, model, tracker = _setup(opts, cfg, device, dist, run_dir, paths, resume_from)
-    except BaseException:
+        with _stop_on_signals():
+            trainer, data, model, tracker = _setup(opts, cfg, device, dist, run_dir, paths, resume_from)
+    except BaseException as exc:
         if owned is not None:  # an input error found before training removes only what this run made
             owned.discard()
         dist.close()
+        if isinstance(exc, StoppedBeforeTraining) and owned is not None:  # gin may have wrapped it: a fresh one
+            stopped = StoppedBeforeTraining(exc.signum)
+            stopped.kept = (f"the run in {owned.path} is as it was" if opts.resume else
+                            f"nothing was trained; what this run had created in {owned.path} was removed")
+            stopped.run_dir = owned.path
+            raise stopped from None
         raise
     try:
         return _train(trainer, data, model, tracker, dist, device, run_dir)

@@ -79,12 +79,34 @@ def train_wordpiece(texts: Iterable[str | list[str]], vocab_size: int = 30522,
         limit_alphabet=1000,
         continuing_subword_prefix="##",
     )
-    tok.train_from_iterator(texts, trainer)
+    _interruptible(lambda: tok.train_from_iterator(texts, trainer))
     ids = [tok.token_to_id(t) for t in SPECIAL_TOKENS]
     if ids != list(range(len(SPECIAL_TOKENS))):  # a tokenizers release that changed the order
         got = dict(zip(SPECIAL_TOKENS, ids, strict=True))
         raise RuntimeError(f"trained special token ids {got} are not 0..4")
     return _add_post_processor(tok)
+
+
+def _interruptible(work) -> None:
+    """Run ``work`` in a worker thread while this one waits, so Ctrl-C stops at once: the Rust trainer
+    would not look at Python's signals until it returned (minutes on a large corpus). The abandoned
+    worker is a daemon thread, gone when the process exits."""
+    import threading
+
+    failure: list[BaseException] = []
+
+    def target():
+        try:
+            work()
+        except BaseException as exc:  # re-raised in the caller's thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=target, name="electra-kit-vocab", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.1)
+    if failure:
+        raise failure[0]
 
 
 def _read_vocab_txt(path: str, lowercase: bool) -> Tokenizer:

@@ -12,6 +12,7 @@ import json
 import math
 import random
 import signal
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -223,6 +224,9 @@ class Trainer:
     # ---- the loop -------------------------------------------------------------------------------
 
     def _on_signal(self, signum, _frame):
+        if self._signal is not None:  # a second Ctrl-C: the checkpoint is being written, say so once more
+            print("electra-kit: already stopping: finishing the step and writing a checkpoint", file=sys.stderr)
+            return
         self._signal = signum
 
     def fit(self) -> dict:
