@@ -133,5 +133,11 @@ def _check_out_dir(model_dir: Path, out_dir: Path, overwrite: bool) -> None:
                              f"source; choose a folder outside {owner}")
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"export OUT_DIR {out_dir} is a file, not a folder; choose another path")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
+    if dst == Path.cwd().resolve() or Path.cwd().resolve().is_relative_to(dst):
+        raise ValueError(f"export OUT_DIR {out_dir} is or contains the current folder; choose a new folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
+        if not (out_dir / "config.json").is_file():  # --overwrite replaces an export, never a user's other folder
+            raise FileExistsError(f"export OUT_DIR {out_dir} holds files that are not an exported model; --overwrite "
+                                  f"replaces only a previous export: choose a new or empty folder")

@@ -116,7 +116,10 @@ def checkpoint_tokenizer(checkpoint: Path):
         return None
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(str(path))
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception
+        raise ResumeError(f"--resume: {path} cannot be read ({exc}); the checkpoint is damaged") from None
 
 
 def data_record(data) -> dict:

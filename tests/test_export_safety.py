@@ -71,3 +71,22 @@ def test_export_of_a_model_folder_with_invalid_config_json_names_the_file(tmp_pa
     (run_dir / "model" / "config.json").write_text(json.dumps([1, 2]))
     assert main(["export", str(run_dir / "model"), "--format", "portable", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o").exists()
+
+
+def test_export_overwrite_never_replaces_a_folder_that_is_not_an_export(tmp_path, run_dir, capsys):
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    assert main(["export", str(run_dir / "model"), "--format", "portable", str(mine), "--overwrite"]) == 2
+    assert "not an exported model" in capsys.readouterr().err
+    assert (mine / "thesis.tex").read_text() == "years of work"
+
+
+def test_export_refuses_the_current_folder_as_out_dir(tmp_path, run_dir, monkeypatch, capsys):
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    monkeypatch.chdir(work / "sub")
+    for out in (".", ".."):
+        assert main(["export", str(run_dir / "model"), "--format", "portable", out, "--overwrite"]) == 2
+        assert "current folder" in capsys.readouterr().err
+    assert (work / "sub").is_dir()
