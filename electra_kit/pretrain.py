@@ -158,6 +158,8 @@ def run(opts: RunOptions) -> dict:
     else:
         paths = gin_config.parse(opts.config_files, opts.bindings)
     cfg = TrainConfig()
+    if resume_from is not None:
+        resume.check_steps(resume_from, cfg.steps)
     device = resolve_device(cfg.device)
     dist = init_from_env(device.type, cfg.strategy)
     if dist.enabled and device.type == "cuda":

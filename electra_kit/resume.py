@@ -107,6 +107,14 @@ def parse_run_config(run_dir: Path, checkpoint: Path, config_files: list[str], b
     return recorded or [source]
 
 
+def check_steps(checkpoint: Path, steps: int) -> None:
+    """A resume can lengthen a run, not shorten it below what is already trained."""
+    done = json.loads((checkpoint / "trainer_state.json").read_text()).get("step", 0)
+    if steps < done:
+        raise ResumeError(f"--resume: train.steps={steps} is below the {done} steps {checkpoint.name} has already "
+                          f"trained; give train.steps >= {done}")
+
+
 def checkpoint_tokenizer(checkpoint: Path):
     """The tokenizer the run trained with, from its checkpoint (None for checkpoints of older versions)."""
     path = checkpoint / ckpt.TOKENIZER_FILE

@@ -90,6 +90,12 @@ def test_resume_applies_and_lists_the_changes_it_allows(finished, tmp_path):
     assert ckpt.latest_valid_checkpoint(tmp_path / "r" / "checkpoints").name == "step_00000012"
 
 
+def test_resume_cannot_shorten_a_run_below_what_is_trained(finished):
+    proc = cli(finished, "--run-dir", "r", "--resume", "--no-tracking", "--gin", "train.steps = 5",
+               cache=finished / "cache", check=False)
+    assert proc.returncode == 2 and "train.steps=5 is below the 10 steps" in proc.stderr
+
+
 def test_resume_with_other_config_files_than_the_run_used_is_refused(finished):
     proc = cli(finished, "mlm_small.gin", "--run-dir", "r", "--resume", "--no-tracking", cache=finished / "cache",
                check=False)
