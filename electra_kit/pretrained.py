@@ -133,7 +133,8 @@ def read_config(folder: Path) -> dict:
     recover_dir(folder)  # a save killed mid-swap on a filesystem without atomic exchange
     path = folder / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{folder} is not an electra-kit model folder: {path.name} is missing")
+        hint = f" (did you mean {folder / 'model'}?)" if (folder / "model" / "config.json").is_file() else ""
+        raise FileNotFoundError(f"{folder} is not an electra-kit model folder: {path.name} is missing{hint}")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:

@@ -60,7 +60,11 @@ class RunDir:
             raise RunDirError(f"run directory {self.path} is not writable ({exc.strerror}); choose another "
                               f"--run-dir") from exc
         self._fd: int | None = None
-        self._lock()
+        try:
+            self._lock()
+        except OSError as exc:  # a directory named like the lock, a filesystem without locks (some NFS) ...
+            raise RunDirError(f"run directory {self.path} cannot be locked ({exc.strerror or exc}: "
+                              f"{self.path / LOCK_FILE}); choose another --run-dir") from None
         if not resume:
             taken = sorted(set(RUN_FILES) & self.before)
             if taken:

@@ -129,3 +129,10 @@ def test_save_pretrained_never_touches_a_folder_that_happens_to_be_named_like_it
     save_pretrained(tiny_electra(1), tmp_path / "model")
     assert (tmp_path / "model.tmp" / "mine.txt").read_text() == "keep"
     load_pretrained(tmp_path / "model")
+
+
+def test_a_lock_that_cannot_be_taken_is_one_line(tmp_path):
+    (tmp_path / "r" / LOCK_FILE).mkdir(parents=True)  # a folder where the lock file goes
+    with pytest.raises(RunDirError, match="cannot be locked"):
+        RunDir(tmp_path / "r", resume=True)
+    assert (tmp_path / "r" / LOCK_FILE).is_dir()
