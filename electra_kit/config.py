@@ -80,6 +80,11 @@ def parse(config_files: list[str], bindings: list[str] = ()) -> list[Path]:
         except Exception as exc:
             raise ConfigError(_describe_parse_error(exc, path)) from exc
     for binding in bindings:
+        for m in _INCLUDE.finditer(binding):  # an include on the command line may start a cycle too
+            for candidate in (Path(m.group(2)), *(d / m.group(2) for d in search)):
+                if candidate.is_file():
+                    _check_includes(candidate.resolve(), search, ())
+                    break
         try:
             gin.parse_config(binding)
         except Exception as exc:

@@ -51,7 +51,8 @@ def _walk_corpus_folder(folder: str) -> list[str]:
             continue
         seen_dirs.add(real)
         dirs.sort()
-        found += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(CORPUS_SUFFIXES)]
+        found += [os.path.join(root, n) for n in sorted(names)  # regular files only: a FIFO would block forever
+                  if n.lower().endswith(CORPUS_SUFFIXES) and os.path.isfile(os.path.join(root, n))]
     return found
 
 

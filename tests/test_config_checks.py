@@ -133,3 +133,10 @@ def test_a_manifest_of_the_wrong_shape_marks_the_checkpoint_invalid(tmp_path, ma
     assert ckpt.verify(path.parent) is not None
     with pytest.warns(RuntimeWarning, match="unusable"):
         assert ckpt.latest_valid_checkpoint(tmp_path).name == "step_00000001"
+
+
+def test_an_include_cycle_started_from_a_command_line_binding_is_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "loop.gin").write_text("include 'loop.gin'\n")
+    code = run_cli(tmp_path, monkeypatch, "--gin", "include 'loop.gin'")
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "cycle" in err

@@ -47,3 +47,9 @@ def test_a_vocab_txt_without_unk_works(tmp_path):
     with pytest.warns(RuntimeWarning, match=r"no \[UNK\]; added as id 6"):
         tok = load_tokenizer(tmp_path / "vocab.txt")
     assert tok.encode("the zebra of", add_special_tokens=False).ids == [4, 6, 5]
+
+
+def test_a_fifo_named_like_a_text_file_is_not_read(tmp_path):
+    (tmp_path / "a.txt").write_text("alpha\n")
+    os.mkfifo(tmp_path / "pipe.txt")  # opening it would block forever
+    assert [os.path.basename(f) for f in resolve_corpus(str(tmp_path))] == ["a.txt"]
