@@ -180,6 +180,15 @@ def recover_dir(target: Path) -> None:
             return
 
 
+def recover_all(folder: Path) -> None:
+    """:func:`recover_dir` for every target in ``folder`` whose swap was cut short."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for name in {m["name"] for p in folder.iterdir() if (m := _TEMP.match(p.name)) and m["kind"] == "old"}:
+        recover_dir(folder / name)
+
+
 def _fsync_tree(folder: Path) -> None:
     for root, _dirs, files in os.walk(folder):
         for name in files:

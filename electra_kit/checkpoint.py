@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .atomic import remove_stale_temps, staged_dir
+from .atomic import recover_all, remove_stale_temps, staged_dir
 
 MANIFEST = "manifest.json"
 REQUIRED_FILES = ("model.safetensors", "state.pt", "trainer_state.json", "operative_config.gin")
@@ -107,6 +107,7 @@ def list_checkpoints(ckpt_dir: Path) -> list[Path]:
     """Finished checkpoint folders, newest first (temporary ones are ignored)."""
     if not Path(ckpt_dir).is_dir():
         return []
+    recover_all(ckpt_dir)  # a same-step re-save cut between its two renames (filesystems without exchange)
     found = [p for p in Path(ckpt_dir).iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
     return sorted(found, key=lambda p: p.name, reverse=True)
 

@@ -136,3 +136,16 @@ def test_a_lock_that_cannot_be_taken_is_one_line(tmp_path):
     with pytest.raises(RunDirError, match="cannot be locked"):
         RunDir(tmp_path / "r", resume=True)
     assert (tmp_path / "r" / LOCK_FILE).is_dir()
+
+
+def test_without_an_atomic_exchange_a_swap_cut_between_its_renames_is_recovered(tmp_path, monkeypatch):
+    from electra_kit import atomic
+
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)  # a filesystem without renameat2
+    folder = save_pretrained(tiny_electra(0), tmp_path / "model")
+    save_pretrained(tiny_electra(1), folder)
+    load_pretrained(folder)
+    # a writer killed after moving the old folder aside, before moving the new one in
+    folder.rename(tmp_path / ".model.old-999999-abc")
+    assert load_pretrained(folder) is not None and folder.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
