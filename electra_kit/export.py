@@ -21,6 +21,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import staged_dir
 from .backbone import Backbone
 from .pretrained import read_config
 from .registry import UnknownBackboneError, create_backbone
@@ -88,12 +89,7 @@ def export(model_dir: str | Path, out_dir: str | Path, *, format: str = "hf", ov
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     config = read_config(model_dir)  # FileNotFoundError naming the folder when it is not one
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
-        shutil.rmtree(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp-export")
-    shutil.rmtree(tmp, ignore_errors=True)
+    _check_out_dir(model_dir, out_dir, overwrite)
     backbone = None
     if format == "hf":
         spec = config["encoder"]
@@ -102,23 +98,46 @@ def export(model_dir: str | Path, out_dir: str | Path, *, format: str = "hf", ov
         except UnknownBackboneError as exc:
             raise ValueError(f"{model_dir} was trained with backbone '{spec['name']}', which is not installed "
                              f"here ({exc}); install the plugin that provides it to export this folder") from exc
-    try:
+    # written beside out_dir and swapped in at the end: an old out_dir goes only once the new one is there
+    with staged_dir(out_dir, replace=True) as tmp:
         if backbone is not None and type(backbone).export_hf is not Backbone.export_hf:
-            tmp.mkdir(parents=True)
             summary = backbone.export_hf(model_dir, tmp).strip("\n")
             if (model_dir / "operative_config.gin").is_file() and not (tmp / "operative_config.gin").exists():
                 shutil.copyfile(model_dir / "operative_config.gin", tmp / "operative_config.gin")  # provenance
             written = "hf"
             message = f"electra-kit export: wrote {out_dir} for Hugging Face transformers.\n{summary}"
         else:
-            shutil.copytree(model_dir, tmp)
+            shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
             write_hf_tokenizer(model_dir, tmp)
             written = "portable"
             message = (_not_hf_message(config["encoder"]["name"], out_dir) if format == "hf"
                        else f"electra-kit export: wrote the portable folder {out_dir}")
-        if out_dir.exists():
-            out_dir.rmdir()  # empty, checked above
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(out_dir, written, message)
+
+
+def _run_dir_of(model_dir: Path) -> Path | None:
+    """The run directory a model folder sits in (``RUN/model``), if it is one."""
+    parent = model_dir.parent
+    marks = ("checkpoints", "summary.json", "metrics.jsonl", "operative_config.gin")
+    return parent if any((parent / m).exists() for m in marks) else None
+
+
+def _check_out_dir(model_dir: Path, out_dir: Path, overwrite: bool) -> None:
+    """Refuse an ``out_dir`` that would overwrite (or be written inside) what it is exported from."""
+    src, dst = model_dir.resolve(), out_dir.resolve()  # symlinks and ``..`` cannot hide an overlap
+    for owner, what in ((src, "the model folder"), (_run_dir_of(src), "the model's run directory")):
+        if owner is None:
+            continue
+        if dst == owner or dst.is_relative_to(owner) or owner.is_relative_to(dst):
+            raise ValueError(f"export OUT_DIR {out_dir} overlaps {what} {owner}: writing it would destroy the "
+                             f"source; choose a folder outside {owner}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"export OUT_DIR {out_dir} is a file, not a folder; choose another path")
+    if dst == Path.cwd().resolve() or Path.cwd().resolve().is_relative_to(dst):
+        raise ValueError(f"export OUT_DIR {out_dir} is or contains the current folder; choose a new folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
+        if not (out_dir / "config.json").is_file():  # --overwrite replaces an export, never a user's other folder
+            raise FileExistsError(f"export OUT_DIR {out_dir} holds files that are not an exported model; --overwrite "
+                                  f"replaces only a previous export: choose a new or empty folder")

@@ -38,10 +38,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .atomic import atomic_write
 from .batches import split_sequences
 from .finetune_model import LabeledBatches, SequenceModel, eval_batches
-from .pretrained import read_config
+from .pretrained import load_weights_into, read_config
 from .registry import create_backbone
+from .rundir import RunDir, default_run_dir
 from .tasks import TaskError, encode_labels, infer_task, label_set, primary_metric, read_labeled
 from .tokenizer import special_ids
 from .trainer import TrainConfig, Trainer, resolve_device
@@ -98,8 +100,6 @@ class TaskSpec:
 def load_backbone(model_dir: str | Path, *, dropout: float | None, random_init: bool) -> nn.Module:
     """The encoder of a model folder, rebuilt with ``dropout`` where its adapter takes it; with
     ``random_init``, its architecture freshly initialised as the pretraining objectives do."""
-    from safetensors.torch import load_model
-
     config = read_config(model_dir)
     spec = config["encoder"]
     kwargs = dict(spec["kwargs"])
@@ -119,7 +119,7 @@ def load_backbone(model_dir: str | Path, *, dropout: float | None, random_init: 
         else:
             init_embeddings(backbone, 0.02)
     else:
-        load_model(backbone, str(Path(model_dir) / "encoder.safetensors"))
+        load_weights_into(backbone, Path(model_dir) / "encoder.safetensors")
     return backbone
 
 
@@ -347,11 +347,7 @@ def format_results(results: dict) -> str:
 
 
 def write_results(results: dict, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(path)
-    return path
+    return atomic_write(path, json.dumps(results, indent=2))
 
 
 def resolve_model_dir(path: str | Path) -> Path:
@@ -368,8 +364,19 @@ def run_finetune(model_dir, spec: TaskSpec, cfg: FinetuneConfig, *, run_dir: str
                  experiment: str | None = None) -> tuple[dict, Path]:
     """The ``electra-kit finetune`` command: results to ``run_dir/results.json`` and to MLflow."""
     model_dir = resolve_model_dir(model_dir)
-    run_dir = Path(run_dir) if run_dir else Path("runs") / f"finetune-{Path(spec.train).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # claimed and locked like a pretraining run's; a failure leaves no empty directory behind
+    owned = RunDir(Path(run_dir) if run_dir else default_run_dir([], stem=f"finetune-{Path(spec.train).stem}"),
+                   resume=False, created=run_dir is None)
+    try:
+        return _run_finetune(model_dir, spec, cfg, owned.path, tracking, tracking_uri, experiment)
+    except BaseException:
+        owned.close(failed=True)
+        raise
+    finally:
+        owned.close(failed=False)
+
+
+def _run_finetune(model_dir, spec, cfg, run_dir, tracking, tracking_uri, experiment):
     tracker = None
     if tracking:
         from .tracking import Tracker

@@ -17,6 +17,19 @@ import torch
 from .noise import GLOBAL_RNG, Noise
 
 
+def check_token_ids(num_tokens: int | None, **ids) -> None:
+    """Raise naming the argument when a special token id is not an id of the vocabulary.
+
+    ``ids``: name -> an id or a collection of ids (``mask_ignore_token_ids``). Without a known
+    vocabulary size (raw modules) only the type and sign are checked."""
+    for name, value in ids.items():
+        for token in (value if isinstance(value, (list, tuple, set, frozenset)) else [value]):
+            if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+                raise ValueError(f"{name}={value!r}: token ids are non-negative integers")
+            if num_tokens is not None and token >= num_tokens:
+                raise ValueError(f"{name}={value!r} is outside the vocabulary of {num_tokens} tokens (ids 0..{num_tokens - 1})")
+
+
 def slot_count(seq_len: int, mask_prob: float) -> int:
     """``K``, the static number of masked slots per sequence."""
     return max(1, min(seq_len, math.ceil(mask_prob * seq_len)))

@@ -17,7 +17,7 @@ import gin
 
 from .backbone import Backbone
 from .heads import GeneratorHead, init_embeddings, init_weights
-from .masking import mask_tokens
+from .masking import check_token_ids, mask_tokens
 from .metrics import MeanAccumulator
 from .noise import GLOBAL_RNG, Noise
 from .objective import Objective
@@ -52,6 +52,8 @@ class MaskedLM(Objective):
         super().__init__()
         if not isinstance(encoder, Backbone):
             raise TypeError(f"MaskedLM needs a registry Backbone, got {type(encoder).__name__}")
+        check_token_ids(encoder.num_tokens, mask_token_id=mask_token_id, pad_token_id=pad_token_id,
+                        mask_ignore_token_ids=tuple(mask_ignore_token_ids))
         if weight_init not in ("electra", "library"):
             raise ValueError(f"weight_init={weight_init!r}; choose 'electra' or 'library'")
         if weight_init == "electra":  # the same choices as Electra's, so the baseline is like for like

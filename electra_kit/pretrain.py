@@ -6,11 +6,12 @@ names its culprit. The heavy parts are built here and passed into the trainer.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
-import shutil
-import time
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,15 +19,48 @@ import torch
 
 from . import checkpoint as ckpt
 from . import config as gin_config
+from . import resume
+from .atomic import atomic_write
 from .data import BatchIterator, EvalIterator, build_data
 from .distributed import init_from_env
 from .objective import pretrain, resolve_objective
 from .pretrained import save_pretrained
+from .rundir import RunDir, default_run_dir
 from .trainer import Interrupted, TrainConfig, Trainer, resolve_device
 
 
 class RunError(RuntimeError):
     """A run cannot start; the message names what is wrong and what to do."""
+
+
+class StoppedBeforeTraining(Exception):
+    """SIGTERM/SIGINT arrived while the run was being set up; the message says what was kept."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum, self.kept, self.run_dir = signum, "", None
+
+    def __str__(self) -> str:
+        return f"stopped by {signal.Signals(self.signum).name} before training began" + (f": {self.kept}" if self.kept else "")
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """During set-up (vocabulary training can take minutes) SIGTERM/SIGINT stop the run through
+    the normal error path, so the run directory is left as the message says."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, _frame):
+        raise StoppedBeforeTraining(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @dataclass
@@ -40,26 +74,14 @@ class RunOptions:
     experiment: str | None = None
 
 
-def default_run_dir(config_files: list[str]) -> Path:
-    stem = Path(config_files[-1]).stem if config_files else "run"
-    return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def _prepare_run_dir(opts: RunOptions) -> Path:
-    run_dir = opts.run_dir or default_run_dir(opts.config_files)
-    if opts.resume:
-        if opts.run_dir is None:
-            raise RunError("--resume needs --run-dir naming the run to continue")
-        if ckpt.latest_valid_checkpoint(run_dir / "checkpoints") is None:
-            raise RunError(f"--resume: nothing to resume in {run_dir} (no intact checkpoint under {run_dir}/checkpoints)")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise RunError(f"run directory {run_dir} is not writable ({exc.strerror}); choose another --run-dir") from exc
-    return run_dir
+def _checkpoint_to_resume(opts: RunOptions) -> Path:
+    if opts.run_dir is None:
+        raise RunError("--resume needs --run-dir naming the run to continue")
+    found = ckpt.latest_valid_checkpoint(opts.run_dir / "checkpoints")
+    if found is None:
+        raise RunError(f"--resume: nothing to resume in {opts.run_dir} (no intact checkpoint under "
+                       f"{opts.run_dir}/checkpoints)")
+    return found
 
 
 def build_objective(data) -> torch.nn.Module:
@@ -104,34 +126,61 @@ def _params(model, operative: str, cfg: TrainConfig) -> dict:
 
 def run(opts: RunOptions) -> dict:
     """Parse, check and build everything, then train; see the module docstring."""
-    paths = gin_config.parse(opts.config_files, opts.bindings)
+    if not opts.resume and not opts.config_files:
+        raise RunError("give at least one gin file (or continue a run with --run-dir DIR --resume)")
+    resume_from = _checkpoint_to_resume(opts) if opts.resume else None
+    if resume_from is not None:  # the run's own config, plus only what a resume may change
+        paths = resume.parse_run_config(opts.run_dir, resume_from, opts.config_files, opts.bindings)
+    else:
+        paths = gin_config.parse(opts.config_files, opts.bindings)
     cfg = TrainConfig()
+    if resume_from is not None:
+        resume.check_steps(resume_from, cfg.steps)
     device = resolve_device(cfg.device)
     dist = init_from_env(device.type, cfg.strategy)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
-    fresh_dir = opts.run_dir is None or not opts.run_dir.exists()
-    run_dir = None
+    owned = None
     try:
-        run_dir = _prepare_run_dir(opts) if dist.is_main else (opts.run_dir or Path("."))
+        if dist.is_main:  # claimed and locked for the run's lifetime
+            path = opts.run_dir or default_run_dir(opts.config_files)
+            owned = RunDir(path, resume=opts.resume, created=opts.run_dir is None)
+            run_dir = owned.path
+        else:
+            run_dir = opts.run_dir or Path(".")
         if dist.enabled:  # every rank needs rank 0's run directory (its default name has a timestamp)
             run_dir = Path(dist.broadcast_object(str(run_dir)))
-        trainer, data, model, tracker = _setup(opts, cfg, device, dist, run_dir, paths)
-    except BaseException:
-        # an input error found before training leaves no half-made run directory behind
-        if dist.is_main and fresh_dir and run_dir is not None and not opts.resume:
-            shutil.rmtree(run_dir, ignore_errors=True)
+        with _stop_on_signals():
+            trainer, data, model, tracker = _setup(opts, cfg, device, dist, run_dir, paths, resume_from)
+    except BaseException as exc:
+        if owned is not None:  # an input error found before training removes only what this run made
+            owned.discard()
         dist.close()
+        if isinstance(exc, StoppedBeforeTraining) and owned is not None:  # gin may have wrapped it: a fresh one
+            stopped = StoppedBeforeTraining(exc.signum)
+            stopped.kept = (f"the run in {owned.path} is as it was" if opts.resume else
+                            f"nothing was trained; what this run had created in {owned.path} was removed")
+            stopped.run_dir = owned.path
+            raise stopped from None
         raise
-    return _train(trainer, data, model, tracker, dist, device, run_dir)
+    try:
+        return _train(trainer, data, model, tracker, dist, device, run_dir)
+    except Interrupted as exc:
+        exc.run_dir = run_dir  # for the "Continue with" line
+        raise
+    finally:
+        if owned is not None:
+            owned.release()
 
 
-def _setup(opts, cfg, device, dist, run_dir, paths):
+def _setup(opts, cfg, device, dist, run_dir, paths, resume_from):
     tracker = _tracker(opts, run_dir, dist.rank)  # a store MLflow refuses fails here, before the data is built
-    data = _build_data_once(dist)
+    data = _build_data_once(dist, resume.checkpoint_tokenizer(resume_from) if resume_from else None)
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone
     model = build_objective(data)
     operative = gin_config.operative_config()
+    if resume_from is not None:
+        resume.check_same_run(resume_from, data, operative)
     if cfg.batch_size % (dist.world_size * cfg.grad_accum_steps):
         raise RunError(
             f"train.batch_size={cfg.batch_size} is not divisible by world size {dist.world_size} x "
@@ -157,12 +206,14 @@ def _setup(opts, cfg, device, dist, run_dir, paths):
     evaluating = dist.is_main or dist.sharded
     trainer = Trainer(model, cfg, train_batches=batches, eval_batches=eval_batches if evaluating else None,
                       run_dir=run_dir, device=device, dist=dist, operative_config=operative,
-                      extra_state={"config_files": [str(p) for p in paths]})
-    if opts.resume:
-        trainer.resume(ckpt.latest_valid_checkpoint(run_dir / "checkpoints"))
+                      extra_state={"config_files": [str(p) for p in paths], "data_identity": resume.data_record(data),
+                                   "config_fingerprint": resume.config_fingerprint(operative)},
+                      checkpoint_files={ckpt.TOKENIZER_FILE: data.tokenizer.to_str()})
+    if resume_from is not None:
+        trainer.resume(resume_from)
     trainer.tracker = tracker
     if dist.is_main:
-        (run_dir / "operative_config.gin").write_text(operative)
+        atomic_write(run_dir / "operative_config.gin", operative)
     if tracker is not None:
         tracker.start(params=_params(model, operative, cfg), tags=_tags(model), resume=opts.resume)
         tracker.log_artifact(run_dir / "operative_config.gin")
@@ -188,7 +239,7 @@ def _train(trainer, data, model, tracker, dist, device, run_dir) -> dict:
                     special_ids=_special_ids(data), operative_config=trainer.operative_config,
                     max_seq_len=data.max_seq_len,
                 )
-                (run_dir / "summary.json").write_text(json.dumps(_summary(trainer, result, model_dir), indent=2))
+                atomic_write(run_dir / "summary.json", json.dumps(_summary(trainer, result, model_dir), indent=2))
                 if tracker is not None:
                     tracker.log_artifact(model_dir)
             return {**result, "model_dir": model_dir, "run_dir": run_dir, "history": trainer.history}
@@ -219,12 +270,15 @@ def _summary(trainer: Trainer, result: dict, model_dir) -> dict:
     }
 
 
-def _build_data_once(dist):
+def _build_data_once(dist, tokenizer=None):
     """Rank 0 builds the data (training the tokenizer); the others reuse its tokenizer.
 
     WordPiece training is not bit-reproducible across processes, so ranks that trained their own
-    could disagree on the vocabulary; the broadcast makes them share one.
+    could disagree on the vocabulary; the broadcast makes them share one. A resumed run passes
+    the ``tokenizer`` its checkpoint carries.
     """
+    if tokenizer is not None:
+        return build_data(tokenizer=tokenizer)
     if not dist.enabled:
         return build_data()
     data = build_data() if dist.is_main else None

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from .atomic import recover_dir, staged_dir
 from .backbone import Backbone
 from .heads import GDESEmbedding
 from .registry import create_backbone
@@ -49,8 +50,6 @@ def save_pretrained(model: nn.Module, folder: Path, *, tokenizer=None, special_i
                     operative_config: str = "", max_seq_len: int | None = None) -> Path:
     """Write the model folder of an :class:`~electra_kit.objective.Objective` over registry backbones."""
     folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
     encoder = _standalone(model.encoder)
     config = {
         "format_version": FORMAT_VERSION,
@@ -61,22 +60,19 @@ def save_pretrained(model: nn.Module, folder: Path, *, tokenizer=None, special_i
         "special_ids": special_ids or {},
         "weight_init": getattr(model, "weight_init", "library"),
     }
-    save_model(encoder, str(tmp / "encoder.safetensors"))
-    for stem, module in model.folder_parts().items():
-        save_model(module, str(tmp / f"{stem}.safetensors"))
-    for role, backbone in model.backbones().items():
-        if backbone is not model.encoder:  # e.g. ELECTRA's generator: the folder says how to rebuild it
-            config[role] = _backbone_config(backbone)
-    config.update(model.folder_config())
-    (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    (tmp / "operative_config.gin").write_text(operative_config)
-    if tokenizer is not None:
-        tokenizer.save(str(tmp / "tokenizer.json"))
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    # a unique temporary folder, swapped in whole: the old folder goes only once the new one is there
+    with staged_dir(folder) as tmp:
+        save_model(encoder, str(tmp / "encoder.safetensors"))
+        for stem, module in model.folder_parts().items():
+            save_model(module, str(tmp / f"{stem}.safetensors"))
+        for role, backbone in model.backbones().items():
+            if backbone is not model.encoder:  # e.g. ELECTRA's generator: the folder says how to rebuild it
+                config[role] = _backbone_config(backbone)
+        config.update(model.folder_config())
+        (tmp / "operative_config.gin").write_text(operative_config)
+        if tokenizer is not None:
+            tokenizer.save(str(tmp / "tokenizer.json"))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
     return folder
 
 
@@ -114,12 +110,36 @@ class Encoder(nn.Module):
         return self.forward(ids, mask), mask
 
 
+def load_weights_into(module: nn.Module, path: Path, **kwargs) -> None:
+    """``safetensors.load_model`` whose failures (truncated file, other shapes) name the file, in one line."""
+    from safetensors import SafetensorError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the model folder is incomplete")
+    try:
+        load_model(module, str(path), **kwargs)
+    except (SafetensorError, RuntimeError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: cannot be loaded ({reason[:300]}); the model folder is damaged or does not "
+                         f"match its config.json") from None
+
+
 def read_config(folder: Path) -> dict:
     folder = Path(folder)
+    recover_dir(folder)  # a save killed mid-swap on a filesystem without atomic exchange
     path = folder / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{folder} is not an electra-kit model folder: {path.name} is missing")
-    return json.loads(path.read_text())
+        hint = f" (did you mean {folder / 'model'}?)" if (folder / "model" / "config.json").is_file() else ""
+        raise FileNotFoundError(f"{folder} is not an electra-kit model folder: {path.name} is missing{hint}")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); the model folder is damaged") from None
+    if not isinstance(config, dict) or not isinstance(config.get("encoder"), dict) \
+            or not {"name", "kwargs"} <= config["encoder"].keys():
+        raise ValueError(f"{path}: not an electra-kit model config (no encoder name and kwargs)")
+    return config
 
 
 def load_pretrained(folder: str | Path, *, part: str = "encoder", map_location: str = "cpu") -> Encoder:
@@ -129,10 +149,10 @@ def load_pretrained(folder: str | Path, *, part: str = "encoder", map_location: 
     spec = config["encoder"] if part == "encoder" else config["generator"]
     backbone = create_backbone(spec["name"], **spec["kwargs"])
     if part == "encoder":
-        load_model(backbone, str(folder / "encoder.safetensors"), device=map_location)
+        load_weights_into(backbone, folder / "encoder.safetensors", device=map_location)
     else:
         wrapper = nn.ModuleDict({"backbone": backbone})
-        load_model(wrapper, str(folder / "generator.safetensors"), strict=False, device=map_location)
+        load_weights_into(wrapper, folder / "generator.safetensors", strict=False, device=map_location)
     tokenizer = None
     if (folder / "tokenizer.json").is_file():
         from tokenizers import Tokenizer

@@ -101,7 +101,13 @@ def read_rows(path: str | Path, fmt: str = "auto", header: bool = True) -> tuple
                 reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
             else:
                 reader = csv.reader(f)
-            records = [(reader.line_num, r) for r in reader if any(cell.strip() for cell in r)]
+            limit = csv.field_size_limit(FIELD_LIMIT)  # long documents are fine; csv's default stops at 128 KiB
+            try:
+                records = [(reader.line_num, r) for r in reader if any(cell.strip() for cell in r)]
+            except csv.Error as exc:
+                raise TaskError(f"{path}:{reader.line_num + 1}: not valid {kind.upper()} ({exc})") from None
+            finally:
+                csv.field_size_limit(limit)
             if not records:
                 raise TaskError(f"{path} is empty")
             if header:
@@ -186,13 +192,27 @@ def label_key(value) -> str:
     return str(value).strip()
 
 
+FIELD_LIMIT = 64 << 20  # characters in one CSV/TSV field
+MANY_CLASSES = 20  # more distinct whole-number labels than this look like scores, not classes
+
+
 def infer_task(labels: list, task: str = "auto") -> str:
     if task not in TASK_TYPES:
         raise TaskError(f"unknown task type {task!r}; choose one of {', '.join(TASK_TYPES)}")
     if task != "auto":
         return task
-    numeric = all(_as_number(v) is not None for v in labels)
-    return "regression" if numeric and any(_written_as_real(v) for v in labels) else "classification"
+    numbers = sum(_as_number(v) is not None for v in labels)
+    if numbers == len(labels) and any(_written_as_real(v) for v in labels):
+        return "regression"
+    if len(labels) > numbers >= 0.5 * len(labels):
+        odd = next(v for v in labels if _as_number(v) is None)
+        warnings.warn(f"electra-kit: --task auto: {numbers} of {len(labels)} labels are numbers but some are not "
+                      f"(e.g. {odd!r}), so every label is treated as a class; pass --task regression (and fix those "
+                      f"labels) if they are scores", UserWarning, stacklevel=2)
+    elif numbers == len(labels) and len({label_key(v) for v in labels}) > MANY_CLASSES:
+        warnings.warn(f"electra-kit: --task auto: {len({label_key(v) for v in labels})} distinct whole-number labels "
+                      f"are treated as classes; pass --task regression if they are scores", UserWarning, stacklevel=2)
+    return "classification"
 
 
 def label_set(labels: list) -> list[str]:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from .atomic import atomic_write
 
 PAD, UNK, MASK, CLS, SEP = "[PAD]", "[UNK]", "[MASK]", "[CLS]", "[SEP]"
 SPECIAL_TOKENS = (PAD, UNK, MASK, CLS, SEP)  # this order gives the ids 0..4 of a trained vocab
@@ -76,12 +79,34 @@ def train_wordpiece(texts: Iterable[str | list[str]], vocab_size: int = 30522,
         limit_alphabet=1000,
         continuing_subword_prefix="##",
     )
-    tok.train_from_iterator(texts, trainer)
+    _interruptible(lambda: tok.train_from_iterator(texts, trainer))
     ids = [tok.token_to_id(t) for t in SPECIAL_TOKENS]
     if ids != list(range(len(SPECIAL_TOKENS))):  # a tokenizers release that changed the order
         got = dict(zip(SPECIAL_TOKENS, ids, strict=True))
         raise RuntimeError(f"trained special token ids {got} are not 0..4")
     return _add_post_processor(tok)
+
+
+def _interruptible(work) -> None:
+    """Run ``work`` in a worker thread while this one waits, so Ctrl-C stops at once: the Rust trainer
+    would not look at Python's signals until it returned (minutes on a large corpus). The abandoned
+    worker is a daemon thread, gone when the process exits."""
+    import threading
+
+    failure: list[BaseException] = []
+
+    def target():
+        try:
+            work()
+        except BaseException as exc:  # re-raised in the caller's thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=target, name="electra-kit-vocab", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.1)
+    if failure:
+        raise failure[0]
 
 
 def _read_vocab_txt(path: str, lowercase: bool) -> Tokenizer:
@@ -93,6 +118,10 @@ def _read_vocab_txt(path: str, lowercase: bool) -> Tokenizer:
                 vocab[token] = len(vocab)  # a BERT vocab.txt: the id is the line number
     if not vocab:
         raise ValueError(f"{path}: empty vocabulary")
+    if UNK not in vocab:  # WordPiece cannot encode an unknown word without it: add it after the others
+        warnings.warn(f"electra-kit: {path} has no {UNK}; added as id {len(vocab)} for words outside the vocabulary",
+                      RuntimeWarning, stacklevel=3)
+        vocab[UNK] = len(vocab)
     tok = _bert_pipeline(Tokenizer(models.WordPiece(vocab=vocab, unk_token=UNK)), lowercase)
     tok.add_special_tokens([t for t in SPECIAL_TOKENS if t in vocab])  # ids unchanged: in vocab
     special_ids(tok, source=path)  # fail here, naming the file, if any is missing
@@ -116,8 +145,20 @@ def load_tokenizer(path: str | os.PathLike, lowercase: bool = True) -> Tokenizer
         except Exception as e:  # tokenizers raises a bare Exception on bad JSON
             raise ValueError(f"{path}: not a tokenizers tokenizer.json ({e})") from e
         special_ids(tok, source=path)
+        _check_unk(tok, path)
         return tok
     return _read_vocab_txt(path, lowercase)
+
+
+def _check_unk(tok: Tokenizer, path: str) -> None:
+    """A WordPiece model whose unknown-word token is not in its vocabulary fails on the first unknown word."""
+    import json
+
+    model = json.loads(tok.to_str()).get("model") or {}
+    unk = model.get("unk_token")
+    if model.get("type") == "WordPiece" and unk is not None and tok.token_to_id(unk) is None:
+        raise ValueError(f"{path}: the WordPiece model's unknown-word token {unk!r} is not in its vocabulary; add it "
+                         f"(words outside the vocabulary cannot be encoded without it)")
 
 
 def save_tokenizer(tok: Tokenizer, path: str | os.PathLike) -> str:
@@ -126,10 +167,7 @@ def save_tokenizer(tok: Tokenizer, path: str | os.PathLike) -> str:
     path = os.fspath(path)
     if not path.endswith(".json"):
         path = os.path.join(path, TOKENIZER_FILE)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    tok.save(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, writer=lambda tmp: tok.save(str(tmp)))
     return path
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import random
 import signal
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -27,6 +28,7 @@ from torch import nn
 import gin
 
 from . import checkpoint as ckpt
+from .config_checks import TRAIN, check_values
 from .distributed import DistContext, unwrap
 from .metrics import MeanAccumulator
 from .noise import Noise
@@ -64,12 +66,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "grad_accum_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"train.{name} must be a positive integer, got {value!r}")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"train.precision must be auto, bf16 or fp32, got {self.precision!r}")
+        check_values("train", vars(self), TRAIN)  # each binding checked before anything is built
 
     @property
     def effective_warmup(self) -> int:
@@ -130,6 +127,7 @@ class Trainer:
         extra_state: dict | None = None,
         on_eval: Callable[[int, dict], bool] | None = None,
         progress_desc: str = "train",
+        checkpoint_files: dict[str, str] | None = None,
     ):
         self.cfg, self.device, self.dist = cfg, device, dist or DistContext()
         if device.type == "cpu":
@@ -147,6 +145,7 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.operative_config = operative_config
         self.extra_state = extra_state or {}
+        self.checkpoint_files = checkpoint_files or {}  # carried in every checkpoint (the tokenizer)
         self.step, self.tokens_seen, self.bad_in_row = 0, 0, 0
         self.history: list[dict] = []  # logged metrics, for the caller's summary
         self._signal: int | None = None
@@ -194,6 +193,7 @@ class Trainer:
         path = ckpt.save_checkpoint(
             self.ckpt_dir, self.step, model_state=model_state, torch_state=torch_state,
             trainer_state=trainer_state, operative_config=self.operative_config, keep=self.cfg.keep_checkpoints,
+            files=self.checkpoint_files,
         )
         self.dist.barrier()
         return path
@@ -217,6 +217,9 @@ class Trainer:
     # ---- the loop -------------------------------------------------------------------------------
 
     def _on_signal(self, signum, _frame):
+        if self._signal is not None:  # a second Ctrl-C: the checkpoint is being written, say so once more
+            print("electra-kit: already stopping: finishing the step and writing a checkpoint", file=sys.stderr)
+            return
         self._signal = signum
 
     def fit(self) -> dict:

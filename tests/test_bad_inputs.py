@@ -132,12 +132,21 @@ def test_corpus_too_small_for_one_batch(tmp_path, cache_dir):
 # ---- checkpoints --------------------------------------------------------------------------------
 
 
-def test_checkpoint_written_by_another_config(tmp_path, corpus, cache_dir):
+def test_resume_with_a_binding_that_changes_the_model(tmp_path, corpus, cache_dir):
     first = run(tmp_path, corpus, "--gin", "train.steps = 10")
     assert first.returncode == 0, first.stderr[-2000:]
     shutil.rmtree(tmp_path / "run" / "model")
     proc = run(tmp_path, corpus, "--resume", "--gin", "discriminator/backbone.dim = 48")
-    assert_clean_error(proc, tmp_path, "step_00000010", "another config")
+    assert_clean_error(proc, tmp_path, "discriminator/backbone.dim: 64 -> 48", "only train.steps")
+
+
+def test_resume_of_a_run_whose_config_file_was_edited(tmp_path, corpus, cache_dir):
+    first = run(tmp_path, corpus, "--gin", "train.steps = 10")
+    assert first.returncode == 0, first.stderr[-2000:]
+    own = tmp_path / "run" / "operative_config.gin"
+    own.write_text(own.read_text().replace("discriminator/backbone.dim = 64", "discriminator/backbone.dim = 48"))
+    proc = run(tmp_path, corpus, "--resume")
+    assert_clean_error(proc, tmp_path, "step_00000010", "discriminator/backbone.dim: 64 -> 48")
 
 
 def test_every_checkpoint_corrupt(tmp_path, corpus, cache_dir):

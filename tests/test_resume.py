@@ -1,0 +1,142 @@
+"""``--resume`` restores the run it names: its own config, its own tokenizer, its own data; never a rebuilt one."""
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from electra_kit import checkpoint as ckpt
+
+BASE = ["--no-tracking", "--gin", "train.progress = False", "--gin", "train.checkpoint_every = 5"]
+
+
+def cli(cwd, *args, cache, check=True):
+    argv = [sys.executable, "-m", "electra_kit", "run", *args]
+    proc = subprocess.run(argv, cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1", "ELECTRA_KIT_CACHE": str(cache)},
+                          capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def new_run(cwd, corpus, run_dir, *args, cache):
+    return cli(cwd, "tiny.gin", "--gin", f"build_data.corpus = '{corpus}/*.txt'", *BASE, "--gin", "train.steps = 10",
+               *args, "--run-dir", run_dir, cache=cache)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, small_corpus):
+    """A finished 10-step run with its own copy of the corpus and its own cache."""
+    root = tmp_path_factory.mktemp("resume")
+    shutil.copytree(small_corpus, root / "corpus")
+    new_run(root, root / "corpus", "r", cache=root / "cache")
+    return root
+
+
+def copy_run(finished, tmp_path):
+    shutil.copytree(finished / "r", tmp_path / "r")
+    return tmp_path / "r"
+
+
+def vocab_of(path):
+    return json.loads(path.read_text())["model"]["vocab"]
+
+
+def test_resume_uses_the_tokenizer_its_checkpoint_carries_not_the_cache(finished, tmp_path):
+    run = copy_run(finished, tmp_path)
+    carried = vocab_of(run / "checkpoints" / "step_00000010" / ckpt.TOKENIZER_FILE)
+    # another machine, or a retrained cache: the same corpus gives a vocabulary with other ids
+    cache = tmp_path / "cache"
+    shutil.copytree(finished / "cache", cache)
+    for cached in cache.glob("tokenizers/*/tokenizer.json"):
+        tok = json.loads(cached.read_text())
+        vocab = tok["model"]["vocab"]
+        a, b = sorted(vocab, key=vocab.get)[100:102]
+        vocab[a], vocab[b] = vocab[b], vocab[a]
+        cached.write_text(json.dumps(tok))
+    cli(tmp_path, "--run-dir", "r", "--resume", "--no-tracking", "--gin", "train.steps = 12", cache=cache)
+    assert vocab_of(run / "model" / "tokenizer.json") == carried
+    assert vocab_of(run / "checkpoints" / "step_00000012" / ckpt.TOKENIZER_FILE) == carried
+
+
+@pytest.mark.parametrize("binding, named", [
+    ("MAX_SEQ_LEN = 32", "build_data.max_seq_len: 64 -> 32"),
+    ("train.lr = 0.1", "train.lr"),
+    ("build_data.corpus = 'elsewhere/*.txt'", "build_data.corpus"),
+    ("build_data.tokenizer = 'vocab.txt'", "build_data.tokenizer"),
+    ("generator/backbone.depth = 3", "generator/backbone.depth"),
+])
+def test_resume_refuses_bindings_that_would_change_the_run(finished, binding, named):
+    before = sorted(p.name for p in (finished / "r" / "checkpoints").iterdir())
+    proc = cli(finished, "--run-dir", "r", "--resume", "--no-tracking", "--gin", binding, cache=finished / "cache",
+               check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert named in proc.stderr and "only train.steps" in proc.stderr
+    assert sorted(p.name for p in (finished / "r" / "checkpoints").iterdir()) == before
+
+
+def test_resume_applies_and_lists_the_changes_it_allows(finished, tmp_path):
+    copy_run(finished, tmp_path)
+    proc = cli(tmp_path, "--run-dir", "r", "--resume", "--no-tracking", "--gin", "train.steps = 12",
+               "--gin", "train.log_every = 1", cache=finished / "cache")
+    assert "--resume: train.steps: 10 -> 12" in proc.stderr and "--resume: train.log_every: 5 -> 1" in proc.stderr
+    assert ckpt.latest_valid_checkpoint(tmp_path / "r" / "checkpoints").name == "step_00000012"
+
+
+def test_resume_cannot_shorten_a_run_below_what_is_trained(finished):
+    proc = cli(finished, "--run-dir", "r", "--resume", "--no-tracking", "--gin", "train.steps = 5",
+               cache=finished / "cache", check=False)
+    assert proc.returncode == 2 and "train.steps=5 is below the 10 steps" in proc.stderr
+
+
+def test_resume_with_other_config_files_than_the_run_used_is_refused(finished):
+    proc = cli(finished, "mlm_small.gin", "--run-dir", "r", "--resume", "--no-tracking", cache=finished / "cache",
+               check=False)
+    assert proc.returncode == 2 and "not the ones it ran with" in proc.stderr
+
+
+def test_resume_continues_after_a_touch_of_the_corpus_but_refuses_changed_text(finished, tmp_path):
+    copy_run(finished, tmp_path)
+    for f in (finished / "corpus").iterdir():
+        os.utime(f)  # new mtimes: the token file is rebuilt, with the run's own tokenizer: same ids
+    cli(tmp_path, "--run-dir", "r", "--resume", "--no-tracking", "--gin", "train.steps = 11", cache=finished / "cache")
+    first = sorted((finished / "corpus").iterdir())[0]
+    original = first.read_bytes()
+    try:
+        first.write_bytes(original + b"\nA paragraph that was not there when the run began.\n")
+        proc = cli(tmp_path, "--run-dir", "r", "--resume", "--no-tracking", "--gin", "train.steps = 12",
+                   cache=finished / "cache", check=False)
+    finally:
+        first.write_bytes(original)
+    assert proc.returncode == 2 and "training data differ" in proc.stderr, proc.stderr[-2000:]
+    assert ckpt.latest_valid_checkpoint(tmp_path / "r" / "checkpoints").name == "step_00000011"
+
+
+def test_the_continue_line_printed_on_sigterm_resumes_exactly_that_run(tmp_path, small_corpus, cache_dir):
+    args = ["tiny.gin", "--gin", f"build_data.corpus = '{small_corpus}/*.txt'", *BASE, "--gin", "train.steps = 40",
+            "--gin", "Electra.mask_prob = 0.2"]  # a binding the old "Continue with" line dropped
+    cli(tmp_path, *args, "--run-dir", "straight", cache=cache_dir)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ELECTRA_KIT_CACHE": str(cache_dir)}
+    proc = subprocess.Popen([sys.executable, "-m", "electra_kit", "run", *args, "--run-dir", "stopped"], cwd=tmp_path,
+                            env=env, stderr=subprocess.PIPE, text=True)
+    ckpts = tmp_path / "stopped" / "checkpoints"
+    deadline = time.time() + 120
+    while proc.poll() is None and not list(ckpts.glob("step_*")) and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    line = next(x for x in err.splitlines() if "Continue with: " in x).split("Continue with: ", 1)[1]
+    argv = shlex.split(line)
+    assert argv[:2] == ["electra-kit", "run"]
+    cli(tmp_path, *argv[2:], cache=cache_dir)
+    a = load_file(tmp_path / "straight" / "checkpoints" / "step_00000040" / "model.safetensors")
+    b = load_file(tmp_path / "stopped" / "checkpoints" / "step_00000040" / "model.safetensors")
+    assert all((a[k] == b[k]).all() for k in a)

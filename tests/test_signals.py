@@ -1,0 +1,40 @@
+"""Signals before and during training: prompt, one line, and nothing half-made left behind."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from test_faults import Poisoned, make_trainer
+
+
+def test_ctrl_c_during_vocabulary_training_stops_promptly_and_leaves_nothing(tmp_path):
+    # the default corpus with a large vocabulary and an empty cache: training takes a while
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ELECTRA_KIT_CACHE": str(tmp_path / "cache")}
+    argv = [sys.executable, "-m", "electra_kit", "run", "tiny.gin", "--no-tracking", "--gin", "VOCAB_SIZE = 30000",
+            "--run-dir", "r"]
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "r" / ".electra-kit.lock").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(2)  # into the vocabulary training
+    assert proc.poll() is None, "finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    err = proc.communicate(timeout=120)[1]
+    assert time.monotonic() - start < 15  # the Rust trainer alone would run on for tens of seconds
+    assert proc.returncode == 128 + signal.SIGINT, err[-2000:]
+    assert err.strip().splitlines()[-1] == ("electra-kit: stopped by SIGINT before training began: nothing was "
+                                            "trained; what this run had created in r was removed")
+    assert "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+    assert not list((tmp_path / "cache").rglob("*.json")), "no half-trained vocabulary is cached"
+
+
+def test_a_second_ctrl_c_while_stopping_prints_one_line(tmp_path, capsys):
+    trainer = make_trainer(tmp_path, Poisoned([]))
+    trainer._on_signal(signal.SIGINT, None)
+    trainer._on_signal(signal.SIGINT, None)
+    assert capsys.readouterr().err.count("already stopping") == 1
+    assert trainer._signal == signal.SIGINT
