@@ -79,8 +79,10 @@ def run(argv: list[str], log: Path) -> float:
 def pretrain_run(name: str, config_file: str, steps: int, bindings: list[str], out: Path, reuse: bool) -> dict:
     run_dir = out / f"pretrain_{name}"
     record = out / f"pretrain_{name}.json"
-    if reuse and record.is_file() and (run_dir / "model" / "config.json").is_file():
-        return json.loads(record.read_text())
+    if reuse and (run_dir / "model" / "config.json").is_file():
+        if record.is_file():
+            return json.loads(record.read_text())
+        return run_record(name, config_file, steps, run_dir, wall=None)  # finished, its record not written
     if run_dir.exists():
         raise SystemExit(f"{run_dir} exists from an unfinished run: remove it, or pass --reuse once it has finished")
     argv = ["run", config_file, "--no-tracking", "--run-dir", str(run_dir), "--gin", f"TRAIN_STEPS = {steps}",
@@ -88,12 +90,15 @@ def pretrain_run(name: str, config_file: str, steps: int, bindings: list[str], o
             "--gin", f"train.eval_every = {max(1, steps // 4)}", "--gin", "train.eval_batches = 20"]
     for b in bindings:
         argv += ["--gin", b]
-    wall = run(argv, out / f"pretrain_{name}.log")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    info = {"name": name, "config": config_file, "steps": steps, "wall_s": wall, "model_dir": str(run_dir / "model"),
-            "tokens_seen": summary["tokens_seen"], "last_train": summary["last"], "eval": summary["eval"]}
+    info = run_record(name, config_file, steps, run_dir, wall=run(argv, out / f"pretrain_{name}.log"))
     record.write_text(json.dumps(info, indent=2))
     return info
+
+
+def run_record(name: str, config_file: str, steps: int, run_dir: Path, wall: float | None) -> dict:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {"name": name, "config": config_file, "steps": steps, "wall_s": wall, "model_dir": str(run_dir / "model"),
+            "tokens_seen": summary["tokens_seen"], "last_train": summary["last"], "eval": summary["eval"]}
 
 
 def seeds_for(task: str, args) -> int:

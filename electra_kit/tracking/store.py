@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..atomic import atomic_write
+
 logger = logging.getLogger("electra_kit.tracking")
 
 JOURNAL, STATE, LOCK = "metrics.jsonl", "mlflow_run.json", ".mlflow.lock"
@@ -125,13 +127,7 @@ def read_state(run_dir: Path) -> dict:
 
 def write_state(run_dir: Path, state: dict) -> None:
     """Replace mlflow_run.json atomically: a kill leaves the old one or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{STATE}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(state, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, Path(run_dir) / STATE)
+    atomic_write(Path(run_dir) / STATE, json.dumps(state, indent=1, sort_keys=True))
 
 
 def lock_run_dir(run_dir: Path):
