@@ -185,18 +185,18 @@ def plot(rows: list[dict], tasks: list[str], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
+        random = next(r for r in rows if r["kind"] == "random init")
         for kind, style in (("ELECTRA", "o-"), ("MLM", "s--")):
-            pts = sorted((r["pretrain_flops"], accuracies(r["finetune"][task])) for r in rows if r["kind"] == kind)
+            pts = sorted((r["pretrain_flops"], accuracies(r["finetune"][task])) for r in rows
+                         if r["kind"] in (kind, "random init") and task in r["finetune"])  # every curve starts at 0
             x = [p[0] / 1e12 for p in pts]
             med = [statistics.median(a) for _, a in pts]
             err = [[m - min(a) for m, (_, a) in zip(med, pts, strict=True)],
                    [max(a) - m for m, (_, a) in zip(med, pts, strict=True)]]
             ax.errorbar(x, med, yerr=err, fmt=style, capsize=3, label=kind)
-        random = next(r for r in rows if r["kind"] == "random init")
         ax.axhline(statistics.median(accuracies(random["finetune"][task])), color="grey", linestyle=":",
-                   label="random init")
-        ax.set_xscale("log")
-        ax.set_xlabel("pretraining TFLOP")
+                   label="random init (0 FLOPs)")
+        ax.set_xlabel("pretraining TFLOP (forward + backward)")
         ax.set_ylabel("test accuracy (median of seeds)")
         ax.set_title(TASKS[task][0])
         ax.legend()
@@ -220,7 +220,12 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "electra_vs_mlm.json")
     parser.add_argument("--plot", type=Path, default=REPO / "bench" / "electra_vs_mlm.png")
     parser.add_argument("--reuse", action="store_true", help="reuse finished pretraining runs in --out-dir")
+    parser.add_argument("--replot", action="store_true", help="only redraw --plot from the rows in --json")
     args = parser.parse_args(argv)
+    if args.replot:
+        report = json.loads(args.json.read_text())
+        plot(report["rows"], args.tasks.split(","), args.plot)
+        return 0
     tasks = args.tasks.split(",")
     for task in tasks:
         for name in TASKS[task][1:]:
