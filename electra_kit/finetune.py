@@ -64,6 +64,7 @@ class FinetuneConfig:
     max_seq_len: int | None = None  # default: the model's
     seeds: int = 1
     first_seed: int = 0
+    threads: int | None = None  # CPU threads for the training loop (threads.py chooses when None)
     pooling: str = "cls"  # cls | mean: what the head reads (see pool)
     random_init: bool = False  # same architecture and tokenizer, fresh weights: the no-pretraining baseline
     val_fraction: float = 0.1  # of the training file, held out to choose the epoch (0: no selection)
@@ -245,6 +246,7 @@ def _train_config(cfg: FinetuneConfig, seed: int, n_train: int) -> tuple[TrainCo
         warmup_steps=round(cfg.warmup_fraction * total), warmup_cap=None, weight_decay=cfg.weight_decay,
         adam_eps=cfg.adam_eps, max_grad_norm=cfg.max_grad_norm, log_every=per_epoch, eval_every=per_epoch,
         checkpoint_every=per_epoch, keep_checkpoints=1, device=cfg.device, seed=seed, progress=cfg.progress,
+        threads=cfg.threads,
     )
     return train, steps_per_epoch
 

@@ -54,3 +54,12 @@ def test_importing_electra_kit_asks_for_a_passive_wait_before_torch_loads():
 def test_a_wait_policy_the_user_set_is_kept():
     policy, _ = _policy_seen_by_a_fresh_interpreter("ACTIVE")
     assert policy == "ACTIVE"
+
+
+def test_finetune_threads_reach_the_training_loop():
+    """--threads is applied by the one loop (Trainer), not overridden there by the default."""
+    from electra_kit.finetune import FinetuneConfig, _train_config
+
+    train_cfg, _ = _train_config(FinetuneConfig(threads=1, progress=False), seed=0, n_train=64)
+    assert train_cfg.threads == 1
+    assert _train_config(FinetuneConfig(progress=False), seed=0, n_train=64)[0].threads is None
