@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from electra_kit.checkpoint import load_weights
-from electra_kit.pretrained import load_pretrained
+from electra_kit.modelfolder.pretrained import load_pretrained
+from electra_kit.rundir.checkpoint import load_weights
 
 TINY = ["tiny.gin", "--no-tracking", "--gin", "train.progress = False"]
 
@@ -153,8 +153,8 @@ def test_resume_with_nothing_to_resume(tmp_path, small_corpus):
 
 
 def test_every_shipped_gin_file_parses():
-    from electra_kit import config
-    from electra_kit.trainer import TrainConfig
+    from electra_kit.config import gin_config as config
+    from electra_kit.training.trainer import TrainConfig
 
     shipped = sorted(config.packaged_gin_dir().glob("*.gin"))
     assert {"reformer_small.gin", "performer_small.gin", "transformer_small.gin", "tiny.gin", "mlm_small.gin",
@@ -168,9 +168,9 @@ def test_every_shipped_gin_file_parses():
 @pytest.mark.parametrize("name", ["reformer_small.gin", "performer_small.gin", "transformer_small.gin"])
 def test_small_configs_build_the_published_electra_small_shape(name):
     import gin
-    from electra_kit import config
-    from electra_kit.electra import Electra
-    from electra_kit.trainer import TrainConfig
+    from electra_kit.config import gin_config as config
+    from electra_kit.objectives.electra import Electra
+    from electra_kit.training.trainer import TrainConfig
 
     config.parse([name], ["VOCAB_SIZE = 1000"])
     model = Electra(mask_token_id=2, pad_token_id=0)
