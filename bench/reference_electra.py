@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (electra_kit/threads.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (electra_kit/training/threads.py)
 
 import torch  # noqa: E402
 
@@ -70,12 +70,12 @@ def shape_bindings(args) -> list[str]:
 
 
 def build_kit(args):
-    """Config, data and model exactly as ``electra-kit run`` builds them (electra_kit/pretrain.py)."""
-    from electra_kit import config as gin_config
-    from electra_kit.data import build_data
-    from electra_kit.electra import Electra
-    from electra_kit.pretrain import build_objective
-    from electra_kit.trainer import TrainConfig
+    """Config, data and model exactly as ``electra-kit run`` builds them (electra_kit/training/pretrain.py)."""
+    from electra_kit.config import gin_config
+    from electra_kit.data.build import build_data
+    from electra_kit.objectives.electra import Electra
+    from electra_kit.training.pretrain import build_objective
+    from electra_kit.training.trainer import TrainConfig
 
     bindings = shape_bindings(args)
     try:
@@ -97,7 +97,7 @@ def kit_batches(cfg, data):
     """The train iterator and the held-out batches of pretrain._setup (one process, no accumulation)."""
     import itertools
 
-    from electra_kit.data import BatchIterator, EvalIterator
+    from electra_kit.data.build import BatchIterator, EvalIterator
 
     train = BatchIterator(data.train, cfg.batch_size, seed=cfg.seed, pad_id=data.pad_id)
     evaluator = EvalIterator(data.eval, max(1, min(cfg.batch_size, len(data.eval))), pad_id=data.pad_id)
@@ -247,7 +247,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    from electra_kit.trainer import step_seed
+    from electra_kit.training.trainer import step_seed
 
     cfg, data, kit_model, bindings, operative = build_kit(args)
     train_batches, eval_batches = kit_batches(cfg, data)

@@ -14,7 +14,7 @@ and ``pretrain/pretrain_helpers.py``) builds it, on Hugging Face's port of the n
   discriminator sees a sample from softmax(logits) at each (no gradient through the sample);
   labels = sampled != original; loss = MLM cross-entropy + 50 * BCE over real tokens.
 
-Its masking and sampling are written here independently of electra_kit/masking.py, so that a
+Its masking and sampling are written here independently of electra_kit/objectives/masking.py, so that a
 fault there shows up as a difference between the curves.
 """
 from __future__ import annotations
@@ -210,7 +210,7 @@ class KitSide(_Side):
     """electra_kit's Electra, its masking and sampling drawing from ``noise`` as under the Trainer."""
 
     def compute(self, batch, noise):
-        from electra_kit.masking import Noise
+        from electra_kit.objectives.masking import Noise
 
         out = self.model.compute(batch["input_ids"], batch["attention_mask"], noise=Noise(noise))
         (_, nll_sum, n_masked), real = out.loss_terms[0], out.attention_mask

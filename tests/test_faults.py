@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from electra_kit import checkpoint as ckpt
-from electra_kit.data import BatchIterator
-from electra_kit.trainer import NonFiniteError, TrainConfig, Trainer
+from electra_kit.data.build import BatchIterator
+from electra_kit.rundir import checkpoint as ckpt
+from electra_kit.training.trainer import NonFiniteError, TrainConfig, Trainer
 
 ARGS = ["tiny.gin", "--no-tracking", "--gin", "train.progress = False"]
 

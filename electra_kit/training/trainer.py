@@ -1,7 +1,7 @@
 """The training loop, for pretraining and fine-tuning alike: step, accumulate, clip, schedule,
 evaluate, checkpoint.
 
-The trainer knows the :mod:`~electra_kit.objective` interface only: ``forward(input_ids,
+The trainer knows the :mod:`~electra_kit.objectives.base` interface only: ``forward(input_ids,
 attention_mask, return_output=True, noise=..., **other batch fields)`` returns an output with
 ``.loss``, ``.loss_terms`` and ``.metrics()``, and ``evaluate(batches)`` gives the eval metrics.
 Each step's randomness (masking, sampling, dropout) is seeded from ``(seed, step, rank)``, so a
@@ -27,14 +27,14 @@ from torch import nn
 
 import gin
 
-from . import checkpoint as ckpt
-from .config_checks import TRAIN, check_values
+from ..config.checks import TRAIN, check_values
+from ..objectives.metrics import MeanAccumulator
+from ..objectives.noise import Noise
+from ..rundir import checkpoint as ckpt
+from ..tracking import JOURNAL, append_journal
 from .distributed import DistContext, unwrap
-from .metrics import MeanAccumulator
-from .noise import Noise
 from .optim import make_optimizer, param_groups, warmup_linear_decay, warmup_steps
 from .threads import configure_threads
-from .tracking import JOURNAL, append_journal
 
 
 @gin.configurable("train")
