@@ -10,6 +10,9 @@ from .mlm import MaskedLM
 from .objective import Objective
 from .pretrained import Encoder, load_pretrained
 from .registry import create_backbone, list_backbones, list_objectives, register_backbone, register_objective
+from .hf_auto import install as _install_hf_auto
+
+_install_hf_auto()  # transformers' AutoModel & co. load model folders, registered once transformers is imported
 
 __all__ = [
     "Backbone",

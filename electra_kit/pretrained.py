@@ -52,6 +52,7 @@ def save_pretrained(model: nn.Module, folder: Path, *, tokenizer=None, special_i
     folder = Path(folder)
     encoder = _standalone(model.encoder)
     config = {
+        "model_type": "electra-kit",  # transformers' AutoConfig picks our classes by it (hf_auto.py)
         "format_version": FORMAT_VERSION,
         "objective": type(model).__name__,
         "encoder": _backbone_config(encoder),

@@ -1,0 +1,71 @@
+"""Register electra-kit's model folders with Hugging Face transformers' Auto classes, lazily.
+
+After ``import electra_kit``, ``AutoConfig`` / ``AutoModel`` / ``AutoTokenizer.from_pretrained(MODEL_DIR)``
+and ``pipeline("feature-extraction", model=MODEL_DIR)`` load any electra-kit model folder (the classes
+are in hf_model.py). transformers' model classes take seconds to import, more than electra_kit
+itself, so ``import electra_kit`` does not import them: :func:`install` registers at once when
+transformers is already imported, and otherwise right after the first ``import transformers``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import warnings
+
+_registered = False
+
+
+def register() -> None:
+    """Register the config, model and tokenizer classes under ``model_type`` "electra-kit" (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from .hf_model import MODEL_TYPE, ElectraKitConfig, ElectraKitModel, ElectraKitTokenizerFast
+
+    AutoConfig.register(MODEL_TYPE, ElectraKitConfig, exist_ok=True)
+    AutoModel.register(ElectraKitConfig, ElectraKitModel, exist_ok=True)
+    AutoTokenizer.register(ElectraKitConfig, fast_tokenizer_class=ElectraKitTokenizerFast, exist_ok=True)
+    _registered = True
+
+
+def _register_quietly() -> None:
+    try:
+        register()
+    except Exception as exc:  # an incompatible transformers must not break the user's own import of it
+        warnings.warn(f"electra-kit: could not register its models with transformers' Auto classes: "
+                      f"{type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=2)
+
+
+class _AfterImport:
+    """A meta-path finder that lets the normal finders find ``transformers`` and registers once it
+    has executed (the standard library has no post-import hook)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "transformers":
+            return None
+        sys.meta_path.remove(self)  # one use; also keeps find_spec below from finding us again
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            exec_module = spec.loader.exec_module
+
+            def exec_then_register(module):
+                try:
+                    exec_module(module)
+                finally:
+                    del spec.loader.exec_module  # back to the loader's own method
+                _register_quietly()
+
+            spec.loader.exec_module = exec_then_register
+        return spec
+
+
+def install() -> None:
+    """Register now if transformers is imported, else when it is; nothing when it is not installed."""
+    if "transformers" in sys.modules:
+        _register_quietly()
+    elif importlib.util.find_spec("transformers") is not None \
+            and not any(isinstance(f, _AfterImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport())
