@@ -6,11 +6,11 @@ set_wait_policy()  # before anything imports torch: OpenMP reads its wait policy
 
 from .backbone import Backbone
 from .electra import Electra, ElectraOutput
+from .hf_auto import install as _install_hf_auto
 from .mlm import MaskedLM
 from .objective import Objective
 from .pretrained import Encoder, load_pretrained
 from .registry import create_backbone, list_backbones, list_objectives, register_backbone, register_objective
-from .hf_auto import install as _install_hf_auto
 
 _install_hf_auto()  # transformers' AutoModel & co. load model folders, registered once transformers is imported
 
