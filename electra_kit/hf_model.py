@@ -18,11 +18,9 @@ from tokenizers import processors
 from transformers import PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 from transformers.modeling_outputs import BaseModelOutput
 
-from .pretrained import load_pretrained, read_config
+from .pretrained import MODEL_TYPE, load_pretrained, read_config
 from .registry import create_backbone
 from .tokenizer import SPECIAL_TOKENS, special_ids
-
-MODEL_TYPE = "electra-kit"
 
 
 class ElectraKitConfig(PreTrainedConfig):

@@ -27,6 +27,7 @@ from .heads import GDESEmbedding
 from .registry import create_backbone
 
 FORMAT_VERSION = 1
+MODEL_TYPE = "electra-kit"  # config.json's key for transformers' AutoConfig (hf_auto.py registers it)
 
 
 def _standalone(backbone: Backbone) -> Backbone:
@@ -52,7 +53,7 @@ def save_pretrained(model: nn.Module, folder: Path, *, tokenizer=None, special_i
     folder = Path(folder)
     encoder = _standalone(model.encoder)
     config = {
-        "model_type": "electra-kit",  # transformers' AutoConfig picks our classes by it (hf_auto.py)
+        "model_type": MODEL_TYPE,
         "format_version": FORMAT_VERSION,
         "objective": type(model).__name__,
         "encoder": _backbone_config(encoder),
