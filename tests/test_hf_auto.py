@@ -24,7 +24,7 @@ from electra_kit.pretrained import load_pretrained, save_pretrained
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may reach a hub
 ATOL = 1e-5
 MAX_LEN = 32
-TEXTS = ["The state of the union is strong, and the Congress shall act upon it.", "Peace.", "Taxes and jobs."]
+TEXTS = ["The state of the union is strong.", "Peace.", "Taxes and jobs."]
 EXTRA = {"reformer": {"bucket_size": 4}}  # LSH attention on: 32 tokens = 4 buckets of 4, x2 chunks
 
 
@@ -68,7 +68,7 @@ def test_auto_classes_give_the_kits_tokens_and_hidden_states(model_dir):
     assert set(batch) == {"input_ids", "attention_mask"}
     hidden, mask = kit_hidden(model_dir, TEXTS)
     n = batch["input_ids"].shape[1]
-    assert n < MAX_LEN and not mask[:, n:].any()
+    assert n <= MAX_LEN - 8 and not mask[:, n:].any()  # Reformer alone would pad to a multiple of 8 < MAX_LEN
     kit_ids = load_pretrained(model_dir).tokenize(TEXTS)["input_ids"][:, :n]
     assert torch.equal(batch["input_ids"], kit_ids) and torch.equal(batch["attention_mask"].bool(), mask[:, :n])
     torch.manual_seed(1)
