@@ -1,5 +1,5 @@
 """transformers' AutoConfig / AutoModel / AutoTokenizer and pipeline on electra-kit model folders
-(electra_kit/hf_auto.py, hf_model.py), for every built-in backbone.
+(electra_kit/hf_auto.py, hf_model.py), for every built-in backbone and a plugin's.
 
 Each folder is a fresh tiny Electra saved as a run saves it; the reference is the kit's own
 ``load_pretrained(folder).encode(texts)``. Reformer uses LSH attention (bucket 4), the case where the
@@ -43,7 +43,8 @@ def save_tiny(name: str, folder, tokenizer):
     return save_pretrained(model, folder, tokenizer=tokenizer, special_ids={"pad_id": 0}, max_seq_len=MAX_LEN)
 
 
-@pytest.fixture(scope="module", params=["transformer", "reformer", "performer"])
+# toyconv: the test plugin package's backbone (tests/plugin_pkg), known to electra-kit by entry point only
+@pytest.fixture(scope="module", params=["transformer", "reformer", "performer", "toyconv"])
 def model_dir(request, tokenizer, tmp_path_factory):
     return save_tiny(request.param, tmp_path_factory.mktemp(request.param) / "model", tokenizer)
 
