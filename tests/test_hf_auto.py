@@ -92,6 +92,23 @@ def test_feature_extraction_pipeline_on_a_reformer_folder(tokenizer, tmp_path):
         n = int(mask.sum())
         assert out.shape == (1, n, 32)
         assert (out[0] - hidden[0, :n]).abs().max().item() < ATOL
+    long = " ".join(TEXTS * 6)  # truncated as the kit truncates: to max_seq_len, [CLS] and [SEP] included
+    hidden, _ = kit_hidden(folder, [long])
+    torch.manual_seed(1)
+    out = torch.tensor(extract(long, truncation=True))
+    assert out.shape == (1, MAX_LEN, 32) and (out[0] - hidden[0]).abs().max().item() < ATOL
+
+
+def test_readme_example_runs(tokenizer, tmp_path):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    code = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "AutoModel.from_pretrained" in b)
+    folder = save_tiny("transformer", tmp_path / "model", tokenizer)
+    scope: dict = {}
+    exec(code.replace('"runs/reformer_small-.../model"', repr(str(folder))), scope)
+    assert scope["hidden"].shape[::2] == (2, 32) and torch.tensor(scope["features"]).shape[::2] == (1, 32)
 
 
 def test_saved_by_transformers_loads_in_both(tokenizer, tmp_path):
