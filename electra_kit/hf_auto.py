@@ -40,22 +40,25 @@ def _register_quietly() -> None:
 
 
 class _AfterImport:
-    """A meta-path finder that lets the normal finders find ``transformers`` and registers once it
-    has executed (the standard library has no post-import hook)."""
+    """A meta-path finder that lets the other finders find ``transformers`` and registers once the
+    module has executed (the standard library has no post-import hook). It stays in place until then:
+    a mere ``importlib.util.find_spec("transformers")`` (libraries probe for it) executes nothing."""
 
     def find_spec(self, name, path=None, target=None):
         if name != "transformers":
             return None
-        sys.meta_path.remove(self)  # one use; also keeps find_spec below from finding us again
-        spec = importlib.util.find_spec(name)
+        finders = (f for f in sys.meta_path if f is not self and hasattr(f, "find_spec"))
+        spec = next((s for s in (f.find_spec(name, path, target) for f in finders) if s is not None), None)
         if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            exec_module = spec.loader.exec_module
+            exec_module = spec.loader.exec_module  # patched on this spec's loader (a new one per find_spec)
 
             def exec_then_register(module):
                 try:
                     exec_module(module)
                 finally:
                     del spec.loader.exec_module  # back to the loader's own method
+                if self in sys.meta_path:
+                    sys.meta_path.remove(self)
                 _register_quietly()
 
             spec.loader.exec_module = exec_then_register

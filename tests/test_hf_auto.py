@@ -141,8 +141,9 @@ def test_a_folder_from_before_model_type_loads_after_a_portable_export(tokenizer
 def test_import_electra_kit_does_not_import_transformers_and_registers_when_it_is(tokenizer, tmp_path):
     folder = save_tiny("performer", tmp_path / "model", tokenizer)
     code = (
-        "import sys, electra_kit\n"
+        "import importlib.util, sys, electra_kit\n"
         "assert 'transformers' not in sys.modules, 'import electra_kit imported transformers'\n"
+        "assert importlib.util.find_spec('transformers') is not None  # a probe, as libraries do: imports nothing\n"
         "from transformers import AutoModel\n"
         f"print(type(AutoModel.from_pretrained({str(folder)!r})).__name__)\n"
     )
