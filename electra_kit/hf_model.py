@@ -60,6 +60,9 @@ class ElectraKitModel(PreTrainedModel):
         transformers loading options (quantisation, sharding, hub downloads) do not apply here.
         """
         folder = Path(pretrained_model_name_or_path)
+        if not folder.is_dir():
+            raise OSError(f"{pretrained_model_name_or_path}: electra-kit models load from a local model folder; "
+                          f"download a Hub repository first (huggingface_hub.snapshot_download)")
         if config is None:
             config = ElectraKitConfig.from_pretrained(folder)
         encoder = load_pretrained(folder)
@@ -73,8 +76,8 @@ class ElectraKitModel(PreTrainedModel):
         return model.eval()
 
     def save_pretrained(self, save_directory, **kwargs) -> None:
-        """Write the kit's layout (config.json + encoder.safetensors), which ``from_pretrained`` and
-        ``load_pretrained`` both read. transformers' saving options are not used."""
+        """Write the kit's layout for the encoder (config.json + encoder.safetensors), which
+        ``from_pretrained`` and ``load_pretrained`` both read. transformers' saving options are not used."""
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
         self.config.save_pretrained(folder)

@@ -121,6 +121,7 @@ def test_saved_by_transformers_loads_in_both(tokenizer, tmp_path):
         want = model(ids).last_hidden_state
         assert torch.equal(AutoModel.from_pretrained(tmp_path / "again")(ids).last_hidden_state, want)
         assert torch.equal(load_pretrained(tmp_path / "again")(ids), want)
+    assert type(AutoModel.from_config(model.config).backbone) is type(model.backbone)  # untrained, same architecture
 
 
 def test_a_folder_from_before_model_type_loads_after_a_portable_export(tokenizer, tmp_path):
