@@ -68,6 +68,8 @@ class ElectraKitModel(PreTrainedModel):
         encoder = load_pretrained(folder)
         model = cls(config, backbone=encoder.backbone)
         dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+        if isinstance(dtype, str) and dtype != "auto":
+            dtype = getattr(torch, dtype)  # "bfloat16", as in config files
         if isinstance(dtype, torch.dtype):
             model.to(dtype)
         device = kwargs.get("device_map")
