@@ -47,8 +47,8 @@ def step_flops(config_file: str, bindings: list[str]) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     import gin
-    from electra_kit import config
-    from electra_kit.objective import pretrain, resolve_objective
+    from electra_kit.config import gin_config as config
+    from electra_kit.objectives.base import pretrain, resolve_objective
 
     gin.clear_config()
     config.parse([config_file], [*bindings, "backbone.attn_flash = False"])

@@ -1,5 +1,5 @@
 """transformers' AutoConfig / AutoModel / AutoTokenizer and pipeline on electra-kit model folders
-(electra_kit/hf_auto.py, hf_model.py), for every built-in backbone and a plugin's.
+(electra_kit/modelfolder/hf_auto.py, hf_model.py), for every built-in backbone and a plugin's.
 
 Each folder is a fresh tiny Electra saved as a run saves it; the reference is the kit's own
 ``load_pretrained(folder).encode(texts)``. Reformer uses LSH attention (bucket 4), the case where the
@@ -18,8 +18,8 @@ import torch
 
 import electra_kit  # noqa: F401  (registers with transformers: imported before it, as a user would)
 from electra_kit import Electra, create_backbone
-from electra_kit.export import export
-from electra_kit.pretrained import load_pretrained, save_pretrained
+from electra_kit.modelfolder.export import export
+from electra_kit.modelfolder.pretrained import load_pretrained, save_pretrained
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may reach a hub
 ATOL = 1e-5
@@ -30,7 +30,7 @@ EXTRA = {"reformer": {"bucket_size": 4}}  # LSH attention on: 32 tokens = 4 buck
 
 @pytest.fixture(scope="module")
 def tokenizer(small_corpus):
-    from electra_kit.tokenizer import train_wordpiece
+    from electra_kit.data.tokenizer import train_wordpiece
 
     return train_wordpiece((f.read_text() for f in sorted(small_corpus.glob("*.txt"))), vocab_size=300)
 

@@ -20,8 +20,8 @@ from transformers import ElectraForMaskedLM, ElectraForPreTraining
 from transformers.utils import logging as hf_logging
 
 from electra_kit import create_backbone
-from electra_kit.export import write_hf_tokenizer
-from electra_kit.pretrained import read_config
+from electra_kit.modelfolder.export import write_hf_tokenizer
+from electra_kit.modelfolder.pretrained import read_config
 
 DISC_HEAD = {"dense.": "discriminator_predictions.dense.", "out.": "discriminator_predictions.dense_prediction."}
 LM_HEAD = {"dense.": "generator_predictions.dense.", "norm.": "generator_predictions.LayerNorm.",

@@ -13,22 +13,10 @@ import importlib.util
 import sys
 import warnings
 
-_registered = False
-
 
 def register() -> None:
-    """Register the config, model and tokenizer classes under ``model_type`` "electra-kit" (idempotent)."""
-    global _registered
-    if _registered:
-        return
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-    from .hf_model import MODEL_TYPE, ElectraKitConfig, ElectraKitModel, ElectraKitTokenizerFast
-
-    AutoConfig.register(MODEL_TYPE, ElectraKitConfig, exist_ok=True)
-    AutoModel.register(ElectraKitConfig, ElectraKitModel, exist_ok=True)
-    AutoTokenizer.register(ElectraKitConfig, fast_tokenizer_class=ElectraKitTokenizerFast, exist_ok=True)
-    _registered = True
+    """Register the config, model and tokenizer classes under ``model_type`` "electra-kit"."""
+    from . import hf_model  # noqa: F401  (registers as it finishes loading, even when it is what imported transformers)
 
 
 def _register_quietly() -> None:

@@ -1,10 +1,10 @@
 """An electra-kit model folder as a Hugging Face ``transformers`` model, config and tokenizer.
 
 transformers picks the classes from config.json's ``model_type``; ``save_pretrained`` writes
-``"model_type": "electra-kit"`` and hf_auto.py registers these classes under it. They wrap the kit's
+``"model_type": "electra-kit"`` and this module registers these classes under it when it is loaded. They wrap the kit's
 own loader, so every registered backbone (built-in or plugin) works, and the weights are read from
 ``encoder.safetensors`` exactly as ``load_pretrained`` reads them. Importing this module imports
-transformers: only hf_auto.py imports it, once transformers is imported anyway.
+transformers: hf_auto.py imports it once transformers is imported anyway.
 """
 
 from __future__ import annotations
@@ -15,12 +15,19 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_model
 from tokenizers import processors
-from transformers import PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    PreTrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
 from transformers.modeling_outputs import BaseModelOutput
 
+from ..data.tokenizer import SPECIAL_TOKENS, special_ids
+from ..registry import create_backbone
 from .pretrained import MODEL_TYPE, load_pretrained, read_config
-from .registry import create_backbone
-from .tokenizer import SPECIAL_TOKENS, special_ids
 
 
 class ElectraKitConfig(PreTrainedConfig):
@@ -144,3 +151,9 @@ class ElectraKitTokenizerFast(PreTrainedTokenizerFast):
             if max_len:
                 kwargs["model_max_length"] = max_len
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+
+# exist_ok: loading this module again (importlib.reload) re-registers the new classes
+AutoConfig.register(MODEL_TYPE, ElectraKitConfig, exist_ok=True)
+AutoModel.register(ElectraKitConfig, ElectraKitModel, exist_ok=True)
+AutoTokenizer.register(ElectraKitConfig, fast_tokenizer_class=ElectraKitTokenizerFast, exist_ok=True)
