@@ -5,11 +5,14 @@ from .training.threads import set_wait_policy
 set_wait_policy()  # before anything imports torch: OpenMP reads its wait policy once, at load
 
 from .backbone import Backbone
+from .modelfolder.hf_auto import install as _install_hf_auto
 from .modelfolder.pretrained import Encoder, load_pretrained
 from .objectives.base import Objective
 from .objectives.electra import Electra, ElectraOutput
 from .objectives.mlm import MaskedLM
 from .registry import create_backbone, list_backbones, list_objectives, register_backbone, register_objective
+
+_install_hf_auto()  # transformers' AutoModel & co. load model folders, registered once transformers is imported
 
 __all__ = [
     "Backbone",

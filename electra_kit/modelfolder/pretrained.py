@@ -27,6 +27,7 @@ from ..registry import create_backbone
 from ..rundir.atomic import recover_dir, staged_dir
 
 FORMAT_VERSION = 1
+MODEL_TYPE = "electra-kit"  # config.json's key for transformers' AutoConfig (hf_auto.py registers it)
 
 
 def _standalone(backbone: Backbone) -> Backbone:
@@ -52,6 +53,7 @@ def save_pretrained(model: nn.Module, folder: Path, *, tokenizer=None, special_i
     folder = Path(folder)
     encoder = _standalone(model.encoder)
     config = {
+        "model_type": MODEL_TYPE,
         "format_version": FORMAT_VERSION,
         "objective": type(model).__name__,
         "encoder": _backbone_config(encoder),
