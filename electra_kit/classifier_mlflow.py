@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import tempfile
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -25,6 +28,12 @@ import pandas as pd
 
 logger = logging.getLogger("electra_kit.tracking")
 ARTIFACT = "model"  # the key of the model folder in the pyfunc's artifacts
+MODEL_CODE = """import mlflow
+
+from electra_kit.classifier_mlflow import ClassifierPyfunc
+
+mlflow.models.set_model(ClassifierPyfunc())
+"""
 
 
 class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
@@ -89,14 +98,34 @@ def log_classifier(model_dir: str | Path, *, tracking_uri: str, run_id: str, met
     from .pretrained import read_config
 
     config = read_config(model_dir)
-    with _tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
+    with _quiet(), tempfile.TemporaryDirectory(prefix="electra-kit-pyfunc-") as tmp, _tracking_uri(tracking_uri), \
+            mlflow.start_run(run_id=run_id):
+        code = Path(tmp) / "classifier_model.py"  # a model from code: no pickle in the model, as in our folders
+        code.write_text(MODEL_CODE)
         info = mlflow.pyfunc.log_model(
-            name=name, python_model=ClassifierPyfunc(), artifacts={ARTIFACT: str(model_dir)},
+            name=name, python_model=str(code), artifacts={ARTIFACT: str(model_dir)},
             signature=_signature(config), pip_requirements=_requirements(config["encoder"]["name"]),
             tags={"electra_kit.kind": "finetuned-classifier", "electra_kit.task": config["task"]["type"]},
         )
         mlflow.log_metrics(metrics, model_id=info.model_id)
     return info.model_id
+
+
+@contextlib.contextmanager
+def _quiet():
+    """MLflow's advice for interactive use (an input example, type hints, a progress bar) is noise in a CLI's output."""
+    before = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
+            warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
+            yield
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = before
 
 
 def log_kept_model(tracker, kept: dict) -> str | None:

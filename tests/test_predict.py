@@ -49,6 +49,7 @@ def run(tmp_path_factory, small_corpus, cache_dir) -> dict:
     proc = cli("finetune", "--model", "pre/model", "--train", "train.tsv", "--eval", "eval.tsv", "--seeds", "2",
                "--epochs", "1", "--no-progress", "--run-dir", "ft", "--tracking-uri", uri, cwd=root)
     results = json.loads((root / "ft" / "results.json").read_text())
+    assert "Downloading artifacts" not in proc.stderr and "CloudPickle" not in proc.stderr  # MLflow's noise kept off
     return {"root": root, "uri": uri, "results": results, "stdout": proc.stdout, "model": root / "ft" / "model"}
 
 
@@ -153,8 +154,10 @@ def test_the_kept_model_is_a_logged_model_that_mlflow_serves(run, tmp_path):
     from mlflow_server import free_port
 
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": run["uri"], "OMP_NUM_THREADS": "1"}
-    exe = Path(sys.executable).parent / "mlflow"
+    bin_dir = Path(sys.executable).parent  # `mlflow models serve` runs `uvicorn` from PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": run["uri"], "OMP_NUM_THREADS": "1",
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    exe = bin_dir / "mlflow"
     server = subprocess.Popen([str(exe), "models", "serve", "-m", f"models:/{model_id}", "--env-manager", "local",
                                "-h", "127.0.0.1", "-p", str(port)], cwd=tmp_path, env=env, start_new_session=True,
                               stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT)
