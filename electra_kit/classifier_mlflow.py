@@ -44,7 +44,7 @@ class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
 
         self.classifier = load_classifier(context.artifacts[ARTIFACT])
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:  # the hint: MLflow asks
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame({"text": list(model_input)})
         if "text" not in frame.columns:
             raise ValueError(f"the input needs a 'text' column; it has {list(frame.columns)}")
@@ -113,13 +113,12 @@ def log_classifier(model_dir: str | Path, *, tracking_uri: str, run_id: str, met
 
 @contextlib.contextmanager
 def _quiet():
-    """MLflow's advice for interactive use (an input example, type hints, a progress bar) is noise in a CLI's output."""
+    """MLflow's advice for interactive use (an input example, a progress bar) is noise in a CLI's output."""
     before = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
-            warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
             yield
     finally:
         if before is None:
