@@ -110,8 +110,8 @@ def test_python_api(run):
 
 def test_predict_formats_and_errors(run, tmp_path, capsys):
     texts = ["What is the capital of France ?", "Who wrote Hamlet ?"]
-    (tmp_path / "q.jsonl").write_text("".join(json.dumps({"id": i, "question": t}) + "\n" for i, t in enumerate(texts)))
-    assert cli_main(["predict", str(run["model"]), "--input", str(tmp_path / "q.jsonl"), "--text-column", "question",
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps({"id": i, "query": t}) + "\n" for i, t in enumerate(texts)))
+    assert cli_main(["predict", str(run["model"]), "--input", str(tmp_path / "q.jsonl"), "--text-column", "query",
                      "--output", str(tmp_path / "out.jsonl")]) == 0
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     expected = load_classifier(run["model"]).predict(texts)
@@ -128,7 +128,7 @@ def test_predict_formats_and_errors(run, tmp_path, capsys):
         assert cli_main(["predict", str(run["model"]), *args]) == 2
         return capsys.readouterr().err
 
-    assert "q.jsonl: no text column among 'id', 'question'" in error("--input", str(tmp_path / "q.jsonl"))
+    assert "q.jsonl: no text column among 'id', 'query'" in error("--input", str(tmp_path / "q.jsonl"))
     assert "no column 'nope' (--text-column)" in error("--input", str(tmp_path / "q.csv"), "--text-column", "nope")
     before = (tmp_path / "q.csv").read_bytes()
     assert "never overwrites its input" in error("--input", str(tmp_path / "q.csv"), "--output", str(tmp_path / "q.csv"))
