@@ -1,14 +1,14 @@
 """electra-kit: fast ELECTRA pretraining of text encoders over pluggable backbones."""
 
-from .threads import set_wait_policy
+from .training.threads import set_wait_policy
 
 set_wait_policy()  # before anything imports torch: OpenMP reads its wait policy once, at load
 
 from .backbone import Backbone
-from .electra import Electra, ElectraOutput
-from .mlm import MaskedLM
-from .objective import Objective
-from .pretrained import Encoder, load_pretrained
+from .modelfolder.pretrained import Encoder, load_pretrained
+from .objectives.base import Objective
+from .objectives.electra import Electra, ElectraOutput
+from .objectives.mlm import MaskedLM
 from .registry import create_backbone, list_backbones, list_objectives, register_backbone, register_objective
 
 __all__ = [
@@ -31,7 +31,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     if name == "load_classifier":  # on first use: fine-tuning's imports (scikit-learn, SciPy) cost seconds
-        from .classifier import load_classifier
+        from .training.classifier import load_classifier
 
         return load_classifier
     raise AttributeError(f"module 'electra_kit' has no attribute {name!r}")

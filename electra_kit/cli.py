@@ -15,12 +15,12 @@ def _positive_int(text: str) -> int:
 
 
 def _cmd_run(args) -> int:
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .pretrain import RunError, RunOptions, StoppedBeforeTraining, run
-    from .resume import ResumeError, continue_command
-    from .rundir import RunDirError
-    from .trainer import Interrupted, NonFiniteError
+    from .config.gin_config import ConfigError
+    from .rundir.checkpoint import CheckpointError
+    from .rundir.directory import RunDirError
+    from .rundir.resume import ResumeError, continue_command
+    from .training.pretrain import RunError, RunOptions, StoppedBeforeTraining, run
+    from .training.trainer import Interrupted, NonFiniteError
 
     opts = RunOptions(
         config_files=args.configs, bindings=args.gin or [], run_dir=Path(args.run_dir) if args.run_dir else None,
@@ -52,10 +52,10 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_finetune(args) -> int:
-    from .config_checks import FINETUNE_FLAGS, check_flags
-    from .finetune import FinetuneConfig, TaskSpec, format_results, run_finetune
+    from .config.checks import FINETUNE_FLAGS, check_flags
     from .registry import UnknownBackboneError
-    from .rundir import RunDirError
+    from .rundir.directory import RunDirError
+    from .training.finetune import FinetuneConfig, TaskSpec, format_results, run_finetune
 
     options = dict(lr=args.lr, layer_decay=args.layer_decay, warmup_fraction=args.warmup_fraction, epochs=args.epochs,
                    batch_size=args.batch_size, weight_decay=args.weight_decay, dropout=args.dropout,
@@ -84,8 +84,8 @@ def _cmd_finetune(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from .predict import predict_file
     from .registry import UnknownBackboneError
+    from .training.predict import predict_file
 
     try:
         result = predict_file(args.model, args.input, args.output, text_column=args.text_column,
@@ -156,7 +156,7 @@ def _cmd_sync(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from .export import EXIT_NOT_HF, export
+    from .modelfolder.export import EXIT_NOT_HF, export
 
     try:
         result = export(args.model_dir, args.out_dir, format=args.format, overwrite=args.overwrite)

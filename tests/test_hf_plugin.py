@@ -19,9 +19,9 @@ from safetensors.torch import load_file
 
 from electra_kit import Electra, create_backbone
 from electra_kit.cli import main as cli_main
-from electra_kit.export import EXIT_NOT_HF, export
-from electra_kit.heads import DiscriminatorHead, GeneratorHead
-from electra_kit.pretrained import load_pretrained, save_pretrained
+from electra_kit.modelfolder.export import EXIT_NOT_HF, export
+from electra_kit.modelfolder.pretrained import load_pretrained, save_pretrained
+from electra_kit.objectives.heads import DiscriminatorHead, GeneratorHead
 from electra_kit.registry import backbone_entries
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may reach a hub
@@ -46,7 +46,7 @@ def sentences(small_corpus) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tokenizer(small_corpus):
-    from electra_kit.tokenizer import train_wordpiece
+    from electra_kit.data.tokenizer import train_wordpiece
 
     return train_wordpiece((f.read_text() for f in sorted(small_corpus.glob("*.txt"))), vocab_size=400)
 
@@ -97,7 +97,7 @@ def test_backbone_is_transformers_electra_with_the_shared_names():
 
 def test_hf_electra_small_gin_builds_googles_electra_small():
     import gin
-    from electra_kit import config
+    from electra_kit.config import gin_config as config
 
     config.parse(["hf_electra_small.gin"], ["VOCAB_SIZE = 1000"])
     try:
@@ -142,7 +142,7 @@ def electra_kit_outputs(model_dir, ids, mask):
 def test_cli_run_export_and_load_with_transformers(tmp_path, small_corpus, cache_dir, sentences):
     from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
-    from electra_kit.data import encode_texts
+    from electra_kit.data.build import encode_texts
 
     cli(["run", "hf_electra_tiny.gin", "--no-tracking", "--run-dir", "run", "--gin", "train.progress = False",
          "--gin", f"build_data.corpus = '{small_corpus}/*.txt'"], tmp_path)
@@ -178,7 +178,7 @@ def test_export_variants_match(tmp_path, tokenizer, sentences, case):
     """Sharing modes, a non-HF generator, and the MaskedLM objective, against the in-memory model."""
     from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
-    from electra_kit.mlm import MaskedLM
+    from electra_kit.objectives.mlm import MaskedLM
 
     torch.manual_seed(0)
     kw = dict(num_tokens=tokenizer.get_vocab_size(), max_seq_len=64, emb_dim=16, heads=2)
@@ -222,7 +222,7 @@ def test_a_fine_tuned_folder_exports_as_electra_for_sequence_classification(tmp_
     from transformers import ElectraForSequenceClassification
 
     from electra_kit import load_classifier
-    from electra_kit.finetune_model import SequenceModel
+    from electra_kit.training.finetune_model import SequenceModel
 
     torch.manual_seed(0)
     backbone = create_backbone("hf-electra", num_tokens=tokenizer.get_vocab_size(), dim=32, depth=2, heads=2,
@@ -250,7 +250,7 @@ def test_a_fine_tuned_folder_exports_as_electra_for_sequence_classification(tmp_
 
 
 def test_a_mean_pooled_fine_tuned_folder_is_refused_by_name(tmp_path, tokenizer, capsys):
-    from electra_kit.finetune_model import SequenceModel
+    from electra_kit.training.finetune_model import SequenceModel
 
     backbone = create_backbone("hf-electra", num_tokens=tokenizer.get_vocab_size(), dim=16, depth=1, heads=2,
                                max_seq_len=32)

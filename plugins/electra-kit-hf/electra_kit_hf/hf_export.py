@@ -24,8 +24,8 @@ from transformers import ElectraForMaskedLM, ElectraForPreTraining, ElectraForSe
 from transformers.utils import logging as hf_logging
 
 from electra_kit import create_backbone
-from electra_kit.export import write_hf_tokenizer
-from electra_kit.pretrained import read_config
+from electra_kit.modelfolder.export import write_hf_tokenizer
+from electra_kit.modelfolder.pretrained import read_config
 
 DISC_HEAD = {"dense.": "discriminator_predictions.dense.", "out.": "discriminator_predictions.dense_prediction."}
 CLS_HEAD = {"dense.": "classifier.dense.", "out.": "classifier.out_proj."}

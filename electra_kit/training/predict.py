@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import atomic_write
+from ..rundir.atomic import atomic_write
 from .classifier import BATCH_SIZE, Classifier, load_classifier
 from .tasks import PAIR_COLUMNS, TEXT_COLUMNS, TaskError, _format, label_key, read_rows
 

@@ -39,15 +39,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic import atomic_write
-from .batches import split_sequences
+from ..data.batches import split_sequences
+from ..data.tokenizer import special_ids
+from ..modelfolder.pretrained import load_weights_into, read_config, save_pretrained
+from ..registry import create_backbone
+from ..rundir.atomic import atomic_write
+from ..rundir.directory import RunDir, default_run_dir
 from .classifier import encode_examples, load_tokenizer
 from .finetune_model import LabeledBatches, SequenceModel, eval_batches
-from .pretrained import load_weights_into, read_config, save_pretrained
-from .registry import create_backbone
-from .rundir import RunDir, default_run_dir
 from .tasks import TaskError, encode_labels, infer_task, label_set, primary_metric, read_labeled
-from .tokenizer import special_ids
 from .trainer import TrainConfig, Trainer, resolve_device, step_seed
 
 
@@ -115,7 +115,7 @@ def load_backbone(model_dir: str | Path, *, dropout: float | None, random_init: 
     if backbone is None:
         backbone = create_backbone(spec["name"], **kwargs)
     if random_init:  # where pretraining started from: the objective's weight_init, recorded in config.json
-        from .heads import init_embeddings, init_weights
+        from ..objectives.heads import init_embeddings, init_weights
 
         if config.get("weight_init") == "electra":
             init_weights(backbone, 0.02)
@@ -398,11 +398,11 @@ def run_finetune(model_dir, spec: TaskSpec, cfg: FinetuneConfig, *, run_dir: str
 def _run_finetune(model_dir, spec, cfg, run_dir, tracking, tracking_uri, experiment):
     tracker = None
     if tracking:
-        from .tracking import Tracker
+        from ..tracking import Tracker
 
         tracker = Tracker(run_dir=run_dir, tracking_uri=tracking_uri, run_name=run_dir.name,
                           experiment=experiment or f"finetune-{Path(spec.train).stem}")
-    from .tracking import finish_when_done
+    from ..tracking import finish_when_done
 
     with finish_when_done(tracker):
         results = finetune(model_dir, spec, cfg, tracker=tracker, run_dir=run_dir)

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batches import BatchIterator
-from .objective import Objective
+from ..data.batches import BatchIterator
+from ..objectives.base import Objective
 from .tasks import task_metrics
 
 

@@ -30,7 +30,7 @@ logger = logging.getLogger("electra_kit.tracking")
 ARTIFACT = "model"  # the key of the model folder in the pyfunc's artifacts
 MODEL_CODE = """import mlflow
 
-from electra_kit.classifier_mlflow import ClassifierPyfunc
+from electra_kit.training.classifier_mlflow import ClassifierPyfunc
 
 mlflow.models.set_model(ClassifierPyfunc())
 """
@@ -69,7 +69,7 @@ def _signature(classifier_config: dict):
 
 def _requirements(backbone: str) -> list[str]:
     """Pinned as installed, so that logging need not load the model in a subprocess to infer them."""
-    from .registry import backbone_entries
+    from ..registry import backbone_entries
 
     names = ["electra-kit", "torch", "tokenizers", "safetensors", "mlflow", "pandas"]
     source = next((e.source for e in backbone_entries() if e.name == backbone), "")
@@ -95,7 +95,7 @@ def _tracking_uri(uri: str):
 def log_classifier(model_dir: str | Path, *, tracking_uri: str, run_id: str, metrics: dict[str, float],
                    name: str = "classifier") -> str:
     """Log ``model_dir`` as a Logged Model of run ``run_id`` with ``metrics`` linked to it; its model id."""
-    from .pretrained import read_config
+    from ..modelfolder.pretrained import read_config
 
     config = read_config(model_dir)
     with _quiet(), tempfile.TemporaryDirectory(prefix="electra-kit-pyfunc-") as tmp, _tracking_uri(tracking_uri), \

@@ -21,10 +21,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import staged_dir
-from .backbone import Backbone
+from ..backbone import Backbone
+from ..registry import UnknownBackboneError, create_backbone
+from ..rundir.atomic import staged_dir
 from .pretrained import read_config
-from .registry import UnknownBackboneError, create_backbone
 
 FORMATS = ("hf", "portable")
 EXIT_NOT_HF = 3  # --format hf asked, portable folder written

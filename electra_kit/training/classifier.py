@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..data.tokenizer import special_ids
+from ..modelfolder.pretrained import load_pretrained, load_weights_into, read_config
 from .finetune_model import SequenceModel, collate, length_ordered
-from .pretrained import load_pretrained, load_weights_into, read_config
-from .tokenizer import special_ids
 
 HEAD_FILE = "classifier_head.safetensors"
 BATCH_SIZE = 128  # finetune's evaluation batch: the same batches give the same numbers
