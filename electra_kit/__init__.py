@@ -22,6 +22,7 @@ __all__ = [
     "MaskedLM",
     "Objective",
     "load_pretrained",
+    "load_classifier",
     "create_backbone",
     "list_backbones",
     "register_backbone",
@@ -29,3 +30,11 @@ __all__ = [
     "register_objective",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name == "load_classifier":  # on first use: fine-tuning's imports (scikit-learn, SciPy) cost seconds
+        from .training.classifier import load_classifier
+
+        return load_classifier
+    raise AttributeError(f"module 'electra_kit' has no attribute {name!r}")

@@ -216,6 +216,50 @@ def test_export_variants_match(tmp_path, tokenizer, sentences, case):
         assert not (tmp_path / "hf" / "generator").exists() and "not exported: the generator" in result.message
 
 
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_a_fine_tuned_folder_exports_as_electra_for_sequence_classification(tmp_path, tokenizer, sentences, task):
+    """A model folder as `electra-kit finetune` keeps it: transformers' logits are electra-kit's."""
+    from transformers import ElectraForSequenceClassification
+
+    from electra_kit import load_classifier
+    from electra_kit.training.finetune_model import SequenceModel
+
+    torch.manual_seed(0)
+    backbone = create_backbone("hf-electra", num_tokens=tokenizer.get_vocab_size(), dim=32, depth=2, heads=2,
+                               max_seq_len=64, emb_dim=16, dropout=0.1)
+    labels = ["ABBR", "DESC", "HUM"] if task == "classification" else None
+    model = SequenceModel(backbone, 3 if labels else 1, 0.1, task, "cls", task_config={
+        "labels": labels, "columns": {"text": "text", "pair": None, "label": "label"}, "max_seq_len": 48})
+    with torch.no_grad():  # trained-looking weights: a head that is not its initialisation
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_pretrained(model, tmp_path / "model", tokenizer=tokenizer, special_ids={"pad_id": 0}, max_seq_len=64)
+    assert cli_main(["export", str(tmp_path / "model"), "--format", "hf", str(tmp_path / "hf")]) == 0
+
+    hf = hf_load(ElectraForSequenceClassification, tmp_path / "hf")
+    batch = hf_batch(tmp_path / "hf", sentences, max_len=48)  # the length fine-tuning truncated to
+    with torch.no_grad():
+        got = hf(**batch).logits  # (b, k)
+    expected = load_classifier(tmp_path / "model").logits(sentences)  # (b, k)
+    assert got.shape == expected.shape == (len(sentences), 3 if labels else 1)
+    assert (got - expected).abs().max().item() < ATOL and expected.abs().max() > 0.01
+    if labels:
+        assert hf.config.id2label == dict(enumerate(labels)) and hf.config.label2id == {k: i for i, k in enumerate(labels)}
+    else:
+        assert hf.config.problem_type == "regression" and hf.config.num_labels == 1
+
+
+def test_a_mean_pooled_fine_tuned_folder_is_refused_by_name(tmp_path, tokenizer, capsys):
+    from electra_kit.training.finetune_model import SequenceModel
+
+    backbone = create_backbone("hf-electra", num_tokens=tokenizer.get_vocab_size(), dim=16, depth=1, heads=2,
+                               max_seq_len=32)
+    model = SequenceModel(backbone, 2, 0.1, "classification", "mean", task_config={"labels": ["a", "b"], "max_seq_len": 32})
+    save_pretrained(model, tmp_path / "model", tokenizer=tokenizer)
+    assert cli_main(["export", str(tmp_path / "model"), "--format", "hf", str(tmp_path / "hf")]) == 2
+    assert "--pooling mean" in capsys.readouterr().err and not (tmp_path / "hf").exists()
+
+
 # ---- other backbones: the portable folder, said plainly ----------------------------------------
 
 
