@@ -101,8 +101,10 @@ def check(base: str, db: Path, out: Path) -> list[str]:
         page.get_by_text("Parameters", exact=True).first.scroll_into_view_if_needed()
         shot("2_compare_params.png", page)
 
-        page.get_by_role("link", name="train/disc_loss", exact=True).first.click()
-        page.locator("svg .trace, canvas, .js-plotly-plot").first.wait_for()
+        # the compare page links each metric to its chart; the list is long, so follow one link's pattern
+        href = page.get_by_role("link", name="eval/disc_loss", exact=True).first.get_attribute("href")
+        page.goto(f"{base}/{href.replace('eval%2Fdisc_loss', 'train%2Floss')}")
+        page.locator(".js-plotly-plot").first.wait_for()
         shot("3_loss_chart.png", page)
 
         page.goto(f"{base}/#/experiments/{experiment_id}/models/{models[0].model_id}")

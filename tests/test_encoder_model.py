@@ -25,7 +25,8 @@ TEXTS = ["The state of the union is strong.", "Taxes and the budget."]
 def serve(model_uri: str, tracking_uri: str, log: Path):
     port = free_port()
     exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "OMP_NUM_THREADS": "1",  # it runs `uvicorn` from PATH
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.Popen([exe, "models", "serve", "-m", model_uri, "--env-manager", "local", "--host", "127.0.0.1",
                              "-p", str(port)], env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -36,7 +37,8 @@ def serve(model_uri: str, tracking_uri: str, log: Path):
             return proc, port
         except OSError:
             time.sleep(1)
-    os.killpg(proc.pid, signal.SIGKILL)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
     raise AssertionError(f"mlflow models serve did not come up: {log.read_text()[-2000:]}")
 
 
