@@ -230,7 +230,6 @@ def _setup(opts, cfg, device, dist, run_dir, paths, resume_from):
 
 def _train(trainer, data, model, tracker, dist, device, run_dir) -> dict:
     from .tracking import finish_when_done
-    from .tracking.encoder_model import log_run_encoder
 
     try:
         with finish_when_done(tracker, killed=(Interrupted, KeyboardInterrupt)):
@@ -253,7 +252,9 @@ def _train(trainer, data, model, tracker, dist, device, run_dir) -> dict:
                     tracker.log_artifact(model_dir)
                     with phase("uploading the run's last metrics and artifacts to MLflow"):
                         tracker.finish("FINISHED")
-        if model_dir is not None:
+        if model_dir is not None and tracker is not None:
+            from .tracking.encoder_model import log_run_encoder  # imports mlflow.pyfunc: seconds, so only now
+
             log_run_encoder(tracker, model_dir, result["step"], say=say)
         return {**result, "model_dir": model_dir, "run_dir": run_dir, "history": trainer.history}
     finally:

@@ -22,29 +22,28 @@ import mlflow
 BATCH = 32  # texts per forward: bounds the memory of a large request
 
 
-with warnings.catch_warnings():  # MLflow asks for predict()'s type hints; the signature is given at log time instead
-    warnings.filterwarnings("ignore", message=".*type hints to the `predict` method")
+class EncoderEmbeddings(mlflow.pyfunc.PythonModel):
+    """pyfunc over an electra-kit model folder: texts in, mean-pooled encoder vectors out."""
 
-    class EncoderEmbeddings(mlflow.pyfunc.PythonModel):
-        """pyfunc over an electra-kit model folder: texts in, mean-pooled encoder vectors out."""
+    _skip_type_hint_validation = True  # the signature is given at log time (MLflow would warn about type hints)
 
-        def load_context(self, context):
-            from electra_kit import load_pretrained
+    def load_context(self, context):
+        from electra_kit import load_pretrained
 
-            self.encoder = load_pretrained(context.artifacts["model"])
+        self.encoder = load_pretrained(context.artifacts["model"])
 
-        def predict(self, context, model_input, params=None):
-            import numpy as np
-            import torch
+    def predict(self, context, model_input, params=None):
+        import numpy as np
+        import torch
 
-            texts = [str(t) for t in (model_input["text"] if hasattr(model_input, "columns") else model_input)]
-            out = []
-            with torch.no_grad():
-                for i in range(0, len(texts), BATCH):
-                    hidden, mask = self.encoder.encode(texts[i:i + BATCH])  # (b, n, d), (b, n)
-                    keep = mask[..., None].float()  # (b, n, 1)
-                    out.append((hidden * keep).sum(1) / keep.sum(1).clamp(min=1))  # (b, d)
-            return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, self.encoder.hidden_dim), np.float32)
+        texts = [str(t) for t in (model_input["text"] if hasattr(model_input, "columns") else model_input)]
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(texts), BATCH):
+                hidden, mask = self.encoder.encode(texts[i:i + BATCH])  # (b, n, d), (b, n)
+                keep = mask[..., None].float()  # (b, n, 1)
+                out.append((hidden * keep).sum(1) / keep.sum(1).clamp(min=1))  # (b, d)
+        return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, self.encoder.hidden_dim), np.float32)
 
 
 def log_encoder_model(model_dir, *, tracking_uri: str, run_id: str, step: int, name: str = "encoder") -> str:
