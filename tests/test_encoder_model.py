@@ -18,6 +18,7 @@ from mlflow_server import free_port
 from test_run_tracking import TINY, only_run, run_cli
 
 from electra_kit import load_pretrained
+from electra_kit.tracking.links import experiment_links
 
 TEXTS = ["The state of the union is strong.", "Taxes and the budget."]
 
@@ -64,6 +65,10 @@ def test_run_logs_a_servable_registrable_encoder(tmp_path, small_corpus, cache_d
     linked = {m.key: m.step for m in model.metrics}
     assert linked.get("train/loss") == 5 and linked.get("eval/disc_auc") == 5, linked  # the final metrics
     assert model.params["generator/backbone.name"] == "'transformer'"
+
+    # `electra-kit ui` prints this link: it lands on the runs, whatever the browser's workflow switch says
+    assert experiment_links(uri, "http://127.0.0.1:5000") == [
+        ("tiny", f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}?workflowType=machine_learning")]
 
     mlflow.set_tracking_uri(uri)
     assert mlflow.register_model(f"models:/{model.model_id}", "electra-encoder").version == 1
