@@ -35,16 +35,17 @@ def phase(what: str, enabled: bool = True, say=say):
 
 
 @contextlib.contextmanager
-def run_log(run_dir: Path | None):
-    """While the run lives: MLflow's INFO and up, and electra-kit's warnings, appended to ``run_dir/run.log``;
-    MLflow's console handler raised to WARNING (it logs INFO lines such as "Creating initial MLflow database
-    tables")."""
+def run_log(run_dir: Path | None, with_mlflow: bool = True):
+    """While the run lives: MLflow's INFO and up, and electra-kit's warnings, appended to ``run_dir/run.log``
+    (created at the first record); MLflow's console handler raised to WARNING (it logs INFO lines such as
+    "Creating initial MLflow database tables")."""
     if run_dir is None:
         yield
         return
-    import mlflow  # noqa: F401 - configures its loggers first, so that ours are added to them, not replaced
+    if with_mlflow:  # MLflow sets its loggers' handlers when imported: first, so that ours are added, not replaced
+        import mlflow  # noqa: F401
 
-    handler = logging.FileHandler(Path(run_dir) / LOG_FILE, encoding="utf-8")
+    handler = logging.FileHandler(Path(run_dir) / LOG_FILE, encoding="utf-8", delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     loggers = [logging.getLogger(name) for name in _LOGGERS]
     consoles = [h for h in loggers[0].handlers if type(h) is logging.StreamHandler]

@@ -151,7 +151,7 @@ def run(opts: RunOptions) -> dict:
             run_dir = opts.run_dir or Path(".")
         if dist.enabled:  # every rank needs rank 0's run directory (its default name has a timestamp)
             run_dir = Path(dist.broadcast_object(str(run_dir)))
-        stack.enter_context(run_log(run_dir if dist.is_main else None))  # MLflow's INFO lines go to run.log
+        stack.enter_context(run_log(run_dir if dist.is_main else None, with_mlflow=opts.tracking))  # MLflow's INFO lines go to run.log
         with _stop_on_signals():
             trainer, data, model, tracker = _setup(opts, cfg, device, dist, run_dir, paths, resume_from)
     except BaseException as exc:
