@@ -32,11 +32,12 @@ QUIET = ("localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"  # ML
 
 
 def tiny_runs(folder: Path) -> Path:
-    """Two tiny tracked runs (different learning rates) in folder/mlflow.db, as the README's commands make them."""
+    """Two tiny tracked runs in folder/mlflow.db, as the README's commands make them. They differ in a macro
+    (TRAIN_STEPS) and a plain binding (train.lr): the compare view must show both as values."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    for name, lr in (("run-a", "5e-4"), ("run-b", "1e-3")):
-        cmd = [sys.executable, "-m", "electra_kit", "run", "tiny.gin", "--gin", "TRAIN_STEPS=10", "--gin",
+    for name, steps, lr in (("run-a", 10, "5e-4"), ("run-b", 12, "1e-3")):
+        cmd = [sys.executable, "-m", "electra_kit", "run", "tiny.gin", "--gin", f"TRAIN_STEPS={steps}", "--gin",
                "train.eval_every=5", "--gin", f"train.lr={lr}", "--gin", "train.progress=False", "--run-dir", name]
         subprocess.run(cmd, cwd=folder, env=env, check=True, stdout=subprocess.DEVNULL)
     return folder / "mlflow.db"
