@@ -70,8 +70,9 @@ def log_encoder_model(model_dir, *, tracking_uri: str, run_id: str, step: int, n
         warnings.simplefilter("ignore", UserWarning)
         # Model.log is what mlflow.pyfunc.log_model calls, with the run given instead of an active one (so the
         # finished run is not reopened) and the step whose metrics the model carries
-        info = Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, python_model=__file__, artifacts={"model": str(model_dir)},
-                         signature=signature, pip_requirements=requirements, run_id=run_id, step=step)
+        info = Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, python_model=__file__,
+                         artifacts={"model": str(model_dir)}, signature=signature, pip_requirements=requirements,
+                         run_id=run_id, step=step)
     return info.model_uri
 
 
@@ -98,8 +99,10 @@ def log_run_encoder(tracker, model_dir, step: int, say=print) -> str | None:
     try:
         uri = log_encoder_model(model_dir, tracking_uri=tracker.tracking_uri, run_id=tracker.run_id, step=step)
     except Exception as exc:  # noqa: BLE001 - the model folder is saved; MLflow's copy is a convenience
+        from .store import describe
+
         logging.getLogger("electra_kit.tracking").warning("MLflow: the encoder was not logged as a Logged Model (%s); "
-                                                          "the model folder is %s", exc, model_dir)
+                                                          "the model folder is %s", describe(exc), model_dir)
         return None
     say(f"Logged Model {uri} ({time.monotonic() - start:.1f} s); serve it with: "
         f"MLFLOW_TRACKING_URI={tracker.tracking_uri} mlflow models serve -m {uri} --env-manager local")
