@@ -131,6 +131,7 @@ def _cmd_ui(args) -> int:
     import os
 
     from .tracking import TrackingError, ui_command
+    from .tracking.links import experiment_links
 
     try:
         argv = ui_command(tracking_uri=args.tracking_uri, port=args.port)
@@ -138,6 +139,8 @@ def _cmd_ui(args) -> int:
         print(f"electra-kit: {exc}", file=sys.stderr)
         return 2
     print("electra-kit: " + " ".join(argv), file=sys.stderr)
+    for name, url in experiment_links(argv[argv.index("--backend-store-uri") + 1], f"http://127.0.0.1:{args.port}"):
+        print(f"electra-kit: {name}: {url}", file=sys.stderr)  # lands on the runs (MLflow 3's default is GenAI)
     os.execvp(argv[0], argv)
     return 0  # not reached
 

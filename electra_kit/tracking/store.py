@@ -25,7 +25,8 @@ logger = logging.getLogger("electra_kit.tracking")
 
 JOURNAL, STATE, LOCK = "metrics.jsonl", "mlflow_run.json", ".mlflow.lock"
 UID_TAG, ERROR_TAG = "electra_kit.uid", "electra_kit.error"
-# MLflow 3's UI shows an experiment of this kind as "Machine learning" (runs first), not as GenAI (traces first).
+# The kind MLflow 3 records for a model-training experiment; 3.17's UI does not read it to pick the landing page
+# (the browser's workflow switch decides: links.py), but it says what the experiment is.
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 

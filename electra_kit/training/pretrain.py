@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..config import gin_config
+from ..console import phase, run_log, say
 from ..data.build import BatchIterator, EvalIterator, build_data
 from ..modelfolder.pretrained import save_pretrained
 from ..objectives.base import pretrain, resolve_objective
@@ -140,7 +141,7 @@ def run(opts: RunOptions) -> dict:
     dist = init_from_env(device.type, cfg.strategy)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
-    owned = None
+    owned, stack = None, contextlib.ExitStack()
     try:
         if dist.is_main:  # claimed and locked for the run's lifetime
             path = opts.run_dir or default_run_dir(opts.config_files)
@@ -150,9 +151,11 @@ def run(opts: RunOptions) -> dict:
             run_dir = opts.run_dir or Path(".")
         if dist.enabled:  # every rank needs rank 0's run directory (its default name has a timestamp)
             run_dir = Path(dist.broadcast_object(str(run_dir)))
+        stack.enter_context(run_log(run_dir if dist.is_main else None, with_mlflow=opts.tracking))  # MLflow's INFO lines go to run.log
         with _stop_on_signals():
             trainer, data, model, tracker = _setup(opts, cfg, device, dist, run_dir, paths, resume_from)
     except BaseException as exc:
+        stack.close()
         if owned is not None:  # an input error found before training removes only what this run made
             owned.discard()
         dist.close()
@@ -169,15 +172,18 @@ def run(opts: RunOptions) -> dict:
         exc.run_dir = run_dir  # for the "Continue with" line
         raise
     finally:
+        stack.close()
         if owned is not None:
             owned.release()
 
 
 def _setup(opts, cfg, device, dist, run_dir, paths, resume_from):
     tracker = _tracker(opts, run_dir, dist.rank)  # a store MLflow refuses fails here, before the data is built
-    data = _build_data_once(dist, resume.checkpoint_tokenizer(resume_from) if resume_from else None)
+    with phase("reading the corpus, building the tokenizer and the token shards", dist.is_main):
+        data = _build_data_once(dist, resume.checkpoint_tokenizer(resume_from) if resume_from else None)
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone
-    model = build_objective(data)
+    with phase("building the model", dist.is_main):
+        model = build_objective(data)
     operative = gin_config.operative_config()
     if resume_from is not None:
         resume.check_same_run(resume_from, data, operative)
@@ -215,7 +221,8 @@ def _setup(opts, cfg, device, dist, run_dir, paths, resume_from):
     if dist.is_main:
         atomic_write(run_dir / "operative_config.gin", operative)
     if tracker is not None:
-        tracker.start(params=_params(model, operative, cfg), tags=_tags(model), resume=opts.resume)
+        with phase(f"starting the MLflow run at {tracker.tracking_uri}"):
+            tracker.start(params=_params(model, operative, cfg), tags=_tags(model), resume=opts.resume)
         tracker.log_artifact(run_dir / "operative_config.gin")
         tracker.log_artifact(run_dir / "operative_config.gin", as_text="operative_config.gin.txt")  # UI preview
     return trainer, data, model, tracker
@@ -234,15 +241,22 @@ def _train(trainer, data, model, tracker, dist, device, run_dir) -> dict:
                     model = build_objective(data)
                     model.load_state_dict(state)
             if dist.is_main:
-                model_dir = save_pretrained(
-                    model.cpu() if device.type != "cpu" else model, run_dir / "model", tokenizer=data.tokenizer,
-                    special_ids=_special_ids(data), operative_config=trainer.operative_config,
-                    max_seq_len=data.max_seq_len,
-                )
+                with phase(f"saving the model folder {run_dir / 'model'}"):
+                    model_dir = save_pretrained(
+                        model.cpu() if device.type != "cpu" else model, run_dir / "model", tokenizer=data.tokenizer,
+                        special_ids=_special_ids(data), operative_config=trainer.operative_config,
+                        max_seq_len=data.max_seq_len,
+                    )
                 atomic_write(run_dir / "summary.json", json.dumps(_summary(trainer, result, model_dir), indent=2))
                 if tracker is not None:
                     tracker.log_artifact(model_dir)
-            return {**result, "model_dir": model_dir, "run_dir": run_dir, "history": trainer.history}
+                    with phase("uploading the run's last metrics and artifacts to MLflow"):
+                        tracker.finish("FINISHED")
+        if model_dir is not None and tracker is not None:
+            from .tracking.encoder_model import log_run_encoder  # imports mlflow.pyfunc: seconds, so only now
+
+            log_run_encoder(tracker, model_dir, result["step"], say=say)
+        return {**result, "model_dir": model_dir, "run_dir": run_dir, "history": trainer.history}
     finally:
         trainer.release()  # DDP's reducer must go before its process group (else gloo can deadlock at exit)
         dist.close()

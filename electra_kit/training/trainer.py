@@ -28,6 +28,7 @@ from torch import nn
 import gin
 
 from ..config.checks import TRAIN, check_values
+from ..console import phase
 from ..objectives.metrics import MeanAccumulator
 from ..objectives.noise import Noise
 from ..rundir import checkpoint as ckpt
@@ -249,6 +250,8 @@ class Trainer:
             window_tokens += tokens
             self.step += 1
             if bar is not None:
+                if not bar.postfix:  # the first step's losses at once, not only after log_every steps
+                    self._show(bar, {k: float(v) for k, v in metrics.items()})
                 bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 self._check_bad_steps()
@@ -261,7 +264,9 @@ class Trainer:
             stop = False
             if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                 if self.eval_batches is not None:
-                    metrics = self.evaluate()
+                    with phase(f"evaluating at step {self.step} ({cfg.eval_batches} batches)", bar is not None,
+                               say=lambda line: bar.write(f"electra-kit: {line}", file=sys.stderr)):
+                        metrics = self.evaluate()
                     self._log({f"eval/{k}": v for k, v in metrics.items()}, None)
                     stop = self.on_eval is not None and bool(self.on_eval(self.step, metrics))
                 if self.on_eval is not None:  # the same decision on every rank
@@ -277,7 +282,8 @@ class Trainer:
         if bar is not None:
             bar.close()
         if saved_step != self.step:  # the same decision on every rank: save() has a barrier
-            last_ckpt = self.save(final=True)
+            with phase(f"writing the checkpoint of step {self.step}", bar is not None):
+                last_ckpt = self.save(final=True)
         return {"step": self.step, "tokens_seen": self.tokens_seen, "checkpoint": last_ckpt}
 
     def _train_step(self) -> tuple[dict[str, torch.Tensor], int]:
@@ -404,4 +410,12 @@ class Trainer:
         elif self.dist.is_main:  # the run's journal alone: every logged value, whatever happens to MLflow
             append_journal(self.run_dir / JOURNAL, self.step, metrics)
         if bar is not None and "train/loss" in metrics:
-            bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
+            self._show(bar, {k[len("train/"):]: v for k, v in metrics.items()})
+
+    @staticmethod
+    def _show(bar, metrics: dict[str, float]) -> None:
+        """The bar's numbers: the loss, each ``*_loss`` term the objective reports, tokens per second."""
+        shown = {k: f"{v:.3f}" for k, v in metrics.items() if k.endswith("loss")}
+        if "tokens_per_s" in metrics:
+            shown["tok_s"] = f"{metrics['tokens_per_s']:.0f}"
+        bar.set_postfix(shown, refresh=False)
