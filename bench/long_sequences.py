@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 import os
 import statistics
@@ -48,10 +49,10 @@ EXACT = ("hf", "kit/transformer")  # the exact-attention cases the efficient one
 GIB = 2**30
 
 
-def predict_bytes(name: str, seq: int, history: list[tuple[int, int]], s, n_params: int) -> int:
+def predict_bytes(name: str, seq: int, history: list[tuple[int, int]], s, n_params: int, batch: int = 1) -> int:
     """Memory of case ``name`` at ``seq``: extrapolated from its measured (length, bytes), else a
-    rough formula (weights, grads and AdamW state + ~300 KB of activations a token at these widths,
-    + the (n x n) scores of every layer and head when they are materialised)."""
+    rough formula (weights, grads and AdamW state + ~300 KB of activations a token at the Small
+    widths, + the (n x n) scores of every layer and head when they are materialised)."""
     pts = history[-3:]
     if len(pts) == 3:
         (x0, y0), (x1, y1), (x2, y2) = pts  # Lagrange quadratic through the last three points
@@ -60,10 +61,13 @@ def predict_bytes(name: str, seq: int, history: list[tuple[int, int]], s, n_para
     if len(pts) == 2:
         (x0, y0), (x1, y1) = pts
         return int(max(y1 + (y1 - y0) * (seq - x1) / (x1 - x0), y1))
-    rough = 16 * n_params + 300_000 * seq
+    if len(pts) == 1:
+        (x0, y0), = pts
+        return int(y0 * max(1.0, seq / x0))  # proportional: errs high while the weights dominate
+    per_sequence = 300_000 * seq
     if name == "hf+eager":
-        rough += 3 * 4 * seq * seq * (s.d_depth * s.d_heads + s.g_depth * s.g_heads)
-    return rough
+        per_sequence += 3 * 4 * seq * seq * (s.d_depth * s.d_heads + s.g_depth * s.g_heads)
+    return 16 * n_params + batch * per_sequence
 
 
 def fmt_bytes(b: int) -> str:
@@ -80,7 +84,7 @@ def run_length(args, seq: int, history: dict, device: torch.device) -> dict:
     rows, cases = {}, []
     for name in case_names(args):
         case = Case(name, s, device, args.amp, LONG_OPTIONS)
-        predicted = predict_bytes(name, seq, history.get(name, []), s, case.n_params)
+        predicted = predict_bytes(name, seq, history.get(name, []), s, case.n_params, args.batch)
         if predicted > args.budget_gib * GIB:
             print(f"  {name} at {seq}: skipped: would need ~{predicted / GIB:.0f} GiB", flush=True)
             rows[name] = {"case": name, "seq": seq, "skipped": True, "predicted_bytes": predicted}
@@ -174,6 +178,15 @@ def report(args, by_length: dict, started: str, info: dict, show: bool = True) -
         for exact in EXACT:
             if f"kit/{b}" != exact and exact in case_names(args):
                 crossings[f"kit/{b} vs {exact}"] = crossover(by_length, f"kit/{b}", exact)
+    shares = {}
+    for seq, rows in sorted(by_length.items()):
+        for name in rows:
+            if name.endswith("+backbones") and (x := ratios(rows, name.removesuffix("+backbones"), name)):
+                shares[f"{name.removesuffix('+backbones')} at {seq}"] = {
+                    "objective_share": 1 - x["speed"], "min": 1 - x["max"], "max": 1 - x["min"]}
+    for k, v in shares.items():
+        out(f"\nelectra-kit's objective (masking, heads, sampling, losses) in a step of {k}: "
+            f"{100 * v['objective_share']:.0f}% ({100 * v['min']:.0f}-{100 * v['max']:.0f}% over rounds)")
     if crossings:
         out("\n| crossover | length | where |")
         out("| --- | ---: | --- |")
@@ -187,7 +200,14 @@ def report(args, by_length: dict, started: str, info: dict, show: bool = True) -
             "date": started, "machine": info, "load_average_at_end": load_average(), "rounds": args.rounds,
             "steps": args.steps, "warmup": args.warmup, "amp": args.amp, "options": LONG_OPTIONS,
             "budget_gib": args.budget_gib, "lengths": {str(k): v for k, v in sorted(by_length.items())},
-            "crossover": crossings}
+            "crossover": crossings, "objective_share": shares}
+
+
+def _run_record(info: dict, date: str, lengths, settings: dict) -> dict:
+    """One run's machine, date, lengths and timing settings (a table may join several runs' lengths)."""
+    keep = ("rounds", "steps", "warmup", "batch", "peers", "backbones", "extra")
+    return {**{k: v for k, v in info.items() if k != "runs"}, "date": date, "lengths": list(lengths),
+            **{k: settings[k] for k in keep if k in settings}}
 
 
 def parse_args(argv=None):
@@ -208,7 +228,11 @@ def parse_args(argv=None):
     p.add_argument("--profile", action="append", default=[], metavar="LENGTH:CASE", help="profile instead of timing")
     p.add_argument("--profile-rows", type=int, default=25)
     p.add_argument("--json", help="write the raw results here")
+    p.add_argument("--add-to", action="store_true",
+                   help="keep the other lengths already in --json (another run's) and add these to it")
     args = p.parse_args(argv)
+    if args.add_to and not args.json:
+        p.error("--add-to needs --json FILE (the earlier run's results)")
     args.shape = "small"
     if args.tiny:
         args.shape, args.rounds = "tiny", min(args.rounds, 1)
@@ -251,6 +275,18 @@ def main(argv=None) -> int:
           flush=True)
     history: dict = {}
     by_length: dict = {}
+    runs = []
+    if args.add_to:  # earlier lengths from an earlier run: kept as measured, and they feed the predictions
+        with open(args.json) as f:
+            earlier = json.load(f)
+        by_length = {int(k): v for k, v in earlier["lengths"].items() if int(k) not in args.lengths}
+        for seq, rows in sorted(by_length.items()):
+            for name, r in rows.items():
+                if not r["skipped"]:
+                    history.setdefault(name, []).append((seq, r["memory_bytes"]))
+        runs = earlier.get("runs") or [_run_record(earlier["machine"], earlier["date"], sorted(by_length), earlier)]
+        started = f"{earlier['date']} + {started}"
+    info["runs"] = runs + [_run_record(dict(info), started.split(" + ")[-1], args.lengths, vars(args))]
     for seq in args.lengths:
         print(f"length {seq}:", flush=True)
         by_length[seq] = run_length(args, seq, history, device)
