@@ -131,7 +131,7 @@ if long.exists():
             if c["skipped"]:
                 print(f"| {seq} | {c['case']} | skipped: would need ~{c['predicted_bytes'] / 2**30:.0f} GiB | |")
             else:
-                print(f"| {seq} | {c['case']} | {c['tokens_per_s']:,.0f} | {c['memory_bytes'] / 2**30:.2f} GiB |")
+                print(f"| {seq} | {c['case']} | {c['tokens_per_s']:,.0f} | {c['memory_bytes'] / 2**20:,.0f} MiB |")
     for name, v in r["crossover"].items():
         print(f"crossover {name}: {v['length']} ({v['note']})")
 EOF

@@ -50,23 +50,34 @@ GIB = 2**30
 
 
 def predict_bytes(name: str, seq: int, history: list[tuple[int, int]], s, n_params: int, batch: int = 1) -> int:
-    """Memory of case ``name`` at ``seq``: extrapolated from its measured (length, bytes), else a
-    rough formula (weights, grads and AdamW state + ~300 KB of activations a token at the Small
-    widths, + the (n x n) scores of every layer and head when they are materialised)."""
+    """Memory of case ``name`` at ``seq``: the larger of an extrapolation of its measured (length, bytes)
+    and a rough physical estimate (measurements at short lengths are noisy, and a quadratic term
+    hides below the linear ones there)."""
+    return max(extrapolate(seq, history), rough_bytes(name, seq, s, n_params, batch))
+
+
+def extrapolate(seq: int, history: list[tuple[int, int]]) -> int:
+    """A quadratic through the last three measured points, a line through two, proportional to one."""
     pts = history[-3:]
-    if len(pts) == 3:
-        (x0, y0), (x1, y1), (x2, y2) = pts  # Lagrange quadratic through the last three points
+    if len(pts) == 3:  # Lagrange form
         value = sum(y * math.prod((seq - xj) / (xi - xj) for xj, _ in pts if xj != xi) for xi, y in pts)
-        return int(max(value, y2))
+        return int(max(value, pts[-1][1]))
     if len(pts) == 2:
         (x0, y0), (x1, y1) = pts
         return int(max(y1 + (y1 - y0) * (seq - x1) / (x1 - x0), y1))
     if len(pts) == 1:
         (x0, y0), = pts
-        return int(y0 * max(1.0, seq / x0))  # proportional: errs high while the weights dominate
+        return int(y0 * max(1.0, seq / x0))
+    return 0
+
+
+def rough_bytes(name: str, seq: int, s, n_params: int, batch: int) -> int:
+    """Weights, gradients and AdamW state (16 B a parameter) + ~300 KB of activations a token at the
+    Small widths + for ``hf+eager`` two fp32 (n x n) matrices per head and layer (the softmax kept
+    for backward, and its gradient), in both encoders."""
     per_sequence = 300_000 * seq
     if name == "hf+eager":
-        per_sequence += 3 * 4 * seq * seq * (s.d_depth * s.d_heads + s.g_depth * s.g_heads)
+        per_sequence += 2 * 4 * seq * seq * (s.d_depth * s.d_heads + s.g_depth * s.g_heads)
     return 16 * n_params + batch * per_sequence
 
 

@@ -162,8 +162,12 @@ def test_long_sequence_benchmark_runs_at_a_tiny_size(tmp_path):
 def test_long_sequence_benchmark_predicts_memory_and_finds_the_crossover():
     long = _bench_module("long_sequences")
     quadratic = [(n, 1000 + 3 * n + 2 * n * n) for n in (512, 1024, 2048)]
-    assert long.predict_bytes("hf+eager", 4096, quadratic, None, 0) == 1000 + 3 * 4096 + 2 * 4096**2
-    assert long.predict_bytes("kit/x", 4096, [(1024, 10), (2048, 20)], None, 0) == 40
+    assert long.extrapolate(4096, quadratic) == 1000 + 3 * 4096 + 2 * 4096**2
+    assert long.extrapolate(4096, [(1024, 10), (2048, 20)]) == 40
+    small = _bench_module("cases").SHAPES["small"]
+    # the (n x n) scores of 60 heads x layers: over 16 GiB at 8192 whatever short lengths measured
+    assert long.predict_bytes("hf+eager", 8192, quadratic, small, 14_000_000) > 16 * 2**30
+    assert long.predict_bytes("hf", 8192, [], small, 14_000_000) < 4 * 2**30
 
     def rows(fast, exact, skipped=False):
         exact_row = {"skipped": True} if skipped else {"skipped": False, "per_round_tokens_per_s": [exact], "memory_bytes": 2}
