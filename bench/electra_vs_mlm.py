@@ -18,7 +18,7 @@
 
     python bench/electra_vs_mlm.py --electra-steps 600,2400        # see bench/RESULTS.md for times
 
-Runs go to ``--out-dir``; ``--reuse`` keeps finished pretraining runs there.
+Runs go to ``--out-dir``; ``--reuse`` keeps finished pretraining and fine-tuning runs there.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def step_flops(config_file: str, bindings: list[str]) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     import gin
-    from electra_kit import config
-    from electra_kit.objective import pretrain, resolve_objective
+    from electra_kit.config import gin_config as config
+    from electra_kit.objectives.base import pretrain, resolve_objective
 
     gin.clear_config()
     config.parse([config_file], [*bindings, "backbone.attn_flash = False"])
@@ -109,6 +109,11 @@ def seeds_for(task: str, args) -> int:
 def finetune_run(name: str, model_dir: str, task: str, args, out: Path, extra: list[str] = ()) -> dict:
     _, train, test = TASKS[task]
     run_dir = out / f"finetune_{task}_{name}"
+    done = run_dir / "results.json"
+    if args.reuse and done.is_file():  # finished earlier (a killed driver, or run by hand with this argv)
+        results = json.loads(done.read_text())
+        if len(results["seeds"]) == seeds_for(task, args):
+            return results
     argv = ["finetune", "--model", model_dir, "--train", str(args.data / train), "--eval", str(args.data / test),
             "--text-column", "text", "--label-column", "label", "--seeds", str(seeds_for(task, args)),
             "--no-progress", "--no-tracking", "--run-dir", str(run_dir), *args.finetune_args.split(), *extra]
@@ -219,7 +224,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", type=Path, default=REPO / "runs" / "bench_electra_vs_mlm")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "electra_vs_mlm.json")
     parser.add_argument("--plot", type=Path, default=REPO / "bench" / "electra_vs_mlm.png")
-    parser.add_argument("--reuse", action="store_true", help="reuse finished pretraining runs in --out-dir")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse finished pretraining and fine-tuning runs in --out-dir")
     parser.add_argument("--replot", action="store_true", help="only redraw --plot from the rows in --json")
     args = parser.parse_args(argv)
     if args.replot:

@@ -198,7 +198,7 @@ def check_static(args, s: Shape, device: torch.device) -> dict:
     ``bool(tensor)``) would show as a graph break. Prints what dynamo saw."""
     import torch._dynamo as dynamo
 
-    from electra_kit.noise import Noise
+    from electra_kit.objectives.noise import Noise
 
     def noise():  # as the trainer draws: from its own generator (DDP-exact masking and sampling)
         return Noise(torch.Generator(device=device).manual_seed(0))

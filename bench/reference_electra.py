@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (electra_kit/threads.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (electra_kit/training/threads.py)
 
 import torch  # noqa: E402
 
@@ -70,12 +70,12 @@ def shape_bindings(args) -> list[str]:
 
 
 def build_kit(args):
-    """Config, data and model exactly as ``electra-kit run`` builds them (electra_kit/pretrain.py)."""
-    from electra_kit import config as gin_config
-    from electra_kit.data import build_data
-    from electra_kit.electra import Electra
-    from electra_kit.pretrain import build_objective
-    from electra_kit.trainer import TrainConfig
+    """Config, data and model exactly as ``electra-kit run`` builds them (electra_kit/training/pretrain.py)."""
+    from electra_kit.config import gin_config
+    from electra_kit.data.build import build_data
+    from electra_kit.objectives.electra import Electra
+    from electra_kit.training.pretrain import build_objective
+    from electra_kit.training.trainer import TrainConfig
 
     bindings = shape_bindings(args)
     try:
@@ -97,7 +97,7 @@ def kit_batches(cfg, data):
     """The train iterator and the held-out batches of pretrain._setup (one process, no accumulation)."""
     import itertools
 
-    from electra_kit.data import BatchIterator, EvalIterator
+    from electra_kit.data.build import BatchIterator, EvalIterator
 
     train = BatchIterator(data.train, cfg.batch_size, seed=cfg.seed, pad_id=data.pad_id)
     evaluator = EvalIterator(data.eval, max(1, min(cfg.batch_size, len(data.eval))), pad_id=data.pad_id)
@@ -155,7 +155,7 @@ def plot(path: Path, curves: dict) -> None:
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
     for ax, key in zip(axes.flat, keys, strict=False):
         for side, style in (("kit", "-o"), ("reference", "--s")):
-            points = [(r["step"], r[key]) for r in curves[side] if r.get(key) is not None]
+            points = [] if side not in curves else points_of(curves[side], key)
             if points:
                 ax.plot(*zip(*points, strict=True), style, label=side, markersize=3)
         ax.set_title(key)
@@ -171,12 +171,16 @@ def plot(path: Path, curves: dict) -> None:
     os.replace(tmp, path)
 
 
+def points_of(curve: list[dict], key: str) -> list[tuple]:
+    return [(r["step"], r[key]) for r in curve if r.get(key) is not None]
+
+
 def table(curves: dict) -> str:
     cols = ["train_loss", *METRICS]
     lines = ["| step | side | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 2)]
     by_step = {}
     for side in ("kit", "reference"):
-        for r in curves[side]:
+        for r in curves.get(side, []):
             by_step.setdefault(r["step"], []).append((side, r))
     for step in sorted(by_step):
         for side, r in by_step[step]:
@@ -219,6 +223,13 @@ def parse_args(argv):
     p.add_argument("--dropout", type=float, default=0.0,
                    help="both sides (Google's ELECTRA uses 0.1; the kit's transformer backbone defaults to 0)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--sides", default="kit,reference",
+                   help="which sides to train (the kit side is deterministic: an earlier run's curve stands)")
+    p.add_argument("--reference-bias-free", action="store_true",
+                   help="freeze at zero the reference's attention-projection and LayerNorm biases, "
+                        "which x-transformers' encoder does not have")
+    p.add_argument("--reference-own-emb-norm", action="store_true",
+                   help="the discriminator keeps its own embedding LayerNorm, as the kit's backbones do")
     p.add_argument("--out-dir", type=Path, default=REPO / "runs" / "reference_electra")
     p.add_argument("--json", type=Path, default=REPO / "bench" / "reference_electra.json")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default sqlite:///OUT_DIR/mlflow.db)")
@@ -236,12 +247,17 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    from electra_kit.trainer import step_seed
+    from electra_kit.training.trainer import step_seed
 
     cfg, data, kit_model, bindings, operative = build_kit(args)
     train_batches, eval_batches = kit_batches(cfg, data)
-    ref_model = build_reference(kit_model, data, cfg, dropout=args.dropout)
+    ref_model = build_reference(kit_model, data, cfg, dropout=args.dropout, bias_free=args.reference_bias_free,
+                                own_emb_norm=args.reference_own_emb_norm)
     sides = {"kit": KitSide(kit_model), "reference": ReferenceSide(ref_model)}
+    unknown = set(args.sides.split(",")) - set(sides)
+    if unknown:
+        raise SystemExit(f"reference_electra: unknown --sides {sorted(unknown)}; choose from {sorted(sides)}")
+    sides = {name: side for name, side in sides.items() if name in args.sides.split(",")}
     for side in sides.values():  # one optimizer rule and one schedule for both (the kit's TrainConfig)
         side.optimizer = make_optimizer(side.model, cfg)
         side.schedule = make_schedule(side.optimizer, cfg)

@@ -14,12 +14,12 @@ and ``pretrain/pretrain_helpers.py``) builds it, on Hugging Face's port of the n
   discriminator sees a sample from softmax(logits) at each (no gradient through the sample);
   labels = sampled != original; loss = MLM cross-entropy + 50 * BCE over real tokens.
 
-Its masking and sampling are written here independently of electra_kit/masking.py, so that a
+Its masking and sampling are written here independently of electra_kit/objectives/masking.py, so that a
 fault there shows up as a difference between the curves.
 """
-
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -45,6 +45,27 @@ def google_init(module: nn.Module, std: float = 0.02) -> None:
         lm_bias = getattr(module, "generator_lm_head", None)
         if lm_bias is not None:
             lm_bias.bias.zero_()
+
+
+def freeze_x_transformers_biases(encoder: nn.Module) -> int:
+    """Zero and freeze the biases x-transformers' encoder does not have; returns how many tensors.
+
+    x-transformers builds q/k/v and the attention output projection without biases, and its
+    LayerNorms have a gain only; it has no token-type table (in HF, one more learned vector added to
+    every embedding). Freezing those at zero in HF's encoder (heads untouched) measures how much of
+    the kit-vs-reference gap is that design choice.
+    """
+    token_types = getattr(getattr(encoder, "embeddings", None), "token_type_embeddings", None)
+    frozen = [] if token_types is None else [token_types.weight]
+    for name, sub in encoder.named_modules():
+        attention = ".attention." in f".{name}." and isinstance(sub, nn.Linear)
+        if (attention or isinstance(sub, nn.LayerNorm)) and getattr(sub, "bias", None) is not None:
+            frozen.append(sub.bias)
+    with torch.no_grad():
+        for bias in frozen:
+            bias.zero_()
+            bias.requires_grad_(False)
+    return len(frozen)
 
 
 class ReferenceElectra(nn.Module):
@@ -89,7 +110,21 @@ class ReferenceElectra(nn.Module):
                 "labels": disc_labels[real]}
 
 
-def build_reference(kit_model, data, cfg, *, dropout: float) -> ReferenceElectra:
+def own_embedding_norm(generator, discriminator) -> None:
+    """Give the discriminator its own embedding LayerNorm, tables still shared: the kit's layout.
+
+    Google's ELECTRA shares the whole embedding block (tables and LayerNorm); the kit's backbones
+    share the token and position tables, and each keeps the LayerNorm of its own encoder.
+    """
+    shared = generator.electra.embeddings
+    own = copy.copy(shared)  # a shallow copy: the same tables ...
+    own._modules = dict(shared._modules)
+    own.LayerNorm = copy.deepcopy(shared.LayerNorm)  # ... and a LayerNorm of its own
+    discriminator.electra.embeddings = own
+
+
+def build_reference(kit_model, data, cfg, *, dropout: float, bias_free: bool = False,
+                    own_emb_norm: bool = False) -> ReferenceElectra:
     """The reference at the kit model's shapes and the kit's objective settings."""
     from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
 
@@ -113,6 +148,11 @@ def build_reference(kit_model, data, cfg, *, dropout: float) -> ReferenceElectra
     google_init(generator)
     google_init(discriminator)
     discriminator.electra.embeddings = generator.electra.embeddings  # shared embeddings, own projections
+    if own_emb_norm:
+        own_embedding_norm(generator, discriminator)
+    if bias_free:
+        freeze_x_transformers_biases(generator.electra)
+        freeze_x_transformers_biases(discriminator.electra)
     assert generator.generator_lm_head.weight is generator.electra.embeddings.word_embeddings.weight
     return ReferenceElectra(
         generator, discriminator, mask_id=data.mask_id, special_ids=(data.cls_id, data.sep_id, data.pad_id),
@@ -170,7 +210,7 @@ class KitSide(_Side):
     """electra_kit's Electra, its masking and sampling drawing from ``noise`` as under the Trainer."""
 
     def compute(self, batch, noise):
-        from electra_kit.masking import Noise
+        from electra_kit.objectives.masking import Noise
 
         out = self.model.compute(batch["input_ids"], batch["attention_mask"], noise=Noise(noise))
         (_, nll_sum, n_masked), real = out.loss_terms[0], out.attention_mask

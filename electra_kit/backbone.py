@@ -85,7 +85,7 @@ class Backbone(nn.Module):
 
         Called by ``electra-kit export MODEL_DIR --format hf OUT_DIR`` on a backbone built from the
         folder's config.json (weights not loaded: read them from ``model_dir``). A backbone that
-        does not override this is exported as the portable folder instead (electra_kit/export.py).
+        does not override this is exported as the portable folder instead (electra_kit/modelfolder/export.py).
         """
         raise NotImplementedError(f"{type(self).__name__} has no Hugging Face transformers export")
 

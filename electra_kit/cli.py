@@ -15,12 +15,12 @@ def _positive_int(text: str) -> int:
 
 
 def _cmd_run(args) -> int:
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .pretrain import RunError, RunOptions, StoppedBeforeTraining, run
-    from .resume import ResumeError, continue_command
-    from .rundir import RunDirError
-    from .trainer import Interrupted, NonFiniteError
+    from .config.gin_config import ConfigError
+    from .rundir.checkpoint import CheckpointError
+    from .rundir.directory import RunDirError
+    from .rundir.resume import ResumeError, continue_command
+    from .training.pretrain import RunError, RunOptions, StoppedBeforeTraining, run
+    from .training.trainer import Interrupted, NonFiniteError
 
     opts = RunOptions(
         config_files=args.configs, bindings=args.gin or [], run_dir=Path(args.run_dir) if args.run_dir else None,
@@ -52,10 +52,10 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_finetune(args) -> int:
-    from .config_checks import FINETUNE_FLAGS, check_flags
-    from .finetune import FinetuneConfig, TaskSpec, format_results, run_finetune
+    from .config.checks import FINETUNE_FLAGS, check_flags
     from .registry import UnknownBackboneError
-    from .rundir import RunDirError
+    from .rundir.directory import RunDirError
+    from .training.finetune import FinetuneConfig, TaskSpec, format_results, run_finetune
 
     options = dict(lr=args.lr, layer_decay=args.layer_decay, warmup_fraction=args.warmup_fraction, epochs=args.epochs,
                    batch_size=args.batch_size, weight_decay=args.weight_decay, dropout=args.dropout,
@@ -77,6 +77,25 @@ def _cmd_finetune(args) -> int:
           f"({results['task']['n_val']} held out to choose the epoch), "
           f"{len(results['seeds'])} seed(s); median {results['primary_metric']} "
           f"{results['median'][results['primary_metric']]:.4f}; results: {path}")
+    kept = results["kept_model"]
+    print(f"electra-kit: kept seed {kept['seed']} (epoch {kept['epoch']}, chosen by {kept['chosen_by']}) as "
+          f"{kept['path']}; use it with: electra-kit predict {kept['path']} --input FILE")
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from .registry import UnknownBackboneError
+    from .training.predict import predict_file
+
+    try:
+        result = predict_file(args.model, args.input, args.output, text_column=args.text_column,
+                              pair_column=args.pair_column, batch_size=args.batch_size, fmt=args.format,
+                              header=not args.no_header)
+    except (ValueError, FileNotFoundError, TypeError, UnknownBackboneError) as exc:
+        print(f"electra-kit: error: {exc}", file=sys.stderr)
+        return 2
+    accuracy = f"; accuracy {result.accuracy:.4f} against the input's labels" if result.accuracy is not None else ""
+    print(f"electra-kit: {result.rows} predictions ({', '.join(result.columns)}) -> {result.output}{accuracy}")
     return 0
 
 
@@ -137,7 +156,7 @@ def _cmd_sync(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from .export import EXIT_NOT_HF, export
+    from .modelfolder.export import EXIT_NOT_HF, export
 
     try:
         result = export(args.model_dir, args.out_dir, format=args.format, overwrite=args.overwrite)
@@ -199,6 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow store or server (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--experiment", help="MLflow experiment name (default: finetune-TRAIN)")
     p.set_defaults(fn=_cmd_finetune)
+
+    p = sub.add_parser("predict", help="labels and scores of a fine-tuned model for a file of texts (JSONL, CSV, TSV)")
+    p.add_argument("model", help="a fine-tuned model folder (FINETUNE_RUN_DIR/model) or its run directory")
+    p.add_argument("--input", required=True, help="texts: .jsonl, .csv or .tsv; every column is kept in the output")
+    p.add_argument("--output", help="default: INPUT.predictions.SUFFIX beside the input; same format as the input")
+    p.add_argument("--text-column", help="default: the column the model was fine-tuned on, else text/sentence/...")
+    p.add_argument("--pair-column", help="second text, for a model fine-tuned on pairs (default: as fine-tuned)")
+    p.add_argument("--format", choices=["auto", "jsonl", "csv", "tsv"], default="auto", help="default: by suffix")
+    p.add_argument("--no-header", action="store_true", help="CSV/TSV without a header row: columns are 0, 1, ...")
+    p.add_argument("--batch-size", type=_positive_int, default=128, help="(128, as finetune evaluates)")
+    p.set_defaults(fn=_cmd_predict)
 
     p = sub.add_parser("backbones", help="list the registered backbones and where they come from")
     p.set_defaults(fn=_cmd_backbones)

@@ -2,7 +2,7 @@
 
 Built-ins and third-party plugins both arrive through entry-point groups: ``electra_kit.backbones``
 (an entry point names a builder: ``builder(**kwargs) -> Backbone``) and ``electra_kit.objectives``
-(an entry point names an :class:`~electra_kit.objective.Objective` subclass). ``register_backbone``
+(an entry point names an :class:`~electra_kit.objectives.base.Objective` subclass). ``register_backbone``
 / ``register_objective`` add one at run time. A plugin that fails to import is a warning naming it;
 every other entry keeps working.
 """

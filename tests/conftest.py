@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,3 +31,57 @@ def cache_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cache")
     os.environ["ELECTRA_KIT_CACHE"] = str(path)
     return path
+
+
+# ---- the command line, the one way every test calls it ------------------------------------------------------------
+
+
+def corpus_gin(corpus) -> list[str]:
+    """The binding that points a run at ``corpus`` (a folder of .txt files, or a glob or file as given)."""
+    corpus = f"{corpus}/*.txt" if Path(corpus).is_dir() else corpus
+    return ["--gin", f"build_data.corpus = '{corpus}'"]
+
+
+def cli_argv(*args: str) -> list[str]:
+    """``electra-kit ARGS`` as a new interpreter (``python -m electra_kit``, what torchrun runs too)."""
+    return [sys.executable, "-m", "electra_kit", *map(str, args)]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """A CLI process's environment: one thread, unbuffered, offline, no MLflow URI inherited from the caller."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", **extra}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def run_cli(*args, cwd, check: bool = True, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``electra-kit ARGS`` in a new interpreter, for what needs a process of its own: signals, kills, locks held
+    by another process, stdout of the real entry point. ``check``: it must exit 0 (else its stderr is shown)."""
+    proc = subprocess.run(cli_argv(*args), cwd=cwd, env=env or cli_env(), capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture
+def cli_main(monkeypatch, capsys):
+    """``electra-kit ARGS`` through ``cli.main`` in this process, in ``cwd``: an error path needs no new interpreter
+    (seconds of imports each). Returns a CompletedProcess; argparse's exit becomes its return code."""
+    from electra_kit.cli import main
+
+    def call(*args, cwd, check: bool = False) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(cwd)
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code
+        out, err = capsys.readouterr()
+        if check and code != 0:
+            raise AssertionError(f"exit {code}\nstdout:\n{out}\nstderr:\n{err[-3000:]}")
+        return subprocess.CompletedProcess(list(args), code, out, err)
+
+    return call

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from electra_kit import Electra, create_backbone, list_backbones
-from electra_kit.masking import sample_categorical
+from electra_kit.objectives.masking import sample_categorical
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,7 +98,7 @@ def test_reformer_feed_forward_chunking_does_not_change_values():
 
 def test_drawn_ahead_noise_gives_the_same_step():
     """What a compiled step does with the trainer's generator (draw first, then consume) changes nothing."""
-    from electra_kit.noise import Noise, draw_ahead
+    from electra_kit.objectives.noise import Noise, draw_ahead
 
     model = _pair("transformer").train()
     model.random_token_prob, model.replace_prob = 0.1, 0.8
@@ -115,7 +115,7 @@ def test_drawn_ahead_noise_gives_the_same_step():
 def test_the_objective_compiles_to_one_graph_with_an_explicit_generator():
     import torch._dynamo as dynamo
 
-    from electra_kit.noise import Noise
+    from electra_kit.objectives.noise import Noise
 
     model = _pair("transformer").train()
     ids = torch.randint(5, 64, (2, 32))

@@ -1,7 +1,7 @@
 """The operative config flattened into run parameters by gin's own parser (tracking.flatten_gin_config)."""
 
 import gin
-from electra_kit import config
+from electra_kit.config import gin_config as config
 from electra_kit.tracking import flatten_gin_config
 
 

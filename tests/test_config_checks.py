@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from electra_kit import checkpoint as ckpt
 from electra_kit.cli import main
-from electra_kit.electra import Electra
-from electra_kit.mlm import MaskedLM
+from electra_kit.objectives.electra import Electra
+from electra_kit.objectives.mlm import MaskedLM
 from electra_kit.registry import create_backbone
+from electra_kit.rundir import checkpoint as ckpt
 
 BAD_BINDINGS = [
     ("MAX_SEQ_LEN = 'abc'", "build_data.max_seq_len='abc'"),

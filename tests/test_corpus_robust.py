@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from electra_kit.corpus import iter_documents, resolve_corpus
-from electra_kit.data import build_data
-from electra_kit.tokenizer import load_tokenizer
+from electra_kit.data.build import build_data
+from electra_kit.data.corpus import iter_documents, resolve_corpus
+from electra_kit.data.tokenizer import load_tokenizer
 
 
 def test_symlinked_folders_and_link_loops_read_each_file_once(tmp_path):

@@ -16,9 +16,9 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 import gin
-from electra_kit import data
-from electra_kit.data import BatchIterator, CorpusError, EvalIterator, build_data, encode_texts
-from electra_kit.tokenizer import load_tokenizer, save_tokenizer
+from electra_kit.data import build as data
+from electra_kit.data.build import BatchIterator, CorpusError, EvalIterator, build_data, encode_texts
+from electra_kit.data.tokenizer import load_tokenizer, save_tokenizer
 
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar "
          "papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu").split()

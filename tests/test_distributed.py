@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from electra_kit.checkpoint import load_weights
+from electra_kit.rundir.checkpoint import load_weights
 
 STEPS = 12
 ARGS = ["tiny.gin", "--no-tracking", "--gin", "train.progress = False", "--gin", f"train.steps = {STEPS}",

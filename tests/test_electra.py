@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from electra_kit import Electra, create_backbone, list_backbones
-from electra_kit.masking import choose_positions, corrupt, maskable_tokens
+from electra_kit.objectives.masking import choose_positions, corrupt, maskable_tokens
 
 PAD, UNK, MASK, CLS, SEP = 0, 1, 2, 3, 4
 V = 64

@@ -5,9 +5,9 @@ import json
 import pytest
 from test_run_dir import tiny_electra
 
-from electra_kit import export as export_module
 from electra_kit.cli import main
-from electra_kit.pretrained import load_pretrained, save_pretrained
+from electra_kit.modelfolder import export as export_module
+from electra_kit.modelfolder.pretrained import load_pretrained, save_pretrained
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from electra_kit import checkpoint as ckpt
-from electra_kit.data import BatchIterator
-from electra_kit.trainer import NonFiniteError, TrainConfig, Trainer
+from electra_kit.data.build import BatchIterator
+from electra_kit.rundir import checkpoint as ckpt
+from electra_kit.training.trainer import NonFiniteError, TrainConfig, Trainer
 
 ARGS = ["tiny.gin", "--no-tracking", "--gin", "train.progress = False"]
 
@@ -154,6 +154,28 @@ def test_a_non_finite_step_is_skipped_with_a_warning(tmp_path):
     assert torch.equal(before[3], before[4]), "the poisoned step must not change the weights"
     assert not torch.equal(before[4], before[5]), "training goes on after it"
     assert torch.isfinite(model.emb.weight).all()
+
+
+def test_fused_adamw_skips_non_finite_steps_in_the_kernel_and_reports_them_at_the_next_log(tmp_path):
+    """No host sync per step: the fused kernel skips the update (found_inf); the count is read at log time."""
+    model = Poisoned(bad_calls={3, 4})
+    trainer = make_trainer(tmp_path, model, steps=10, log_every=5, checkpoint_every=10)
+    assert trainer.optimizer.defaults["fused"], "CPU AdamW is fused since torch 2.4"
+    weights = {}
+    original = trainer._train_step
+
+    def spy():
+        weights[trainer.step] = model.emb.weight.detach().clone()
+        return original()
+
+    trainer._train_step = spy
+    with pytest.warns(RuntimeWarning) as caught:
+        trainer.fit()
+    messages = [str(w.message) for w in caught if "non-finite" in str(w.message)]
+    assert messages == [messages[0]] and "step 4: non-finite" in messages[0] and "2 update(s) skipped" in messages[0]
+    assert torch.equal(weights[3], weights[5]), "both poisoned steps leave the weights alone"
+    assert not torch.equal(weights[5], weights[6]) and torch.isfinite(model.emb.weight).all()
+    assert trainer.optimizer.state[model.emb.weight]["step"].item() == 8, "skipped steps don't count for Adam"
 
 
 def test_too_many_non_finite_steps_stop_with_a_clear_error_and_keep_the_last_checkpoint(tmp_path):

@@ -6,9 +6,9 @@ import shutil
 import pytest
 
 from electra_kit.cli import main
-from electra_kit.pretrained import save_pretrained
-from electra_kit.tasks import FIELD_LIMIT, infer_task, read_labeled
-from electra_kit.tokenizer import train_wordpiece
+from electra_kit.data.tokenizer import train_wordpiece
+from electra_kit.modelfolder.pretrained import save_pretrained
+from electra_kit.training.tasks import FIELD_LIMIT, infer_task, read_labeled
 
 
 @pytest.fixture

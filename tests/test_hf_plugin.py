@@ -19,9 +19,9 @@ from safetensors.torch import load_file
 
 from electra_kit import Electra, create_backbone
 from electra_kit.cli import main as cli_main
-from electra_kit.export import EXIT_NOT_HF, export
-from electra_kit.heads import DiscriminatorHead, GeneratorHead
-from electra_kit.pretrained import load_pretrained, save_pretrained
+from electra_kit.modelfolder.export import EXIT_NOT_HF, export
+from electra_kit.modelfolder.pretrained import load_pretrained, save_pretrained
+from electra_kit.objectives.heads import DiscriminatorHead, GeneratorHead
 from electra_kit.registry import backbone_entries
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may reach a hub
@@ -46,7 +46,7 @@ def sentences(small_corpus) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tokenizer(small_corpus):
-    from electra_kit.tokenizer import train_wordpiece
+    from electra_kit.data.tokenizer import train_wordpiece
 
     return train_wordpiece((f.read_text() for f in sorted(small_corpus.glob("*.txt"))), vocab_size=400)
 
@@ -97,7 +97,7 @@ def test_backbone_is_transformers_electra_with_the_shared_names():
 
 def test_hf_electra_small_gin_builds_googles_electra_small():
     import gin
-    from electra_kit import config
+    from electra_kit.config import gin_config as config
 
     config.parse(["hf_electra_small.gin"], ["VOCAB_SIZE = 1000"])
     try:
@@ -142,7 +142,7 @@ def electra_kit_outputs(model_dir, ids, mask):
 def test_cli_run_export_and_load_with_transformers(tmp_path, small_corpus, cache_dir, sentences):
     from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
-    from electra_kit.data import encode_texts
+    from electra_kit.data.build import encode_texts
 
     cli(["run", "hf_electra_tiny.gin", "--no-tracking", "--run-dir", "run", "--gin", "train.progress = False",
          "--gin", f"build_data.corpus = '{small_corpus}/*.txt'"], tmp_path)
@@ -178,7 +178,7 @@ def test_export_variants_match(tmp_path, tokenizer, sentences, case):
     """Sharing modes, a non-HF generator, and the MaskedLM objective, against the in-memory model."""
     from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
-    from electra_kit.mlm import MaskedLM
+    from electra_kit.objectives.mlm import MaskedLM
 
     torch.manual_seed(0)
     kw = dict(num_tokens=tokenizer.get_vocab_size(), max_seq_len=64, emb_dim=16, heads=2)
@@ -214,6 +214,50 @@ def test_export_variants_match(tmp_path, tokenizer, sentences, case):
             assert max_diff(gout.logits, model.generator_head(g), mask) < ATOL
     if case == "mixed":
         assert not (tmp_path / "hf" / "generator").exists() and "not exported: the generator" in result.message
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_a_fine_tuned_folder_exports_as_electra_for_sequence_classification(tmp_path, tokenizer, sentences, task):
+    """A model folder as `electra-kit finetune` keeps it: transformers' logits are electra-kit's."""
+    from transformers import ElectraForSequenceClassification
+
+    from electra_kit import load_classifier
+    from electra_kit.training.finetune_model import SequenceModel
+
+    torch.manual_seed(0)
+    backbone = create_backbone("hf-electra", num_tokens=tokenizer.get_vocab_size(), dim=32, depth=2, heads=2,
+                               max_seq_len=64, emb_dim=16, dropout=0.1)
+    labels = ["ABBR", "DESC", "HUM"] if task == "classification" else None
+    model = SequenceModel(backbone, 3 if labels else 1, 0.1, task, "cls", task_config={
+        "labels": labels, "columns": {"text": "text", "pair": None, "label": "label"}, "max_seq_len": 48})
+    with torch.no_grad():  # trained-looking weights: a head that is not its initialisation
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_pretrained(model, tmp_path / "model", tokenizer=tokenizer, special_ids={"pad_id": 0}, max_seq_len=64)
+    assert cli_main(["export", str(tmp_path / "model"), "--format", "hf", str(tmp_path / "hf")]) == 0
+
+    hf = hf_load(ElectraForSequenceClassification, tmp_path / "hf")
+    batch = hf_batch(tmp_path / "hf", sentences, max_len=48)  # the length fine-tuning truncated to
+    with torch.no_grad():
+        got = hf(**batch).logits  # (b, k)
+    expected = load_classifier(tmp_path / "model").logits(sentences)  # (b, k)
+    assert got.shape == expected.shape == (len(sentences), 3 if labels else 1)
+    assert (got - expected).abs().max().item() < ATOL and expected.abs().max() > 0.01
+    if labels:
+        assert hf.config.id2label == dict(enumerate(labels)) and hf.config.label2id == {k: i for i, k in enumerate(labels)}
+    else:
+        assert hf.config.problem_type == "regression" and hf.config.num_labels == 1
+
+
+def test_a_mean_pooled_fine_tuned_folder_is_refused_by_name(tmp_path, tokenizer, capsys):
+    from electra_kit.training.finetune_model import SequenceModel
+
+    backbone = create_backbone("hf-electra", num_tokens=tokenizer.get_vocab_size(), dim=16, depth=1, heads=2,
+                               max_seq_len=32)
+    model = SequenceModel(backbone, 2, 0.1, "classification", "mean", task_config={"labels": ["a", "b"], "max_seq_len": 32})
+    save_pretrained(model, tmp_path / "model", tokenizer=tokenizer)
+    assert cli_main(["export", str(tmp_path / "model"), "--format", "hf", str(tmp_path / "hf")]) == 2
+    assert "--pooling mean" in capsys.readouterr().err and not (tmp_path / "hf").exists()
 
 
 # ---- other backbones: the portable folder, said plainly ----------------------------------------

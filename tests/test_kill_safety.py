@@ -16,16 +16,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from electra_kit import checkpoint as ckpt
-from electra_kit.export import export
-from electra_kit.pretrained import load_pretrained, save_pretrained
+from electra_kit.modelfolder.export import export
+from electra_kit.modelfolder.pretrained import load_pretrained, save_pretrained
 from electra_kit.registry import create_backbone
+from electra_kit.rundir import checkpoint as ckpt
 
 KILLS = 10
 
 
 def filled_electra(value: float):
-    from electra_kit.electra import Electra
+    from electra_kit.objectives.electra import Electra
 
     spec = dict(num_tokens=64, dim=64, depth=2, heads=2, max_seq_len=32)
     model = Electra(create_backbone("transformer", **spec), create_backbone("transformer", **spec))

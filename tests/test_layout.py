@@ -76,8 +76,8 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_import_graph_sees_real_edges():
     files = module_files()
     graph = {name: imports_of(name, path, set(files)) for name, path in files.items()}
-    assert "electra_kit.objective" in graph["electra_kit.electra"]
-    assert "electra_kit.trainer" in graph["electra_kit.finetune"]
+    assert "electra_kit.objectives.base" in graph["electra_kit.objectives.electra"]
+    assert "electra_kit.training.trainer" in graph["electra_kit.training.finetune"]
     assert "electra_kit.backbone" in graph["electra_kit.backbones.transformer"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
@@ -89,13 +89,43 @@ def test_electra_kit_has_no_import_cycle():
 
 
 def test_configurables_live_beside_their_code():
-    """config.py and pretrain.py do not import each other; pretrain() and tracking() are not the runner's."""
+    """config/gin_config.py and training/pretrain.py do not import each other; pretrain() and tracking() are not the runner's."""
     files = module_files()
     modules = set(files)
-    assert "electra_kit.pretrain" not in imports_of("electra_kit.config", files["electra_kit.config"], modules)
-    runner = files["electra_kit.pretrain"].read_text()
+    config = "electra_kit.config.gin_config"
+    assert "electra_kit.training.pretrain" not in imports_of(config, files[config], modules)
+    runner = files["electra_kit.training.pretrain"].read_text()
     assert "@gin.configurable" not in runner
-    from electra_kit import objective, tracking
+    from electra_kit import tracking
+    from electra_kit.objectives import base as objective
 
-    assert objective.pretrain.__module__ == "electra_kit.objective"
+    assert objective.pretrain.__module__ == "electra_kit.objectives.base"
     assert tracking.tracking.__module__ == "electra_kit.tracking.tracker"
+
+
+# DESIGN.md's layering as rules: (importers, what they must never import); a name covers its submodules.
+FORBIDDEN = [
+    (("electra_kit.backbone", "electra_kit.backbones", "electra_kit.objectives"),
+     ("electra_kit.training", "electra_kit.tracking", "electra_kit.rundir.checkpoint", "electra_kit.cli")),
+    (("electra_kit.data",), ("electra_kit.objectives", "electra_kit.training", "electra_kit.tracking",
+                             "electra_kit.modelfolder", "electra_kit.cli")),
+    (("electra_kit.tracking", "electra_kit.rundir", "electra_kit.modelfolder", "electra_kit.training"),
+     ("electra_kit.cli",)),
+    (("electra_kit.training.trainer",), ("electra_kit.objectives.electra", "electra_kit.objectives.mlm")),
+]
+
+
+def _within(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def test_imports_point_down_the_design_layering():
+    """Backbones and objectives never import training (distributed included), tracking, checkpoints or the
+    CLI; data sits below the objectives; only the entry points import the CLI; the loop names no objective."""
+    files = module_files()
+    graph = {name: imports_of(name, path, set(files)) for name, path in files.items()}
+    assert "electra_kit.training.distributed" in graph and "electra_kit.objectives.electra" in graph
+    upward = sorted(f"{name} -> {target}" for importers, banned in FORBIDDEN
+                    for name, targets in graph.items() if _within(name, importers)
+                    for target in targets if _within(target, banned))
+    assert upward == []

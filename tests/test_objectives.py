@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import electra_kit
-from electra_kit.objective import Objective, resolve_objective
-from electra_kit.pretrained import load_pretrained, read_config
+from electra_kit.modelfolder.pretrained import load_pretrained, read_config
+from electra_kit.objectives.base import Objective, resolve_objective
 from electra_kit.registry import get_objective, list_objectives, objective_entries
 
 PACKAGE = Path(electra_kit.__file__).resolve().parent
@@ -41,8 +41,8 @@ def logged(run_dir: Path) -> list[dict]:
 
 def test_builtin_objectives_come_through_the_entry_point_group():
     entries = {e.name: e for e in objective_entries()}
-    assert entries["electra"].target == "electra_kit.electra:Electra" and "(built-in)" in entries["electra"].source
-    assert entries["mlm"].target == "electra_kit.mlm:MaskedLM"
+    assert entries["electra"].target == "electra_kit.objectives.electra:Electra" and "(built-in)" in entries["electra"].source
+    assert entries["mlm"].target == "electra_kit.objectives.mlm:MaskedLM"
     assert get_objective("electra") is electra_kit.Electra and resolve_objective("mlm") is electra_kit.MaskedLM
     assert issubclass(electra_kit.Electra, Objective) and issubclass(electra_kit.MaskedLM, Objective)
 

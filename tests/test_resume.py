@@ -12,7 +12,7 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from electra_kit import checkpoint as ckpt
+from electra_kit.rundir import checkpoint as ckpt
 
 BASE = ["--no-tracking", "--gin", "train.progress = False", "--gin", "train.checkpoint_every = 5"]
 

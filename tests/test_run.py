@@ -1,33 +1,22 @@
 """`electra-kit run`: a whole tiny run through the CLI, kill-and-resume, and the errors before training."""
 
-import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
+from conftest import cli_argv, cli_env, corpus_gin, run_cli
 from safetensors.torch import load_file
 
-from electra_kit.checkpoint import load_weights
-from electra_kit.pretrained import load_pretrained
+from electra_kit.modelfolder.pretrained import load_pretrained
+from electra_kit.rundir.checkpoint import load_weights
 
 TINY = ["tiny.gin", "--no-tracking", "--gin", "train.progress = False"]
 
 
-def run_cli(args, cwd, corpus, check=True, **kw):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    # the corpus binding goes first so that a test's own bindings override it
-    argv = [sys.executable, "-m", "electra_kit", "run", "--gin", f"build_data.corpus = '{corpus}/*.txt'", *args]
-    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300, **kw)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-3000:]}")
-    return proc
-
-
 def test_tiny_run_end_to_end_leaves_a_loadable_model(tmp_path, small_corpus, cache_dir):
-    run_cli([*TINY, "--run-dir", "run"], tmp_path, small_corpus)
+    run_cli("run", *corpus_gin(small_corpus), *TINY, "--run-dir", "run", cwd=tmp_path)
     run_dir = tmp_path / "run"
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_00000010", "step_00000020", "step_00000030"]
     assert (run_dir / "operative_config.gin").read_text().count("train.steps") == 1
@@ -44,12 +33,10 @@ def test_tiny_run_end_to_end_leaves_a_loadable_model(tmp_path, small_corpus, cac
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path, small_corpus, cache_dir):
     args = [*TINY, "--gin", "train.steps = 24", "--gin", "train.checkpoint_every = 8"]
-    run_cli([*args, "--run-dir", "straight"], tmp_path, small_corpus)
+    run_cli("run", *corpus_gin(small_corpus), *args, "--run-dir", "straight", cwd=tmp_path)
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    argv = [sys.executable, "-m", "electra_kit", "run", *args, "--run-dir", "killed",
-            "--gin", f"build_data.corpus = '{small_corpus}/*.txt'"]
-    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    argv = cli_argv("run", *corpus_gin(small_corpus), *args, "--run-dir", "killed")
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = tmp_path / "killed" / "checkpoints" / "step_00000008"
     deadline = time.time() + 240
     while not first.exists() and proc.poll() is None and time.time() < deadline:
@@ -58,7 +45,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, small_corpus, cache_di
     proc.wait()
     assert first.exists(), "the run never wrote its first checkpoint"
     assert not (tmp_path / "killed" / "checkpoints" / "step_00000024").exists(), "killed too late to test resume"
-    run_cli([*args, "--run-dir", "killed", "--resume"], tmp_path, small_corpus)
+    run_cli("run", *corpus_gin(small_corpus), *args, "--run-dir", "killed", "--resume", cwd=tmp_path)
 
     a = load_file(tmp_path / "straight" / "checkpoints" / "step_00000024" / "model.safetensors")
     b = load_file(tmp_path / "killed" / "checkpoints" / "step_00000024" / "model.safetensors")
@@ -69,9 +56,8 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, small_corpus, cache_di
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, small_corpus, cache_dir):
     args = [*TINY, "--gin", "train.steps = 100000", "--gin", "train.checkpoint_every = 100000", "--run-dir", "r"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    argv = [sys.executable, "-m", "electra_kit", "run", *args, "--gin", f"build_data.corpus = '{small_corpus}/*.txt'"]
-    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    argv = cli_argv("run", *corpus_gin(small_corpus), *args)
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ckpts = tmp_path / "r" / "checkpoints"
     marker = tmp_path / "r" / "operative_config.gin"
     deadline = time.time() + 120
@@ -88,46 +74,51 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, small_corpus, ca
 # ---- errors before training, each naming its culprit ------------------------------------------
 
 
-def error_of(tmp_path, corpus, *args):
-    proc = run_cli(list(args), tmp_path, corpus, check=False)
-    assert proc.returncode == 2, f"expected a clean error, got exit {proc.returncode}:\n{proc.stderr[-3000:]}"
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    return proc.stderr
+@pytest.fixture
+def error_of(cli_main):
+    """The stderr of a run that must stop before training with exit 2: ``cli.main`` in this process."""
+
+    def call(tmp_path, corpus, *args):
+        proc = cli_main("run", *corpus_gin(corpus), *args, cwd=tmp_path)
+        assert proc.returncode == 2, f"expected a clean error, got exit {proc.returncode}:\n{proc.stderr[-3000:]}"
+        return proc.stderr
+
+    return call
 
 
-def test_missing_gin_file(tmp_path, small_corpus):
+def test_missing_gin_file(tmp_path, small_corpus, error_of):
     err = error_of(tmp_path, small_corpus, "no_such.gin", "--no-tracking")
     assert "no_such.gin" in err and "not found" in err and "tiny.gin" in err  # lists the shipped configs
 
 
-def test_gin_file_including_a_missing_file(tmp_path, small_corpus):
+def test_gin_file_including_a_missing_file(tmp_path, small_corpus, error_of):
     (tmp_path / "exp.gin").write_text("include 'base.gin'\ninclude 'not_there.gin'\n")
     err = error_of(tmp_path, small_corpus, "exp.gin", "--no-tracking")
     assert "not_there.gin" in err
 
 
-def test_misspelled_binding_names_file_and_line(tmp_path, small_corpus):
+def test_misspelled_binding_names_file_and_line(tmp_path, small_corpus, error_of):
     (tmp_path / "exp.gin").write_text("include 'tiny.gin'\n\ntrain.stesp = 10\n")
     err = error_of(tmp_path, small_corpus, "exp.gin", "--no-tracking")
     assert "stesp" in err and "exp.gin" in err and "line 3" in err
 
 
-def test_misspelled_command_line_binding(tmp_path, small_corpus):
+def test_misspelled_command_line_binding(tmp_path, small_corpus, error_of):
     err = error_of(tmp_path, small_corpus, *TINY, "--gin", "train.lrr = 0.1")
     assert "train.lrr" in err and "--gin" in err
 
 
-def test_unknown_backbone(tmp_path, small_corpus):
+def test_unknown_backbone(tmp_path, small_corpus, error_of):
     err = error_of(tmp_path, small_corpus, *TINY, "--gin", "discriminator/backbone.name = 'reformr'")
     assert "Unknown backbone 'reformr'" in err and "reformer" in err
 
 
-def test_corpus_glob_matching_nothing(tmp_path, small_corpus):
+def test_corpus_glob_matching_nothing(tmp_path, small_corpus, error_of):
     err = error_of(tmp_path, small_corpus, *TINY, "--gin", "build_data.corpus = '/nowhere/*.txt'")
     assert "/nowhere/*.txt" in err
 
 
-def test_empty_corpus(tmp_path, small_corpus):
+def test_empty_corpus(tmp_path, small_corpus, error_of):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "a.txt").write_text("\n\n  \n")
@@ -135,17 +126,17 @@ def test_empty_corpus(tmp_path, small_corpus):
     assert "a.txt" in err and "empty" in err.lower()
 
 
-def test_sequence_longer_than_the_backbone_allows(tmp_path, small_corpus, cache_dir):
+def test_sequence_longer_than_the_backbone_allows(tmp_path, small_corpus, cache_dir, error_of):
     err = error_of(tmp_path, small_corpus, *TINY, "--gin", "backbone.max_seq_len = 32")
     assert "64" in err and "max_seq_len=32" in err
 
 
-def test_vocabulary_larger_than_the_embedding(tmp_path, small_corpus, cache_dir):
+def test_vocabulary_larger_than_the_embedding(tmp_path, small_corpus, cache_dir, error_of):
     err = error_of(tmp_path, small_corpus, *TINY, "--gin", "backbone.num_tokens = 500")
     assert "500" in err and "num_tokens" in err
 
 
-def test_resume_with_nothing_to_resume(tmp_path, small_corpus):
+def test_resume_with_nothing_to_resume(tmp_path, small_corpus, error_of):
     err = error_of(tmp_path, small_corpus, *TINY, "--run-dir", "fresh", "--resume")
     assert "nothing to resume" in err and "fresh" in err
     err = error_of(tmp_path, small_corpus, *TINY, "--resume")
@@ -153,8 +144,8 @@ def test_resume_with_nothing_to_resume(tmp_path, small_corpus):
 
 
 def test_every_shipped_gin_file_parses():
-    from electra_kit import config
-    from electra_kit.trainer import TrainConfig
+    from electra_kit.config import gin_config as config
+    from electra_kit.training.trainer import TrainConfig
 
     shipped = sorted(config.packaged_gin_dir().glob("*.gin"))
     assert {"reformer_small.gin", "performer_small.gin", "transformer_small.gin", "tiny.gin", "mlm_small.gin",
@@ -168,9 +159,9 @@ def test_every_shipped_gin_file_parses():
 @pytest.mark.parametrize("name", ["reformer_small.gin", "performer_small.gin", "transformer_small.gin"])
 def test_small_configs_build_the_published_electra_small_shape(name):
     import gin
-    from electra_kit import config
-    from electra_kit.electra import Electra
-    from electra_kit.trainer import TrainConfig
+    from electra_kit.config import gin_config as config
+    from electra_kit.objectives.electra import Electra
+    from electra_kit.training.trainer import TrainConfig
 
     config.parse([name], ["VOCAB_SIZE = 1000"])
     model = Electra(mask_token_id=2, pad_token_id=0)

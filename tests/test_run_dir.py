@@ -8,11 +8,11 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from electra_kit import pretrained
-from electra_kit.electra import Electra
-from electra_kit.pretrained import load_pretrained, save_pretrained
+from electra_kit.modelfolder import pretrained
+from electra_kit.modelfolder.pretrained import load_pretrained, save_pretrained
+from electra_kit.objectives.electra import Electra
 from electra_kit.registry import create_backbone
-from electra_kit.rundir import LOCK_FILE, RunDir, RunDirError, default_run_dir
+from electra_kit.rundir.directory import LOCK_FILE, RunDir, RunDirError, default_run_dir
 
 TINY = ["tiny.gin", "--no-tracking", "--gin", "train.progress = False", "--gin", "train.steps = 2"]
 
@@ -47,7 +47,7 @@ def test_a_new_run_into_a_directory_holding_a_run_is_refused_and_nothing_is_chan
 
 def test_a_second_process_on_a_locked_run_dir_fails_at_once_naming_the_pid(tmp_path, small_corpus, cache_dir):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from electra_kit.rundir import RunDir; RunDir(sys.argv[1], resume=False);"
+        [sys.executable, "-c", "import sys, time; from electra_kit.rundir.directory import RunDir; RunDir(sys.argv[1], resume=False);"
                                " print('locked', flush=True); time.sleep(60)", str(tmp_path / "r")],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -139,7 +139,7 @@ def test_a_lock_that_cannot_be_taken_is_one_line(tmp_path):
 
 
 def test_without_an_atomic_exchange_a_swap_cut_between_its_renames_is_recovered(tmp_path, monkeypatch):
-    from electra_kit import atomic
+    from electra_kit.rundir import atomic
 
     monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)  # a filesystem without renameat2
     folder = save_pretrained(tiny_electra(0), tmp_path / "model")

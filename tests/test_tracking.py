@@ -315,7 +315,7 @@ def test_runs_and_sync_say_what_is_wrong_in_one_line(tmp_path, capsys):
 
 
 GIN_OPERATIVE = """\
-import electra_kit.trainer
+import electra_kit.training.trainer
 import gin.torch.external_configurables
 
 # Macros:

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from electra_kit import checkpoint as ckpt
-from electra_kit.finetune_model import LabeledBatches, SequenceModel
-from electra_kit.optim import param_groups, warmup_linear_decay, warmup_steps
 from electra_kit.registry import create_backbone
-from electra_kit.trainer import TrainConfig, Trainer
+from electra_kit.rundir import checkpoint as ckpt
+from electra_kit.training.finetune_model import LabeledBatches, SequenceModel
+from electra_kit.training.optim import param_groups, warmup_linear_decay, warmup_steps
+from electra_kit.training.trainer import TrainConfig, Trainer
 
 CPU = torch.device("cpu")
 

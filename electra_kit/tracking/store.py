@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..atomic import atomic_write
+from ..rundir.atomic import atomic_write
 
 logger = logging.getLogger("electra_kit.tracking")
 

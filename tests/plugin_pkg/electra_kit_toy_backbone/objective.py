@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gin
-from electra_kit.objective import Objective
+from electra_kit.objectives.base import Objective
 
 
 class DetectionOutput:
@@ -56,7 +56,7 @@ class RandomTokenDetection(Objective):
 
     @torch.no_grad()
     def evaluate(self, batches):
-        from electra_kit.noise import Noise
+        from electra_kit.objectives.noise import Noise
 
         sums, n = {}, 0
         for batch in batches:

@@ -21,12 +21,13 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from .atomic import recover_dir, staged_dir
-from .backbone import Backbone
-from .heads import GDESEmbedding
-from .registry import create_backbone
+from ..backbone import Backbone
+from ..objectives.heads import GDESEmbedding
+from ..registry import create_backbone
+from ..rundir.atomic import recover_dir, staged_dir
 
 FORMAT_VERSION = 1
+MODEL_TYPE = "electra-kit"  # config.json's key for transformers' AutoConfig (hf_auto.py registers it)
 
 
 def _standalone(backbone: Backbone) -> Backbone:
@@ -48,10 +49,11 @@ def _backbone_config(backbone: Backbone) -> dict:
 
 def save_pretrained(model: nn.Module, folder: Path, *, tokenizer=None, special_ids: dict | None = None,
                     operative_config: str = "", max_seq_len: int | None = None) -> Path:
-    """Write the model folder of an :class:`~electra_kit.objective.Objective` over registry backbones."""
+    """Write the model folder of an :class:`~electra_kit.objectives.base.Objective` over registry backbones."""
     folder = Path(folder)
     encoder = _standalone(model.encoder)
     config = {
+        "model_type": MODEL_TYPE,
         "format_version": FORMAT_VERSION,
         "objective": type(model).__name__,
         "encoder": _backbone_config(encoder),
@@ -95,7 +97,7 @@ class Encoder(nn.Module):
     def tokenize(self, texts: list[str], max_seq_len: int | None = None) -> dict[str, torch.Tensor]:
         if self.tokenizer is None:
             raise ValueError("this model folder has no tokenizer.json; pass token ids to forward() instead")
-        from .data import encode_texts
+        from ..data.build import encode_texts
 
         n = max_seq_len or self.config.get("max_seq_len") or self.backbone.max_seq_len
         ids, mask = encode_texts(self.tokenizer, texts, n)

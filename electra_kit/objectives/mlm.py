@@ -15,12 +15,12 @@ from torch import nn
 
 import gin
 
-from .backbone import Backbone
+from ..backbone import Backbone
+from .base import Objective
 from .heads import GeneratorHead, init_embeddings, init_weights
 from .masking import check_token_ids, mask_tokens
 from .metrics import MeanAccumulator
 from .noise import GLOBAL_RNG, Noise
-from .objective import Objective
 
 
 @dataclass

@@ -45,17 +45,16 @@ from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
 import gin
-from electra_kit.atomic import atomic_write, publish_file
-from electra_kit.batches import BatchIterator, EvalIterator, split_sequences  # noqa: F401  (re-exported)
-from electra_kit.config_checks import BUILD_DATA, check_values, check_writable_dir
-from electra_kit.corpus import (  # noqa: F401  (re-exported)
+from electra_kit.config.checks import BUILD_DATA, check_values, check_writable_dir
+from electra_kit.data.batches import BatchIterator, EvalIterator, split_sequences  # noqa: F401  (re-exported)
+from electra_kit.data.corpus import (  # noqa: F401  (re-exported)
     CorpusError,
     corpus_fingerprint,
     default_corpus_files,
     iter_documents,
     resolve_corpus,
 )
-from electra_kit.tokenizer import (
+from electra_kit.data.tokenizer import (
     TOKENIZER_FORMAT_VERSION,
     SpecialIds,
     load_tokenizer,
@@ -64,6 +63,7 @@ from electra_kit.tokenizer import (
     tokenizer_vocab_size,
     train_wordpiece,
 )
+from electra_kit.rundir.atomic import atomic_write, publish_file
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import gin
 
+from ..config import gin_config
 from . import checkpoint as ckpt
-from . import config as gin_config
 
 # bindings a resumed run may change: the length of the run, logging, evaluation and checkpoint cadence
 RESUMABLE = ("train.steps", "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every",

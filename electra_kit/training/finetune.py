@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -38,15 +39,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic import atomic_write
-from .batches import split_sequences
+from ..data.batches import split_sequences
+from ..data.tokenizer import special_ids
+from ..modelfolder.pretrained import load_weights_into, read_config, save_pretrained
+from ..registry import create_backbone
+from ..rundir.atomic import atomic_write
+from ..rundir.directory import RunDir, default_run_dir
+from .classifier import encode_examples, load_tokenizer
 from .finetune_model import LabeledBatches, SequenceModel, eval_batches
-from .pretrained import load_weights_into, read_config
-from .registry import create_backbone
-from .rundir import RunDir, default_run_dir
 from .tasks import TaskError, encode_labels, infer_task, label_set, primary_metric, read_labeled
-from .tokenizer import special_ids
-from .trainer import TrainConfig, Trainer, resolve_device
+from .trainer import TrainConfig, Trainer, resolve_device, step_seed
 
 
 @dataclass
@@ -113,7 +115,7 @@ def load_backbone(model_dir: str | Path, *, dropout: float | None, random_init: 
     if backbone is None:
         backbone = create_backbone(spec["name"], **kwargs)
     if random_init:  # where pretraining started from: the objective's weight_init, recorded in config.json
-        from .heads import init_embeddings, init_weights
+        from ..objectives.heads import init_embeddings, init_weights
 
         if config.get("weight_init") == "electra":
             init_weights(backbone, 0.02)
@@ -122,34 +124,6 @@ def load_backbone(model_dir: str | Path, *, dropout: float | None, random_init: 
     else:
         load_weights_into(backbone, Path(model_dir) / "encoder.safetensors")
     return backbone
-
-
-def load_tokenizer(model_dir: str | Path):
-    from tokenizers import Tokenizer
-
-    path = Path(model_dir) / "tokenizer.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{model_dir} has no tokenizer.json: fine-tuning needs the tokenizer the model was trained with")
-    tok = Tokenizer.from_file(str(path))
-    tok.no_truncation()
-    tok.no_padding()
-    return tok
-
-
-def encode_examples(tok, texts: list[str], pairs: list[str] | None, max_seq_len: int) -> list[list[int]]:
-    """``[CLS] a [SEP]`` or ``[CLS] a [SEP] b [SEP]`` token ids, truncated longest-first."""
-    ids = special_ids(tok)
-    a_all = [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
-    if pairs is None:
-        return [[ids.cls_id, *a[: max_seq_len - 2], ids.sep_id] for a in a_all]
-    b_all = [e.ids for e in tok.encode_batch(pairs, add_special_tokens=False)]
-    rows = []
-    for a, b in zip(a_all, b_all, strict=True):
-        a, b = list(a), list(b)
-        while len(a) + len(b) > max_seq_len - 3:
-            (a if len(a) >= len(b) else b).pop()
-        rows.append([ids.cls_id, *a, ids.sep_id, *b, ids.sep_id])
-    return rows
 
 
 # ------------------------------------------------------------------------------------- training
@@ -252,15 +226,18 @@ def _train_config(cfg: FinetuneConfig, seed: int, n_train: int) -> tuple[TrainCo
 
 
 def finetune_seed(model_dir, data: Prepared, cfg: FinetuneConfig, seed: int, device, *, run_dir: Path,
-                  tracker=None) -> dict:
+                  tracker=None) -> tuple[dict, SequenceModel]:
     """Train one seed on the training loop; returns ``{seed, metrics (evaluation file, selected
-    epoch), selected_epoch, epochs: [...], steps, ...}``."""
+    epoch), selected_epoch, epochs: [...], steps, ...}`` and the model with the selected epoch's weights."""
     start = time.perf_counter()
     torch.manual_seed(seed)
     np.random.seed(seed)
     backbone = load_backbone(model_dir, dropout=cfg.dropout, random_init=cfg.random_init)
     n_out = 1 if data.task == "regression" else len(data.classes)
-    model = SequenceModel(backbone, n_out, cfg.dropout, data.task, cfg.pooling)
+    # what the model folder must say to use the model as it was scored (classifier.py)
+    task_config = {"labels": data.classes, "columns": data.columns, "max_seq_len": data.max_seq_len, "seed": seed,
+                   "rng_seed": step_seed(seed, 0, 0)}  # Trainer.evaluate's seed
+    model = SequenceModel(backbone, n_out, cfg.dropout, data.task, cfg.pooling, task_config=task_config)
     train_cfg, steps_per_epoch = _train_config(cfg, seed, len(data.train_rows))
     batches = LabeledBatches(data.train_rows, data.y_train, cfg.batch_size, seed=seed, pad_id=data.pad_id)
 
@@ -290,11 +267,12 @@ def finetune_seed(model_dir, data: Prepared, cfg: FinetuneConfig, seed: int, dev
     chosen = best.best or epochs[-1]
     if tracker is not None:
         tracker.log_metrics({f"seed_{seed}/{k}": v for k, v in metrics.items()}, step=chosen["step"])
+    model.task_config["epoch"] = chosen["epoch"]
     return {"seed": seed, "metrics": metrics, "selected_epoch": chosen["epoch"], "selected_step": chosen["step"],
             "selected_by": f"val_{primary_metric(data.task)}" if selecting else "last epoch (no validation split)",
             "train_loss": chosen["train_loss"], "epochs": epochs, "steps": result["step"],
             "max_steps": train_cfg.steps, "stopped_early": result["step"] < train_cfg.steps,
-            "warmup_steps": train_cfg.effective_warmup, "wall_s": time.perf_counter() - start}
+            "warmup_steps": train_cfg.effective_warmup, "wall_s": time.perf_counter() - start}, model
 
 
 def median_metrics(per_seed: list[dict]) -> dict[str, float]:
@@ -303,12 +281,15 @@ def median_metrics(per_seed: list[dict]) -> dict[str, float]:
 
 
 def finetune(model_dir, spec: TaskSpec, cfg: FinetuneConfig | None = None, *, tracker=None,
-             run_dir: str | Path | None = None) -> dict:
+             run_dir: str | Path | None = None, keep_model: bool | None = None) -> dict:
     """Fine-tune ``cfg.seeds`` times; returns the results (per seed and median) as a dict. Each seed's
-    checkpoints and ``metrics.jsonl`` go to ``run_dir/seed_N`` (a temporary folder without ``run_dir``)."""
+    checkpoints and ``metrics.jsonl`` go to ``run_dir/seed_N`` (a temporary folder without ``run_dir``).
+    ``keep_model`` (default: when ``run_dir`` is given) saves the model of the seed with the best validation
+    score (the last seed without a validation split) as ``run_dir/model`` (see :func:`keep_seed`)."""
     if run_dir is None:
         with tempfile.TemporaryDirectory(prefix="electra-kit-finetune-") as tmp:
-            return finetune(model_dir, spec, cfg, tracker=tracker, run_dir=tmp)
+            return finetune(model_dir, spec, cfg, tracker=tracker, run_dir=tmp, keep_model=bool(keep_model))
+    keep_model = True if keep_model is None else keep_model
     cfg = cfg or FinetuneConfig()
     start = time.perf_counter()
     device = resolve_device(cfg.device)
@@ -328,14 +309,50 @@ def finetune(model_dir, spec: TaskSpec, cfg: FinetuneConfig | None = None, *, tr
                   **{f"task.{k}": v for k, v in info["task"].items()}, **{f"finetune.{k}": v for k, v in asdict(cfg).items()}}
         tracker.start(params=params, tags={"electra_kit.kind": "finetune"})
 
-    per_seed = []
+    per_seed, kept = [], None
     for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
-        per_seed.append(finetune_seed(model_dir, data, cfg, seed, device, run_dir=Path(run_dir) / f"seed_{seed}",
-                                      tracker=tracker))
+        result, model = finetune_seed(model_dir, data, cfg, seed, device, run_dir=Path(run_dir) / f"seed_{seed}",
+                                      tracker=tracker)
+        per_seed.append(result)
+        if kept is None or keep_seed(result, kept[0], info["primary_metric"]):
+            kept = (result, model.cpu())  # one kept model in memory at a time
+        del model
     median = median_metrics(per_seed)
     if tracker is not None:
         tracker.log_metrics({f"median/{k}": v for k, v in median.items()}, step=per_seed[-1]["steps"])
-    return {**info, "seeds": per_seed, "median": median, "wall_s": time.perf_counter() - start}
+    results = {**info, "seeds": per_seed, "median": median}
+    if keep_model:
+        results["kept_model"] = save_kept_model(model_dir, kept[1], kept[0], Path(run_dir) / "model",
+                                                info["primary_metric"])
+    return {**results, "wall_s": time.perf_counter() - start}
+
+
+def keep_seed(new: dict, old: dict, metric: str) -> bool:
+    """Whether seed result ``new`` replaces ``old`` as the kept model: a better score on the validation
+    split (ties keep the earlier seed); without a split, the later seed. Never the evaluation file's score."""
+    key = f"val_{metric}"
+    new_epoch = next((e for e in new["epochs"] if e["epoch"] == new["selected_epoch"]), {})
+    old_epoch = next((e for e in old["epochs"] if e["epoch"] == old["selected_epoch"]), {})
+    if key not in new_epoch or key not in old_epoch:
+        return True
+    return new_epoch[key] > old_epoch[key]
+
+
+def save_kept_model(model_dir, model: SequenceModel, result: dict, folder: Path, metric: str) -> dict:
+    """Write ``model`` as a model folder (pretrained.py's, plus the task), atomically; what results.json says of it."""
+    from tokenizers import Tokenizer
+
+    config = read_config(model_dir)
+    operative = Path(model_dir) / "operative_config.gin"
+    model.task_config["finetuned_from"] = str(Path(model_dir).resolve())
+    save_pretrained(model, folder, tokenizer=Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json")),
+                    special_ids=config.get("special_ids"), max_seq_len=config.get("max_seq_len"),
+                    operative_config=operative.read_text(encoding="utf-8") if operative.is_file() else "")
+    epoch = next((e for e in result["epochs"] if e["epoch"] == result["selected_epoch"]), {})
+    chosen_by = f"val_{metric}" if f"val_{metric}" in epoch else "last seed (no validation split)"
+    return {"path": str(folder.resolve()), "seed": result["seed"], "epoch": result["selected_epoch"],
+            "chosen_by": chosen_by, **({chosen_by: epoch[chosen_by]} if chosen_by in epoch else {}),
+            "metrics": result["metrics"]}
 
 
 def format_results(results: dict) -> str:
@@ -381,14 +398,19 @@ def run_finetune(model_dir, spec: TaskSpec, cfg: FinetuneConfig, *, run_dir: str
 def _run_finetune(model_dir, spec, cfg, run_dir, tracking, tracking_uri, experiment):
     tracker = None
     if tracking:
-        from .tracking import Tracker
+        from ..tracking import Tracker
 
         tracker = Tracker(run_dir=run_dir, tracking_uri=tracking_uri, run_name=run_dir.name,
                           experiment=experiment or f"finetune-{Path(spec.train).stem}")
-    from .tracking import finish_when_done
+    from ..tracking import finish_when_done
 
     with finish_when_done(tracker):
         results = finetune(model_dir, spec, cfg, tracker=tracker, run_dir=run_dir)
+        if tracker is not None and tracker.active:
+            from .classifier_mlflow import log_kept_model
+
+            print("electra-kit: logging the kept model to MLflow", file=sys.stderr, flush=True)
+            results["kept_model"]["mlflow_model_id"] = log_kept_model(tracker, results["kept_model"])
         path = write_results(results, run_dir / "results.json")
         if tracker is not None:
             tracker.log_artifact(path)

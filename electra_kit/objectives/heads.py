@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import Backbone
+from ..backbone import Backbone
 
 
 def init_embeddings(backbone: Backbone, std: float = 0.02) -> None:

@@ -1,7 +1,7 @@
 """The training loop, for pretraining and fine-tuning alike: step, accumulate, clip, schedule,
 evaluate, checkpoint.
 
-The trainer knows the :mod:`~electra_kit.objective` interface only: ``forward(input_ids,
+The trainer knows the :mod:`~electra_kit.objectives.base` interface only: ``forward(input_ids,
 attention_mask, return_output=True, noise=..., **other batch fields)`` returns an output with
 ``.loss``, ``.loss_terms`` and ``.metrics()``, and ``evaluate(batches)`` gives the eval metrics.
 Each step's randomness (masking, sampling, dropout) is seeded from ``(seed, step, rank)``, so a
@@ -27,14 +27,14 @@ from torch import nn
 
 import gin
 
-from . import checkpoint as ckpt
-from .config_checks import TRAIN, check_values
+from ..config.checks import TRAIN, check_values
+from ..objectives.metrics import MeanAccumulator
+from ..objectives.noise import Noise
+from ..rundir import checkpoint as ckpt
+from ..tracking import JOURNAL, append_journal
 from .distributed import DistContext, unwrap
-from .metrics import MeanAccumulator
-from .noise import Noise
 from .optim import make_optimizer, param_groups, warmup_linear_decay, warmup_steps
 from .threads import configure_threads
-from .tracking import JOURNAL, append_journal
 
 
 @gin.configurable("train")
@@ -147,6 +147,10 @@ class Trainer:
         self.extra_state = extra_state or {}
         self.checkpoint_files = checkpoint_files or {}  # carried in every checkpoint (the tokenizer)
         self.step, self.tokens_seen, self.bad_in_row = 0, 0, 0
+        # Non-finite steps, counted on the device so the fused kernel can skip them without a host
+        # sync; read at the next log step: [in a row now, worst run in a row, skipped, last bad step]
+        self._bad = torch.zeros(4, dtype=torch.long, device=self.device)
+        self._bad_seen = 0  # skipped steps already reported
         self.history: list[dict] = []  # logged metrics, for the caller's summary
         self._signal: int | None = None
         self.noise_generator = torch.Generator(device=device)  # masking/sampling: seeded alike on every rank
@@ -247,6 +251,7 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                self._check_bad_steps()
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
                 logged = {f"train/{k}": v for k, v in self._rank_mean(window.result()).items()}  # one sync per log
                 logged["train/lr"] = self.schedule.get_last_lr()[0]
@@ -262,6 +267,7 @@ class Trainer:
                 if self.on_eval is not None:  # the same decision on every rank
                     stop = self.dist.any_true(stop, self.device)
             if self.step % cfg.checkpoint_every == 0:
+                self._check_bad_steps()  # never a checkpoint after too many bad steps in a row
                 last_ckpt, saved_step = self.save(), self.step
             if self.dist.any_true(self._signal is not None, self.device):
                 path = self.save(final=True)
@@ -300,8 +306,10 @@ class Trainer:
                 v = v.detach().float() / cfg.grad_accum_steps
                 totals[k] = totals[k] + v if k in totals else v
         grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.max_grad_norm)
-        finite = bool(torch.isfinite(grad_norm) & torch.isfinite(totals["loss"]))  # the step's one sync
-        if finite:
+        finite = torch.isfinite(grad_norm) & torch.isfinite(totals["loss"])
+        if getattr(self.optimizer, "defaults", {}).get("fused"):
+            self._skip_in_kernel(~finite)
+        elif bool(finite):  # other optimizers: the step's one host sync
             self.optimizer.step()
             self.bad_in_row = 0
         else:
@@ -329,6 +337,31 @@ class Trainer:
         value = sum(w * sums[i] / counts[i] for i, (w, _, _) in enumerate(terms))
         return loss, value
 
+    def _skip_in_kernel(self, bad: torch.Tensor) -> None:
+        """Fused AdamW skips the whole update (and its step count) where ``found_inf`` is set, the
+        way GradScaler drives it: no host sync per step. ``_check_bad_steps`` reads the counts."""
+        self.optimizer.found_inf = bad.float()
+        self.optimizer.step()
+        b = bad.long()
+        in_row = (self._bad[0] + 1) * b
+        self._bad.copy_(torch.stack([in_row, torch.maximum(self._bad[1], in_row), self._bad[2] + b,
+                                     torch.where(bad, self.step, self._bad[3])]))
+
+    def _check_bad_steps(self) -> None:
+        """Report the steps the fused kernel skipped since the last call; stop after too many in a row."""
+        in_row, worst, skipped, last = (int(v) for v in self._bad.tolist())  # one sync, at log/save time
+        if skipped == self._bad_seen:
+            return
+        new, self._bad_seen = skipped - self._bad_seen, skipped
+        self.bad_in_row = in_row
+        warnings.warn(
+            f"electra-kit: step {last}: non-finite loss or gradient norm; {new} update(s) skipped since the last "
+            f"report ({in_row}/{self.cfg.max_bad_steps} in a row now, {skipped} in this run)",
+            RuntimeWarning, stacklevel=2,
+        )
+        if worst >= self.cfg.max_bad_steps:
+            self._stop_for_bad_steps(worst)
+
     def _skip_bad_step(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.bad_in_row += 1
@@ -338,12 +371,15 @@ class Trainer:
             RuntimeWarning, stacklevel=2,
         )
         if self.bad_in_row >= self.cfg.max_bad_steps:
-            good = ckpt.latest_valid_checkpoint(self.ckpt_dir)
-            raise NonFiniteError(
-                f"{self.bad_in_row} non-finite steps in a row at step {self.step}; stopping. "
-                f"Last good checkpoint: {good or 'none yet'}. Lower train.lr, check the data, "
-                f"or raise train.max_bad_steps."
-            )
+            self._stop_for_bad_steps(self.bad_in_row)
+
+    def _stop_for_bad_steps(self, in_row: int) -> None:
+        good = ckpt.latest_valid_checkpoint(self.ckpt_dir)
+        raise NonFiniteError(
+            f"{in_row} non-finite steps in a row at step {self.step}; stopping. "
+            f"Last good checkpoint: {good or 'none yet'}. Lower train.lr, check the data, "
+            f"or raise train.max_bad_steps."
+        )
 
     def evaluate(self) -> dict[str, float]:
         self.model.eval()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import gin
 
-from .registry import create_backbone
+from ..registry import create_backbone
 
 
 class ConfigError(ValueError):
@@ -32,7 +32,7 @@ def packaged_gin_dir() -> Path:
     (``gin/`` has no ``__init__.py`` on purpose: a regular package named ``gin`` at the repo root
     would shadow the gin-config library for anything run from there.)
     """
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # electra_kit/
     for candidate in (here / "gin", here.parent / "gin"):
         if candidate.is_dir() and any(candidate.glob("*.gin")):
             return candidate
@@ -63,8 +63,11 @@ logging.getLogger().addFilter(_QuietSearchPath())
 def _register_parts() -> None:
     """Import every module that defines configurables, so any file can bind them: the objectives
     (built-in and plugins) come through the registry, each configurable lives beside its code."""
-    from . import data, objective, tracking, trainer  # noqa: F401
-    from .registry import objective_entries
+    from .. import tracking  # noqa: F401
+    from ..data import build as data  # noqa: F401
+    from ..objectives import base as objective  # noqa: F401
+    from ..registry import objective_entries
+    from ..training import trainer  # noqa: F401
 
     objective_entries()
 

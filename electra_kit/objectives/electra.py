@@ -21,12 +21,12 @@ from torch import nn
 
 import gin
 
-from .backbone import Backbone
+from ..backbone import Backbone
+from .base import Objective
 from .heads import DiscriminatorHead, GDESEmbedding, GeneratorHead, HiddenLayerExtractor, init_embeddings, init_weights
 from .masking import MaskedPositions, check_token_ids, mask_tokens, sample_categorical, slot_count
 from .metrics import MeanAccumulator, roc_auc
 from .noise import GLOBAL_RNG, Noise, draw_ahead
-from .objective import Objective
 
 SHARING_MODES = ("tied", "gdes", "none")
 # "electra": every weight from a truncated N(0, 0.02), as Google's ELECTRA; "library": each

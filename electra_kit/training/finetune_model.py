@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batches import BatchIterator
-from .objective import Objective
+from ..data.batches import BatchIterator
+from ..objectives.base import Objective
 from .tasks import task_metrics
 
 
@@ -70,14 +70,18 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
 
 
 class SequenceModel(Objective):
+    """``task_config``: what the model folder records of the task besides its type and pooling (labels,
+    columns, ...), so that the folder alone says how to use the model."""
+
     def __init__(self, backbone: nn.Module, n_outputs: int, dropout: float, task: str = "classification",
-                 pooling: str = "cls"):
+                 pooling: str = "cls", task_config: dict | None = None):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling={pooling!r}; choose one of {POOLINGS}")
         self.backbone, self.pooling = backbone, pooling
         self.head = ClassificationHead(backbone.hidden_dim, n_outputs, dropout)
         self.task, self.n_outputs = task, n_outputs
+        self.task_config = dict(task_config or {})
 
     @property
     def encoder(self) -> nn.Module:
@@ -94,6 +98,12 @@ class SequenceModel(Objective):
         total = task_loss(self.task, logits, labels, reduction="sum")
         count = torch.tensor(float(len(labels)), device=logits.device)
         return TaskOutput(total / count, logits, [(1.0, total, count)])
+
+    def folder_parts(self) -> dict[str, nn.Module]:
+        return {"classifier_head": self.head}
+
+    def folder_config(self) -> dict:
+        return {"task": {"type": self.task, "n_outputs": self.n_outputs, "pooling": self.pooling, **self.task_config}}
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         groups = [list(g) for g in self.backbone.layer_groups()]
@@ -144,11 +154,17 @@ class LabeledBatches(BatchIterator):
         return {"input_ids": ids, "attention_mask": mask, "labels": self.labels[torch.from_numpy(idx.astype(np.int64))]}
 
 
-def eval_batches(rows: list[list[int]], labels: np.ndarray, batch_size: int, pad_id: int, device):
-    """Finite batches, rows of similar length together (less padding); labels stay with their rows."""
+def length_ordered(rows: list[list[int]], batch_size: int):
+    """Row indices in batches, rows of similar length together (less padding). Evaluation and
+    prediction both batch this way, so a saved model predicts exactly what it was scored on."""
     order = np.argsort([len(r) for r in rows], kind="stable")
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        yield order[start:start + batch_size]
+
+
+def eval_batches(rows: list[list[int]], labels: np.ndarray, batch_size: int, pad_id: int, device):
+    """Finite batches in :func:`length_ordered` order; labels stay with their rows."""
+    for idx in length_ordered(rows, batch_size):
         ids, mask = collate([rows[i] for i in idx], pad_id)
         yield {"input_ids": ids.to(device), "attention_mask": mask.to(device),
                "labels": torch.from_numpy(labels[idx]).to(device)}

@@ -25,7 +25,7 @@ from torch import nn
 
 import gin
 
-from .backbone import Backbone
+from ..backbone import Backbone
 from .noise import Noise
 
 
@@ -86,10 +86,10 @@ def pretrain(*, objective="electra"):
 def resolve_objective(choice) -> type[Objective]:
     """The ``Objective`` class named by ``pretrain.objective``; a clear error for anything else."""
     if isinstance(choice, str):
-        from .registry import get_objective
+        from ..registry import get_objective
 
         choice = get_objective(choice)
     if not (isinstance(choice, type) and issubclass(choice, Objective)):
         raise TypeError(f"pretrain.objective = {choice!r} is not an electra_kit Objective subclass "
-                        "(see electra_kit.objective)")
+                        "(see electra_kit.objectives.base)")
     return choice

@@ -7,7 +7,8 @@
   portable folder instead, say what it does and does not cover, and return ``EXIT_NOT_HF`` (3):
   a script that goes on to ``from_pretrained`` stops here, with the portable folder in hand.
 - ``--format portable``: the model folder as it is (safetensors weights, config.json,
-  tokenizer.json, operative_config.gin), exit 0.
+  tokenizer.json, operative_config.gin), exit 0. A folder saved before config.json carried
+  ``model_type`` gets it in the copy, so transformers' ``AutoModel`` loads the copy (hf_auto.py).
 
 Both add ``tokenizer_config.json`` beside ``tokenizer.json``, so ``AutoTokenizer.from_pretrained``
 loads the tokenizer offline whatever the backbone. electra-kit never imports a plugin here: the
@@ -21,10 +22,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import staged_dir
-from .backbone import Backbone
-from .pretrained import read_config
-from .registry import UnknownBackboneError, create_backbone
+from ..backbone import Backbone
+from ..registry import UnknownBackboneError, create_backbone
+from ..rundir.atomic import staged_dir
+from .pretrained import MODEL_TYPE, read_config
 
 FORMATS = ("hf", "portable")
 EXIT_NOT_HF = 3  # --format hf asked, portable folder written
@@ -72,7 +73,8 @@ def write_hf_tokenizer(model_dir: Path, out_dir: Path) -> list[str]:
 def _not_hf_message(name: str, out_dir: Path) -> str:
     return (
         f"electra-kit export: the '{name}' backbone has no Hugging Face transformers equivalent, so {out_dir} "
-        "is NOT a folder transformers' AutoModel/ElectraForPreTraining can load.\n"
+        "is NOT a folder transformers can load on its own (ElectraForPreTraining); with electra-kit installed, "
+        "AutoModel/AutoTokenizer/pipeline load it after `import electra_kit`.\n"
         f"Written instead: the portable folder: weights as safetensors (encoder.safetensors = the discriminator, "
         "encoder_head.safetensors, generator.safetensors), config.json (backbone names + arguments), "
         "tokenizer.json + tokenizer_config.json (AutoTokenizer.from_pretrained loads these), operative_config.gin.\n"
@@ -109,6 +111,8 @@ def export(model_dir: str | Path, out_dir: str | Path, *, format: str = "hf", ov
         else:
             shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
             write_hf_tokenizer(model_dir, tmp)
+            if "model_type" not in config:  # a folder saved before model_type: the copy loads in AutoModel
+                (tmp / "config.json").write_text(json.dumps({"model_type": MODEL_TYPE, **config}, indent=2))
             written = "portable"
             message = (_not_hf_message(config["encoder"]["name"], out_dir) if format == "hf"
                        else f"electra-kit export: wrote the portable folder {out_dir}")

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint as ckpt
-from . import config as gin_config
-from . import resume
-from .atomic import atomic_write
-from .data import BatchIterator, EvalIterator, build_data
+from ..config import gin_config
+from ..data.build import BatchIterator, EvalIterator, build_data
+from ..modelfolder.pretrained import save_pretrained
+from ..objectives.base import pretrain, resolve_objective
+from ..rundir import checkpoint as ckpt
+from ..rundir import resume
+from ..rundir.atomic import atomic_write
+from ..rundir.directory import RunDir, default_run_dir
 from .distributed import init_from_env
-from .objective import pretrain, resolve_objective
-from .pretrained import save_pretrained
-from .rundir import RunDir, default_run_dir
 from .trainer import Interrupted, TrainConfig, Trainer, resolve_device
 
 
@@ -106,7 +106,7 @@ def build_objective(data) -> torch.nn.Module:
 
 
 def _tracker(opts: RunOptions, run_dir: Path, rank: int):
-    from .tracking import Tracker, tracking
+    from ..tracking import Tracker, tracking
 
     configured = tracking()
     if not (opts.tracking and configured["enabled"]):
@@ -117,7 +117,7 @@ def _tracker(opts: RunOptions, run_dir: Path, rank: int):
 
 
 def _params(model, operative: str, cfg: TrainConfig) -> dict:
-    from .tracking import flatten_gin_config
+    from ..tracking import flatten_gin_config
 
     params = {**flatten_gin_config(operative), **model.report_params()}
     params["train.effective_warmup_steps"] = cfg.effective_warmup  # warmup_steps, after its cap
@@ -222,7 +222,7 @@ def _setup(opts, cfg, device, dist, run_dir, paths, resume_from):
 
 
 def _train(trainer, data, model, tracker, dist, device, run_dir) -> dict:
-    from .tracking import finish_when_done
+    from ..tracking import finish_when_done
 
     try:
         with finish_when_done(tracker, killed=(Interrupted, KeyboardInterrupt)):
@@ -249,7 +249,7 @@ def _train(trainer, data, model, tracker, dist, device, run_dir) -> dict:
 
 
 def _tags(model) -> dict:
-    from .tracking import system_tags
+    from ..tracking import system_tags
 
     tags = system_tags()
     tags["objective"] = type(model).__name__

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from .atomic import atomic_write
+from ..rundir.atomic import atomic_write
 
 PAD, UNK, MASK, CLS, SEP = "[PAD]", "[UNK]", "[MASK]", "[CLS]", "[SEP]"
 SPECIAL_TOKENS = (PAD, UNK, MASK, CLS, SEP)  # this order gives the ids 0..4 of a trained vocab

@@ -1,0 +1,1 @@
+"""Text -> tokenizer -> token shards -> packed sequences -> batches."""

@@ -1,0 +1,1 @@
+"""Finished models: save / load the model folder, export."""

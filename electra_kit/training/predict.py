@@ -1,0 +1,128 @@
+"""``electra-kit predict MODEL --input FILE``: a fine-tuned model's labels and scores for a file of texts.
+
+JSONL, CSV or TSV in (by suffix, as ``finetune`` reads them: tasks.py), the same format out: every input
+column kept, then ``label`` and ``score`` (the label's probability; the predicted value for regression)
+and the probability of each label, as ``score_<label>`` columns (CSV/TSV) or a ``scores`` object (JSONL).
+When the input already has one of these names (an evaluation file's gold ``label``), all of them are
+prefixed ``predicted_``.
+The output is written atomically (atomic.py) and is never the input file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..rundir.atomic import atomic_write
+from .classifier import BATCH_SIZE, Classifier, load_classifier
+from .tasks import PAIR_COLUMNS, TEXT_COLUMNS, TaskError, _format, label_key, read_rows
+
+
+@dataclass
+class PredictResult:
+    output: Path
+    rows: int
+    columns: list[str]  # the columns added
+    accuracy: float | None = None  # against the input's gold labels, when it has the training label column
+
+
+def default_output(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.predictions{path.suffix}")
+
+
+def _text_columns(classifier: Classifier, columns: list[str], path, text: str | None, pair: str | None):
+    """The text (and pair) column: as given, else the one the model was fine-tuned on, else a usual name."""
+    listed = ", ".join(repr(c) for c in columns)
+    for name, option in ((text, "--text-column"), (pair, "--pair-column")):
+        if name is not None and name not in columns:
+            raise TaskError(f"{path}: no column {name!r} ({option}); its columns are {listed}")
+    trained = classifier.task.get("columns") or {}
+    if text is None:
+        usual = [a for a, _ in PAIR_COLUMNS] if trained.get("pair") else TEXT_COLUMNS
+        candidates = [trained.get("text"), *usual]
+        text = next((c for c in candidates if c and c in columns), None)
+        if text is None:
+            raise TaskError(f"{path}: no text column among {listed} (the model was fine-tuned on "
+                            f"{trained.get('text')!r}); name it with --text-column")
+    if trained.get("pair") and pair is None:
+        partners = [trained["pair"], *(b for a, b in PAIR_COLUMNS if a == text)]
+        pair = next((c for c in partners if c in columns), None)
+        if pair is None:
+            raise TaskError(f"{path}: the model was fine-tuned on text pairs ({trained.get('text')!r}, "
+                            f"{trained['pair']!r}) but no second text column is among {listed}; name it with --pair-column")
+    if pair is not None and not trained.get("pair"):
+        raise TaskError(f"--pair-column {pair!r}: the model was fine-tuned on single texts")
+    return text, pair
+
+
+def predict_file(model, input_path, output_path=None, *, text_column: str | None = None,
+                 pair_column: str | None = None, batch_size: int = BATCH_SIZE, fmt: str = "auto",
+                 header: bool = True) -> PredictResult:
+    input_path = Path(input_path)
+    output_path = Path(output_path) if output_path else default_output(input_path)
+    if output_path.resolve() == input_path.resolve() or (output_path.exists() and input_path.exists()
+                                                         and output_path.samefile(input_path)):
+        raise TaskError(f"--output {output_path} is the input file; predict never overwrites its input")
+    if output_path.is_dir():
+        raise TaskError(f"--output {output_path} is a folder; name a file")
+    classifier = model if isinstance(model, Classifier) else load_classifier(model)
+    kind = _format(input_path, fmt)
+    columns, rows = read_rows(input_path, kind, header)
+    text, pair = _text_columns(classifier, columns, input_path, text_column, pair_column)
+    for lineno, row in rows:
+        for name in filter(None, (text, pair)):
+            if row.get(name) is None or row.get(name) == "":
+                raise TaskError(f"{input_path}:{lineno}: no value in column {name!r}")
+    answers = classifier.predict([str(r[text]) for _, r in rows], [str(r[pair]) for _, r in rows] if pair else None,
+                                 batch_size=batch_size)
+
+    added, out_rows = [], []
+    for (_, row), answer in zip(rows, answers, strict=True):
+        extra = {"label": answer["label"]} if "label" in answer else {}
+        extra["score"] = answer["score"]
+        if "scores" in answer:
+            if kind == "jsonl":
+                extra["scores"] = answer["scores"]
+            else:
+                extra.update({f"score_{k}": v for k, v in answer["scores"].items()})
+        if any(k in columns for k in extra):  # all renamed alike (every row has the same keys), or none
+            extra = {f"predicted_{k}": v for k, v in extra.items()}
+        added = list(extra)
+        out_rows.append({**row, **extra})
+
+    if kind == "jsonl":
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out_rows)
+        atomic_write(output_path, data)
+    else:
+        _write_table(output_path, kind, columns + added, out_rows, header)
+    return PredictResult(output_path, len(rows), added, _accuracy(classifier, rows, answers))
+
+
+def _write_table(path: Path, kind: str, columns: list[str], rows: list[dict], header: bool) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            if kind == "tsv":  # as GLUE's files are read: no quoting, so no field may hold a tab or newline
+                writer = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar=None, lineterminator="\n")
+            else:
+                writer = csv.writer(f, lineterminator="\n")
+            if header:
+                writer.writerow(columns)
+            for row in rows:
+                writer.writerow(["" if row.get(c) is None else row.get(c) for c in columns])
+
+    try:
+        atomic_write(path, writer=write)
+    except csv.Error as exc:
+        raise TaskError(f"{path}: cannot be written as TSV ({exc}): a label holds a tab or newline; "
+                        "write CSV or JSONL instead") from None
+
+
+def _accuracy(classifier: Classifier, rows, answers) -> float | None:
+    gold = (classifier.task.get("columns") or {}).get("label")
+    if classifier.task["type"] == "regression" or not gold or any(gold not in r or r[gold] in (None, "")
+                                                                   for _, r in rows):
+        return None
+    hits = sum(label_key(r[gold]) == a["label"] for (_, r), a in zip(rows, answers, strict=True))
+    return hits / len(rows)
