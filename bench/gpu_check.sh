@@ -7,16 +7,19 @@
 #   3. bench/throughput.py at the ELECTRA-Base shape (batch 32, seq 512);
 #   4. a short real run, `electra-kit run transformer_small.gin` in bf16 on the default corpus,
 #      eager and compiled;
-#   5. one table of all of it (also written to OUT_DIR/table.md), with TFLOP/s and MFU against the
+#   5. bench/long_sequences.py: the Small widths at sequence 512 -> 16384 (batch LONG_BATCH), every
+#      backbone against the Hugging Face pair (SDPA and eager attention), with the crossover lengths;
+#   6. one table of all of it (also written to OUT_DIR/table.md), with TFLOP/s and MFU against the
 #      card's bf16 dense peak (bench/throughput.py states the FLOPs-per-token formula).
 #
 # Set-up on the GPU machine (a CUDA build of torch first, then the rest without touching it):
 #   pip install torch && pip install -e '.[bench]' && pip install --no-deps electra-pytorch==0.1.2
 # Usage: bash bench/gpu_check.sh [OUT_DIR]     (default: $OUT if set, else ./gpu-check-out)
 # Knobs: PYTHON (interpreter), STEPS (timed steps per case per round, default 10), REAL_STEPS (200),
+#        LONG_LENGTHS (512,...,16384), LONG_BATCH (4), LONG_BUDGET_GIB (memory a case may need, 60),
 #        PEAK_TFLOPS (the card's bf16 peak when its name is not in bench/throughput.py's table),
 #        SMOKE=1 DEVICE=cpu: the whole script at tiny sizes on CPU (how it is tested without a GPU).
-# Expected to take about 10 minutes on one H100 (not yet run on a GPU); nothing is asserted.
+# Expected to take about 15 minutes on one H100 (not yet run on a GPU); nothing is asserted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-gpu-check-out}}
@@ -25,8 +28,10 @@ STEPS=${STEPS:-10}
 REAL_STEPS=${REAL_STEPS:-200}
 DEVICE=${DEVICE:-cuda}
 SMALL=(--shape small) BASE=(--shape base) REAL_CONFIG=transformer_small.gin REAL_BATCH=128 ROUNDS=3 WARMUP=3
+LONG=(--lengths "${LONG_LENGTHS:-512,1024,2048,4096,8192,16384}" --batch "${LONG_BATCH:-4}" --budget-gib "${LONG_BUDGET_GIB:-60}")
 if [[ "${SMOKE:-0}" == 1 ]]; then
   SMALL=(--tiny) BASE=(--tiny --seq 32) REAL_CONFIG=tiny.gin REAL_BATCH=8 ROUNDS=1 WARMUP=1
+  LONG=(--tiny --lengths 64,128,256)
   STEPS=${STEPS_SMOKE:-2} REAL_STEPS=${REAL_STEPS_SMOKE:-10}
 fi
 PEAK=()
@@ -43,19 +48,19 @@ if not torch.cuda.is_available():
 print(f"gpu_check.sh: {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}")
 EOF
 
-echo "== 1/5 smoke"
+echo "== 1/6 smoke"
 "$PY" bench/throughput.py --tiny --steps 2 --no-memory --device "$DEVICE" --json "$OUT_DIR/tiny.json" > "$OUT_DIR/tiny.txt"
 
-echo "== 2/5 ELECTRA-Small shape"
+echo "== 2/6 ELECTRA-Small shape"
 "$PY" bench/throughput.py "${SMALL[@]}" --device "$DEVICE" --steps "$STEPS" --rounds "$ROUNDS" --warmup "$WARMUP" \
   --extra kit/transformer+compile --extra kit/transformer+fullvocab "${PEAK[@]}" \
   --json "$OUT_DIR/small.json" | tee "$OUT_DIR/small.txt"
 
-echo "== 3/5 ELECTRA-Base shape"
+echo "== 3/6 ELECTRA-Base shape"
 "$PY" bench/throughput.py "${BASE[@]}" --device "$DEVICE" --steps "$STEPS" --rounds "$ROUNDS" --warmup "$WARMUP" "${PEAK[@]}" \
   --json "$OUT_DIR/base.json" | tee "$OUT_DIR/base.txt"
 
-echo "== 4/5 real runs ($REAL_CONFIG, bf16, $REAL_STEPS steps of batch $REAL_BATCH)"
+echo "== 4/6 real runs ($REAL_CONFIG, bf16, $REAL_STEPS steps of batch $REAL_BATCH)"
 for mode in eager compile; do
   compile=False
   [[ $mode == compile ]] && compile=True
@@ -67,14 +72,18 @@ for mode in eager compile; do
     > "$OUT_DIR/run-$mode.txt" 2>&1 || echo "real run ($mode) failed: see $OUT_DIR/run-$mode.txt"
 done
 
-echo "== 5/5 table"
+echo "== 5/6 long sequences"
+"$PY" bench/long_sequences.py "${LONG[@]}" --device "$DEVICE" --steps "$STEPS" --rounds "$ROUNDS" --warmup "$WARMUP" \
+  --json "$OUT_DIR/long.json" | tee "$OUT_DIR/long.txt" || echo "long sequences failed: see $OUT_DIR/long.txt"
+
+echo "== 6/6 table"
 "$PY" - "$OUT_DIR" "${PEAK_TFLOPS:-}" "$REAL_CONFIG" <<'EOF' | tee "$OUT_DIR/table.md"
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, "bench")
-from throughput import SHAPES, flops_per_token  # noqa: E402
+from cases import SHAPES, flops_per_token  # noqa: E402
 
 out, peak_arg, real_config = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 rows, peak, device = [], None, "?"
@@ -111,4 +120,18 @@ print(f"\n{device}; bf16 peak {peak} TFLOP/s; FLOPs/token: bench/throughput.py d
 print("| shape | case | tokens/s | step ms | peak memory | TFLOP/s | MFU |")
 print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
 print("\n".join(rows))
+long = out / "long.json"
+if long.exists():
+    r = json.loads(long.read_text())
+    print(f"\nlong sequences, batch {r['batch']} ({r['shape']} widths): tokens/s, memory")
+    print("| length | case | tokens/s | memory |")
+    print("| ---: | --- | ---: | ---: |")
+    for seq, cases in r["lengths"].items():
+        for c in cases.values():
+            if c["skipped"]:
+                print(f"| {seq} | {c['case']} | skipped: would need ~{c['predicted_bytes'] / 2**30:.0f} GiB | |")
+            else:
+                print(f"| {seq} | {c['case']} | {c['tokens_per_s']:,.0f} | {c['memory_bytes'] / 2**20:,.0f} MiB |")
+    for name, v in r["crossover"].items():
+        print(f"crossover {name}: {v['length']} ({v['note']})")
 EOF

@@ -123,3 +123,82 @@ def test_the_objective_compiles_to_one_graph_with_an_explicit_generator():
     explained = dynamo.explain(model)(ids, ids != 0, return_output=True, noise=Noise(torch.Generator().manual_seed(0)))
     dynamo.reset()
     assert explained.graph_break_count == 0, explained.break_reasons
+
+
+# ------------------------------------------------------------------ long sequences (issue 14, item 3)
+
+
+def _bench_module(name):
+    import importlib
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+
+def test_long_sequence_benchmark_runs_at_a_tiny_size(tmp_path):
+    out = tmp_path / "long.json"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "long_sequences.py"), "--tiny", "--peers", "hf+eager", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "| crossover |" in proc.stdout
+    result = json.loads(out.read_text())
+    assert not result["partial"] and set(result["lengths"]) == {"64", "128"}
+    import importlib.util
+
+    peers = {"hf+eager"} if importlib.util.find_spec("electra_pytorch") else set()  # optional at the tiny size
+    for rows in result["lengths"].values():
+        assert {"kit/transformer", "kit/reformer", "kit/performer"} | peers == set(rows)
+        for row in rows.values():
+            assert row["tokens_per_s"] > 0 and row["memory_bytes"] > 12 * row["params"]
+    assert "kit/reformer vs kit/transformer" in result["crossover"]
+
+
+def test_long_sequence_benchmark_predicts_memory_and_finds_the_crossover():
+    long = _bench_module("long_sequences")
+    quadratic = [(n, 1000 + 3 * n + 2 * n * n) for n in (512, 1024, 2048)]
+    assert long.extrapolate(4096, quadratic) == 1000 + 3 * 4096 + 2 * 4096**2
+    assert long.extrapolate(4096, [(1024, 10), (2048, 20)]) == 40
+    small = _bench_module("cases").SHAPES["small"]
+    # the (n x n) scores of 60 heads x layers: over 16 GiB at 8192 whatever short lengths measured
+    assert long.predict_bytes("hf+eager", 8192, quadratic, small, 14_000_000) > 16 * 2**30
+    assert long.predict_bytes("hf", 8192, [], small, 14_000_000) < 4 * 2**30
+
+    def rows(fast, exact, skipped=False):
+        exact_row = {"skipped": True} if skipped else {"skipped": False, "per_round_tokens_per_s": [exact], "memory_bytes": 2}
+        return {"kit/reformer": {"skipped": False, "per_round_tokens_per_s": [fast], "memory_bytes": 1}, "hf": exact_row}
+
+    by_length = {512: rows(1, 4), 1024: rows(1, 2), 2048: rows(1, 1.0 / 2), 4096: rows(1, 0, skipped=True)}
+    assert long.crossover(by_length, "kit/reformer", "hf")["length"] == round(2 ** 10.5)  # 1/2x -> 2x: halfway
+    assert long.crossover({512: rows(1, 2)}, "kit/reformer", "hf")["length"] is None
+    assert long.crossover({512: rows(1, 2), 1024: rows(1, 0, skipped=True)}, "kit/reformer", "hf")["length"] == 1024
+
+
+@pytest.mark.parametrize("config", ["reformer_long.gin", "performer_long.gin"])
+def test_long_configs_match_the_benchmark_and_train_at_a_reduced_length(config, tmp_path, small_corpus, cache_dir):
+    """The gin files set what bench/long_sequences.py measures; a few steps of each at 256 tokens
+    (tiny widths) run through the CLI."""
+    text = (ROOT / "gin" / config).read_text()
+    backbone = config.split("_")[0]
+    bound = {line.split("=")[0].strip()[len("backbone."):]: line.split("=")[1].split("#")[0].strip()
+             for line in text.splitlines() if line.startswith("backbone.")}
+    assert bound == {k: str(v) for k, v in _bench_module("long_sequences").LONG_OPTIONS[backbone].items()}
+    assert "MAX_SEQ_LEN = 4096" in (ROOT / "gin" / "long.gin").read_text()
+    tiny = {"backbone.emb_dim": 32, "discriminator/backbone.dim": 64, "discriminator/backbone.depth": 2,
+            "discriminator/backbone.heads": 2, "generator/backbone.dim": 32, "generator/backbone.depth": 1,
+            "MAX_SEQ_LEN": 256, "BATCH_SIZE": 2, "VOCAB_SIZE": 2000, "TRAIN_STEPS": 3, "train.warmup_steps": 1,
+            "train.eval_every": 3, "train.eval_batches": 1, "train.checkpoint_every": 3, "train.progress": False}
+    argv = [sys.executable, "-m", "electra_kit", "run", config, "--no-tracking", "--run-dir", "run",
+            "--gin", f"build_data.corpus = '{small_corpus}/*.txt'"]
+    for key, value in tiny.items():
+        argv += ["--gin", f"{key} = {value}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (tmp_path / "run" / "checkpoints" / "step_00000003").exists()
+    assert "MAX_SEQ_LEN = 256" in (tmp_path / "run" / "operative_config.gin").read_text()
