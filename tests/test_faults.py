@@ -6,7 +6,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+from conftest import cli_argv, cli_env, corpus_gin, run_cli
 from safetensors.torch import load_file
 from torch import nn
 
@@ -24,15 +24,8 @@ from electra_kit.training.trainer import NonFiniteError, TrainConfig, Trainer
 ARGS = ["tiny.gin", "--no-tracking", "--gin", "train.progress = False"]
 
 
-def argv(corpus, *args):
-    return [sys.executable, "-m", "electra_kit", "run", "--gin", f"build_data.corpus = '{corpus}/*.txt'", *ARGS, *args]
-
-
-def run_cli(corpus, cwd, *args):
-    proc = subprocess.run(argv(corpus, *args), cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+def run_args(corpus, *args) -> list[str]:
+    return ["run", *corpus_gin(corpus), *ARGS, *args]
 
 
 def final_weights(run_dir, step):
@@ -49,14 +42,14 @@ def assert_same_weights(a, b):
 
 def test_sigkill_at_random_points_then_resume_matches_an_uninterrupted_run(tmp_path, small_corpus, cache_dir):
     args = ["--gin", "train.steps = 40", "--gin", "train.checkpoint_every = 5"]
-    run_cli(small_corpus, tmp_path, *args, "--run-dir", "straight")
+    run_cli(*run_args(small_corpus, *args, "--run-dir", "straight"), cwd=tmp_path)
     rng = random.Random(1234)
     ckpts = tmp_path / "killed" / "checkpoints"
     kills = 0
     for _ in range(3):
         resume = ["--resume"] if ckpt.latest_valid_checkpoint(ckpts) else []
-        proc = subprocess.Popen(argv(small_corpus, *args, "--run-dir", "killed", *resume), cwd=tmp_path,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"},
+        proc = subprocess.Popen(cli_argv(*run_args(small_corpus, *args, "--run-dir", "killed", *resume)), cwd=tmp_path,
+                                env=cli_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         before = {p.name for p in ckpts.iterdir()} if ckpts.exists() else set()
         deadline = time.time() + 120
@@ -72,18 +65,19 @@ def test_sigkill_at_random_points_then_resume_matches_an_uninterrupted_run(tmp_p
             kills += 1
         proc.wait()
     assert kills >= 2, "the run finished before it could be killed; lengthen it"
-    run_cli(small_corpus, tmp_path, *args, "--run-dir", "killed", "--resume")
+    run_cli(*run_args(small_corpus, *args, "--run-dir", "killed", "--resume"), cwd=tmp_path)
     assert_same_weights(final_weights(tmp_path / "straight", 40), final_weights(tmp_path / "killed", 40))
 
 
-def test_a_corrupt_latest_checkpoint_is_reported_and_the_previous_one_used(tmp_path, small_corpus, cache_dir):
+def test_a_corrupt_latest_checkpoint_is_reported_and_the_previous_one_used(tmp_path, small_corpus, cache_dir,
+                                                                          cli_main):
     args = ["--gin", "train.steps = 20", "--gin", "train.checkpoint_every = 10"]
-    run_cli(small_corpus, tmp_path, *args, "--run-dir", "r")
+    cli_main(*run_args(small_corpus, *args, "--run-dir", "r"), cwd=tmp_path, check=True)
     good = final_weights(tmp_path / "r", 20)
     latest = tmp_path / "r" / "checkpoints" / "step_00000020" / "model.safetensors"
     latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # truncated, as by a crash
-    proc = run_cli(small_corpus, tmp_path, *args, "--run-dir", "r", "--resume")
-    assert "step_00000020" in proc.stderr and "unusable" in proc.stderr
+    with pytest.warns(RuntimeWarning, match="step_00000020 is unusable"):
+        cli_main(*run_args(small_corpus, *args, "--run-dir", "r", "--resume"), cwd=tmp_path, check=True)
     assert_same_weights(good, final_weights(tmp_path / "r", 20))  # redone from step 10, bit for bit
 
 

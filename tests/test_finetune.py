@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from tokenizers import Tokenizer
 
 from electra_kit.registry import create_backbone, list_backbones
@@ -28,16 +27,6 @@ from electra_kit.training.tasks import TaskError, read_labeled, spearman, task_m
 
 SLICE = Path(__file__).parent / "data" / "trec_slice.tsv"
 CLASSES = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
-
-
-def cli(*args, cwd, check=True):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run([sys.executable, "-m", "electra_kit", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-3000:]}")
-    return proc
 
 
 def finetune_main(*args, cwd) -> int:
@@ -56,8 +45,8 @@ def finetune_main(*args, cwd) -> int:
 def model_dir(tmp_path_factory, small_corpus, cache_dir) -> Path:
     """A tiny ELECTRA pretrained through the CLI (10 steps)."""
     root = tmp_path_factory.mktemp("pretrained")
-    cli("run", "tiny.gin", "--no-tracking", "--gin", "train.progress = False", "--gin", "TRAIN_STEPS = 10",
-        "--gin", f"build_data.corpus = '{small_corpus}/*.txt'", "--run-dir", "run", cwd=root)
+    run_cli("run", "tiny.gin", "--no-tracking", "--gin", "train.progress = False", "--gin", "TRAIN_STEPS = 10",
+            "--gin", f"build_data.corpus = '{small_corpus}/*.txt'", "--run-dir", "run", cwd=root)
     return root / "run" / "model"
 
 
@@ -72,7 +61,7 @@ def trec(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_trec_slice_end_to_end_with_seeds_and_mlflow(tmp_path, model_dir, trec):
     train, evalf = trec
-    proc = cli("finetune", "--model", str(model_dir.parent), "--train", str(train), "--eval", str(evalf),
+    proc = run_cli("finetune", "--model", str(model_dir.parent), "--train", str(train), "--eval", str(evalf),
                "--seeds", "2", "--epochs", "1", "--run-dir", "ft", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
                cwd=tmp_path)
     assert "median" in proc.stdout and "finetune seed 1" in proc.stderr  # the table and the progress bar

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from safetensors.torch import load_file
 
 from electra_kit import Electra, create_backbone
@@ -116,15 +115,6 @@ def test_hf_electra_small_gin_builds_googles_electra_small():
 # ---- train through the CLI, export, load with transformers -----------------------------------
 
 
-def cli(args, cwd, check=True):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "electra_kit", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-3000:]}")
-    return proc
-
-
 def electra_kit_outputs(model_dir, ids, mask):
     """What electra-kit computes from its own model folder: hidden states and both heads' logits."""
     disc = load_pretrained(model_dir)
@@ -144,10 +134,10 @@ def test_cli_run_export_and_load_with_transformers(tmp_path, small_corpus, cache
 
     from electra_kit.data.build import encode_texts
 
-    cli(["run", "hf_electra_tiny.gin", "--no-tracking", "--run-dir", "run", "--gin", "train.progress = False",
-         "--gin", f"build_data.corpus = '{small_corpus}/*.txt'"], tmp_path)
+    run_cli("run", "hf_electra_tiny.gin", "--no-tracking", "--run-dir", "run", "--gin", "train.progress = False",
+            "--gin", f"build_data.corpus = '{small_corpus}/*.txt'", cwd=tmp_path)
     model_dir, out = tmp_path / "run" / "model", tmp_path / "hf"
-    proc = cli(["export", str(model_dir), "--format", "hf", str(out)], tmp_path)
+    proc = run_cli("export", str(model_dir), "--format", "hf", str(out), cwd=tmp_path)
     assert "ElectraForPreTraining" in proc.stdout and "generator/" in proc.stdout
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
 
@@ -169,7 +159,7 @@ def test_cli_run_export_and_load_with_transformers(tmp_path, small_corpus, cache
     assert max(diffs.values()) < ATOL, diffs
     assert disc_h.abs().max() > 0.1 and gen_logits.abs().max() > 0.1  # compared real outputs, not zeros
 
-    again = cli(["export", str(model_dir), "--format", "hf", str(out)], tmp_path, check=False)
+    again = run_cli("export", str(model_dir), "--format", "hf", str(out), cwd=tmp_path, check=False)
     assert again.returncode == 2 and "--overwrite" in again.stderr
 
 

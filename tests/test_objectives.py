@@ -2,12 +2,12 @@
 objective from a test package trained through the CLI, and MaskedLM / mlm_small.gin end to end."""
 
 import json
-import os
 import re
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import corpus_gin
 
 import electra_kit
 from electra_kit.modelfolder.pretrained import load_pretrained, read_config
@@ -23,16 +23,10 @@ SMALL = ["--gin", "train.progress = False", "--gin", "TRAIN_STEPS = 30", "--gin"
          "--gin", "discriminator/backbone.heads = 2"]
 
 
-def run_main(*args, cwd, corpus) -> int:
-    """``electra-kit run ...`` in this process (the CLI's own entry point, no new interpreter)."""
-    from electra_kit.cli import main
-
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        return main(["run", "--no-tracking", "--gin", f"build_data.corpus = '{corpus}/*.txt'", *args])
-    finally:
-        os.chdir(old)
+@pytest.fixture
+def run_main(cli_main):
+    """``electra-kit run ...`` in this process (the CLI's own entry point, no new interpreter); its exit code."""
+    return lambda *args, cwd, corpus: cli_main("run", "--no-tracking", *corpus_gin(corpus), *args, cwd=cwd).returncode
 
 
 def logged(run_dir: Path) -> list[dict]:
@@ -66,7 +60,7 @@ def test_runner_trainer_and_model_folder_name_no_concrete_objective():
     assert offenders == []
 
 
-def test_a_third_objective_from_a_test_package_trains_through_the_cli(tmp_path, small_corpus, cache_dir):
+def test_a_third_objective_from_a_test_package_trains_through_the_cli(tmp_path, small_corpus, cache_dir, run_main):
     """tests/plugin_pkg registers `random_rtd` by entry point only; nothing in electra_kit/ names it."""
     assert "random_rtd" in list_objectives(), "install the test plugin: pip install ./tests/plugin_pkg"
     (tmp_path / "rtd.gin").write_text(
@@ -87,7 +81,7 @@ def test_a_third_objective_from_a_test_package_trains_through_the_cli(tmp_path, 
     assert torch.isfinite(hidden).all()
 
 
-def test_masked_lm_with_mlm_small_gin_end_to_end(tmp_path, small_corpus, cache_dir):
+def test_masked_lm_with_mlm_small_gin_end_to_end(tmp_path, small_corpus, cache_dir, run_main):
     """mlm_small.gin (shrunk by bindings only) trains MaskedLM: its loss falls and the folder holds
     the encoder and its LM head, no generator."""
     assert run_main("mlm_small.gin", *SMALL, "--gin", "train.lr = 2e-3", "--run-dir", "run", cwd=tmp_path,

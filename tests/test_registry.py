@@ -1,7 +1,5 @@
 """The backbone registry: entry points, plugins, errors, and the `electra-kit backbones` command."""
 
-import subprocess
-import sys
 import warnings
 from importlib.metadata import EntryPoint
 
@@ -98,8 +96,8 @@ def test_backbone_base_class_is_the_interface():
     assert issubclass(type(create_backbone("transformer", **TINY)), Backbone)
 
 
-def test_cli_lists_backbones_with_their_source():
-    out = subprocess.run([sys.executable, "-m", "electra_kit", "backbones"], capture_output=True, text=True, check=True)
+def test_cli_lists_backbones_with_their_source(cli_main, tmp_path):
+    out = cli_main("backbones", cwd=tmp_path, check=True)
     lines = out.stdout.splitlines()
     for name in ("transformer", "reformer", "performer", "toyconv"):
         assert any(line.split()[0] == name for line in lines[1:]), out.stdout

@@ -6,10 +6,10 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
+from conftest import cli_argv, cli_env, run_cli
 from safetensors.torch import load_file
 
 from electra_kit.rundir import checkpoint as ckpt
@@ -18,12 +18,21 @@ BASE = ["--no-tracking", "--gin", "train.progress = False", "--gin", "train.chec
 
 
 def cli(cwd, *args, cache, check=True):
-    argv = [sys.executable, "-m", "electra_kit", "run", *args]
-    proc = subprocess.run(argv, cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1", "ELECTRA_KIT_CACHE": str(cache)},
-                          capture_output=True, text=True, timeout=300)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    """``electra-kit run ARGS`` in a new interpreter with its own cache."""
+    return run_cli("run", *args, cwd=cwd, env=cli_env(ELECTRA_KIT_CACHE=str(cache)), check=check)
+
+
+@pytest.fixture
+def refused(cli_main, monkeypatch):
+    """A resume that must be refused (exit 2): ``cli.main`` in this process; returns its stderr."""
+
+    def call(cwd, *args, cache):
+        monkeypatch.setenv("ELECTRA_KIT_CACHE", str(cache))
+        proc = cli_main("run", *args, cwd=cwd)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        return proc.stderr
+
+    return call
 
 
 def new_run(cwd, corpus, run_dir, *args, cache):
@@ -73,12 +82,10 @@ def test_resume_uses_the_tokenizer_its_checkpoint_carries_not_the_cache(finished
     ("build_data.tokenizer = 'vocab.txt'", "build_data.tokenizer"),
     ("generator/backbone.depth = 3", "generator/backbone.depth"),
 ])
-def test_resume_refuses_bindings_that_would_change_the_run(finished, binding, named):
+def test_resume_refuses_bindings_that_would_change_the_run(finished, binding, named, refused):
     before = sorted(p.name for p in (finished / "r" / "checkpoints").iterdir())
-    proc = cli(finished, "--run-dir", "r", "--resume", "--no-tracking", "--gin", binding, cache=finished / "cache",
-               check=False)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert named in proc.stderr and "only train.steps" in proc.stderr
+    err = refused(finished, "--run-dir", "r", "--resume", "--no-tracking", "--gin", binding, cache=finished / "cache")
+    assert named in err and "only train.steps" in err
     assert sorted(p.name for p in (finished / "r" / "checkpoints").iterdir()) == before
 
 
@@ -90,16 +97,15 @@ def test_resume_applies_and_lists_the_changes_it_allows(finished, tmp_path):
     assert ckpt.latest_valid_checkpoint(tmp_path / "r" / "checkpoints").name == "step_00000012"
 
 
-def test_resume_cannot_shorten_a_run_below_what_is_trained(finished):
-    proc = cli(finished, "--run-dir", "r", "--resume", "--no-tracking", "--gin", "train.steps = 5",
-               cache=finished / "cache", check=False)
-    assert proc.returncode == 2 and "train.steps=5 is below the 10 steps" in proc.stderr
+def test_resume_cannot_shorten_a_run_below_what_is_trained(finished, refused):
+    err = refused(finished, "--run-dir", "r", "--resume", "--no-tracking", "--gin", "train.steps = 5",
+                  cache=finished / "cache")
+    assert "train.steps=5 is below the 10 steps" in err
 
 
-def test_resume_with_other_config_files_than_the_run_used_is_refused(finished):
-    proc = cli(finished, "mlm_small.gin", "--run-dir", "r", "--resume", "--no-tracking", cache=finished / "cache",
-               check=False)
-    assert proc.returncode == 2 and "not the ones it ran with" in proc.stderr
+def test_resume_with_other_config_files_than_the_run_used_is_refused(finished, refused):
+    err = refused(finished, "mlm_small.gin", "--run-dir", "r", "--resume", "--no-tracking", cache=finished / "cache")
+    assert "not the ones it ran with" in err
 
 
 def test_resume_continues_after_a_touch_of_the_corpus_but_refuses_changed_text(finished, tmp_path):
@@ -123,9 +129,8 @@ def test_the_continue_line_printed_on_sigterm_resumes_exactly_that_run(tmp_path,
     args = ["tiny.gin", "--gin", f"build_data.corpus = '{small_corpus}/*.txt'", *BASE, "--gin", "train.steps = 40",
             "--gin", "Electra.mask_prob = 0.2"]  # a binding the old "Continue with" line dropped
     cli(tmp_path, *args, "--run-dir", "straight", cache=cache_dir)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ELECTRA_KIT_CACHE": str(cache_dir)}
-    proc = subprocess.Popen([sys.executable, "-m", "electra_kit", "run", *args, "--run-dir", "stopped"], cwd=tmp_path,
-                            env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cli_argv("run", *args, "--run-dir", "stopped"), cwd=tmp_path,
+                            env=cli_env(ELECTRA_KIT_CACHE=str(cache_dir)), stderr=subprocess.PIPE, text=True)
     ckpts = tmp_path / "stopped" / "checkpoints"
     deadline = time.time() + 120
     while proc.poll() is None and not list(ckpts.glob("step_*")) and time.time() < deadline:

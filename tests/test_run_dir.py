@@ -6,6 +6,7 @@ import sys
 import time
 
 import pytest
+from conftest import corpus_gin
 from safetensors.torch import load_file
 
 from electra_kit.modelfolder import pretrained
@@ -17,10 +18,10 @@ from electra_kit.rundir.directory import LOCK_FILE, RunDir, RunDirError, default
 TINY = ["tiny.gin", "--no-tracking", "--gin", "train.progress = False", "--gin", "train.steps = 2"]
 
 
-def cli(tmp_path, corpus, *args, **kw):
-    argv = [sys.executable, "-m", "electra_kit", "run", "--gin", f"build_data.corpus = '{corpus}/*.txt'", *TINY, *args]
-    return subprocess.run(argv, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, timeout=300, **kw)
+@pytest.fixture
+def cli(cli_main):
+    """``electra-kit run`` in this process (the refusals below need no interpreter of their own)."""
+    return lambda tmp_path, corpus, *args: cli_main("run", *corpus_gin(corpus), *TINY, *args, cwd=tmp_path)
 
 
 def tiny_electra(seed=0):
@@ -34,7 +35,8 @@ def tiny_electra(seed=0):
 # ---- claiming and locking -----------------------------------------------------------------------
 
 
-def test_a_new_run_into_a_directory_holding_a_run_is_refused_and_nothing_is_changed(tmp_path, small_corpus, cache_dir):
+def test_a_new_run_into_a_directory_holding_a_run_is_refused_and_nothing_is_changed(tmp_path, small_corpus, cache_dir,
+                                                                                      cli):
     run = tmp_path / "r"
     (run / "checkpoints" / "step_00000010").mkdir(parents=True)
     (run / "metrics.jsonl").write_text("precious\n")
@@ -45,7 +47,7 @@ def test_a_new_run_into_a_directory_holding_a_run_is_refused_and_nothing_is_chan
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "metrics.jsonl"]
 
 
-def test_a_second_process_on_a_locked_run_dir_fails_at_once_naming_the_pid(tmp_path, small_corpus, cache_dir):
+def test_a_second_process_on_a_locked_run_dir_fails_at_once_naming_the_pid(tmp_path, small_corpus, cache_dir, cli):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from electra_kit.rundir.directory import RunDir; RunDir(sys.argv[1], resume=False);"
                                " print('locked', flush=True); time.sleep(60)", str(tmp_path / "r")],

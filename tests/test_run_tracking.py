@@ -3,26 +3,18 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+from conftest import cli_argv, cli_env, corpus_gin, run_cli
 from mlflow import MlflowClient
 from mlflow_server import MlflowServer
 
 TINY = ["tiny.gin", "--gin", "train.progress = False"]
 
 
-def cli_argv(corpus: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "electra_kit", "run", "--gin", f"build_data.corpus = '{corpus}/*.txt'", *args]
-
-
-def run_cli(corpus, cwd, *args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run(cli_argv(corpus, *args), cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+def run_argv(corpus: Path, *args: str) -> list[str]:
+    return cli_argv("run", *corpus_gin(corpus), *args)
 
 
 def only_run(client: MlflowClient):
@@ -42,8 +34,8 @@ def steps_of(client, run_id, key):
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
-def test_run_lands_in_the_default_sqlite_store(tmp_path, small_corpus, cache_dir):
-    run_cli(small_corpus, tmp_path, *TINY, "--run-dir", "run")
+def test_run_lands_in_the_default_sqlite_store(tmp_path, small_corpus, cache_dir, cli_main):
+    run_cli("run", *corpus_gin(small_corpus), *TINY, "--run-dir", "run", cwd=tmp_path)
     assert (tmp_path / "mlflow.db").is_file(), "the default store is ./mlflow.db"
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = only_run(client)
@@ -67,13 +59,15 @@ def test_run_lands_in_the_default_sqlite_store(tmp_path, small_corpus, cache_dir
         assert name in files, files
     # artifacts stay beside the store, not scattered into other folders
     assert any(p.name == "encoder.safetensors" for p in (tmp_path / "mlruns").rglob("*"))
+    # `electra-kit runs` reads the same default store: one row, this run, its backbones and final step
+    table = cli_main("runs", cwd=tmp_path, check=True).stdout.splitlines()
+    assert len(table) == 2 and table[1].split()[:5] == ["run", run.info.run_id, "FINISHED", "transformer", "transformer"]
+    assert table[1].split()[5] == "30"
 
 
 def test_resume_continues_the_same_mlflow_run(tmp_path, small_corpus, cache_dir):
     args = [*TINY, "--gin", "train.steps = 40", "--gin", "train.checkpoint_every = 10", "--run-dir", "r"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen(cli_argv(small_corpus, *args), cwd=tmp_path, env=env,
+    proc = subprocess.Popen(run_argv(small_corpus, *args), cwd=tmp_path, env=cli_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = tmp_path / "r" / "checkpoints" / "step_00000010"
     deadline = time.time() + 240
@@ -85,7 +79,7 @@ def test_resume_continues_the_same_mlflow_run(tmp_path, small_corpus, cache_dir)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_id = only_run(client).info.run_id
 
-    run_cli(small_corpus, tmp_path, *args, "--resume")
+    run_cli("run", *corpus_gin(small_corpus), *args, "--resume", cwd=tmp_path)
     run = only_run(client)
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
     steps = steps_of(client, run_id, "train/loss")
@@ -97,8 +91,7 @@ def test_training_survives_the_tracking_server_dying_mid_run(tmp_path, small_cor
     try:
         args = [*TINY, "--tracking-uri", server.uri, "--run-dir", "r",
                 "--gin", "train.steps = 60", "--gin", "train.log_every = 2", "--gin", "train.checkpoint_every = 10"]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        proc = subprocess.Popen(cli_argv(small_corpus, *args), cwd=tmp_path, env=env,
+        proc = subprocess.Popen(run_argv(small_corpus, *args), cwd=tmp_path, env=cli_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         ckpts = tmp_path / "r" / "checkpoints"
         deadline = time.time() + 240
@@ -129,8 +122,7 @@ def test_a_run_killed_during_a_server_outage_is_delivered_exactly_once_by_sync(t
     try:
         args = [*TINY, "--tracking-uri", server.uri, "--run-dir", "r",
                 "--gin", "train.steps = 200", "--gin", "train.log_every = 2", "--gin", "train.checkpoint_every = 10"]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        proc = subprocess.Popen(cli_argv(small_corpus, *args), cwd=tmp_path, env=env,
+        proc = subprocess.Popen(run_argv(small_corpus, *args), cwd=tmp_path, env=cli_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         ckpts = tmp_path / "r" / "checkpoints"
         deadline = time.time() + 240
@@ -145,14 +137,11 @@ def test_a_run_killed_during_a_server_outage_is_delivered_exactly_once_by_sync(t
         logged = [json.loads(line)["step"] for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
                   if "train/loss" in line]
         assert logged and logged[-1] >= 30
-        sync = [sys.executable, "-m", "electra_kit", "sync", "r"]
-        out = subprocess.run(sync, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr[-3000:]
+        run_cli("sync", "r", cwd=tmp_path, timeout=120)
         client = MlflowClient(server.uri)
         run = only_run(client)
         assert steps_of(client, run.info.run_id, "train/loss") == logged, "every journaled step once"
-        again = subprocess.run(sync, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-        assert again.returncode == 0 and "sent 0 metric values" in again.stdout
+        assert "sent 0 metric values" in run_cli("sync", "r", cwd=tmp_path, timeout=120).stdout
         assert steps_of(client, run.info.run_id, "train/loss") == logged
     finally:
         server.stop()
@@ -164,11 +153,9 @@ def test_ui_serves_the_store_the_runs_went_to(tmp_path, small_corpus, cache_dir)
 
     from mlflow_server import free_port
 
-    run_cli(small_corpus, tmp_path, *TINY, "--gin", "train.steps = 5", "--run-dir", "run")
+    run_cli("run", *corpus_gin(small_corpus), *TINY, "--gin", "train.steps = 5", "--run-dir", "run", cwd=tmp_path)
     port = free_port()
-    env = {**os.environ}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    ui = subprocess.Popen([sys.executable, "-m", "electra_kit", "ui", "--port", str(port)], cwd=tmp_path, env=env,
+    ui = subprocess.Popen(cli_argv("ui", "--port", port), cwd=tmp_path, env=cli_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10"

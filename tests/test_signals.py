@@ -1,20 +1,18 @@
 """Signals before and during training: prompt, one line, and nothing half-made left behind."""
 
-import os
 import signal
 import subprocess
-import sys
 import time
 
+from conftest import cli_argv, cli_env
 from test_faults import Poisoned, make_trainer
 
 
 def test_ctrl_c_during_vocabulary_training_stops_promptly_and_leaves_nothing(tmp_path):
     # the default corpus with a large vocabulary and an empty cache: training takes a while
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ELECTRA_KIT_CACHE": str(tmp_path / "cache")}
-    argv = [sys.executable, "-m", "electra_kit", "run", "tiny.gin", "--no-tracking", "--gin", "VOCAB_SIZE = 30000",
-            "--run-dir", "r"]
-    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    argv = cli_argv("run", "tiny.gin", "--no-tracking", "--gin", "VOCAB_SIZE = 30000", "--run-dir", "r")
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=cli_env(ELECTRA_KIT_CACHE=str(tmp_path / "cache")),
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (tmp_path / "r" / ".electra-kit.lock").exists() and time.time() < deadline:
         time.sleep(0.05)

@@ -10,6 +10,7 @@ until it is done.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -38,9 +39,9 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:  # one line of at most 300 characters
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text if len(text) <= 300 else text[:300] + "..."
+    return text[:300] + "..." * (len(text) > 300)
 
 
 def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
@@ -79,13 +80,12 @@ def check_store(uri: str) -> str:
             builder(uri)  # a local folder: cheap to open, and refused unless MLFLOW_ALLOW_FILE_STORE=true
     except Exception as exc:  # noqa: BLE001 - MLflow's reason, in one line
         raise TrackingError(f"tracking URI {uri}: {describe(exc).split('. ')[0]}") from exc
-    db = sqlite_path(uri)
-    try:
-        if db is not None and not db.exists():
+    if (db := sqlite_path(uri)) is not None and not db.exists():
+        try:
             db.parent.mkdir(parents=True, exist_ok=True)
             tempfile.TemporaryFile(dir=db.parent).close()
-    except OSError as exc:
-        raise TrackingError(f"tracking URI {uri}: cannot create {db} ({exc.strerror or exc})") from exc
+        except OSError as exc:
+            raise TrackingError(f"tracking URI {uri}: cannot create {db} ({exc.strerror or exc})") from exc
     return uri
 
 
@@ -112,10 +112,8 @@ def read_journal(path: Path, start: int = 0, end: int | None = None) -> list[dic
         data = f.read(-1 if end is None else max(0, end - start))
     records = []
     for line in data.splitlines():
-        try:
+        with contextlib.suppress(ValueError):
             records.append(json.loads(line))
-        except ValueError:
-            continue
     return [r for r in records if isinstance(r, dict) and isinstance(r.get("step"), int) and "ts" in r]
 
 

@@ -1,10 +1,9 @@
 """The Tracker: one MLflow run fed from the training loop (rank 0), which it never blocks or fails.
 
-Every record is on disk before MLflow hears of it (:mod:`.store`). While the store keeps up, metrics go out at
-once through MLflow's own async logging (``log_batch(..., synchronous=False)``). When a send fails or too many
-are in flight, sending stops; a background thread retries with backoff, replays the journal with
-``store.deliver`` (only what the store lacks) and goes live again. ``finish`` waits ``drain_timeout`` seconds
-at most: whatever is unconfirmed then is on disk, for ``electra-kit sync``.
+Every record is on disk first (:mod:`.store`). While the store keeps up, metrics go out at once through MLflow's
+own async logging (``log_batch(..., synchronous=False)``). After a failed send, or with too many in flight, a
+background thread retries with backoff, replays the journal with ``store.deliver`` (only what the store lacks)
+and goes live again. ``finish`` waits ``drain_timeout`` s at most; what is unconfirmed then waits for ``sync``.
 """
 
 from __future__ import annotations
@@ -26,18 +25,18 @@ from .facts import system_tags
 from .store import logger, now_ms
 
 DEFAULT_EXPERIMENT = "electra-kit"
+MAX_IN_FLIGHT = 10  # unconfirmed async sends; more means a slow store: the journal is replayed in bulk instead
 
 
 @gin.configurable
 def tracking(*, uri: str | None = None, experiment: str | None = None, enabled: bool = True) -> dict:
     """Where a run is recorded; ``--tracking-uri`` / ``--experiment`` / ``--no-tracking`` win over these."""
     return {"uri": uri, "experiment": experiment, "enabled": enabled}
-MAX_IN_FLIGHT = 10  # unconfirmed async sends; more means a slow store: the journal is replayed in bulk instead
 
 
-def _clip(value, limit: int = 6000) -> str:  # mlflow.utils.validation: params 6000, tags 8000 characters
-    value = str(value)
-    return value if len(value) <= limit else value[: limit - 14] + "...[truncated]"
+def _clip(values: dict, limit: int) -> dict:  # MLflow's limits: params 6000, tags 8000 characters
+    values = {str(k): str(v) for k, v in values.items()}
+    return {k: v if len(v) <= limit else v[: limit - 14] + "...[truncated]" for k, v in values.items()}
 
 
 @contextlib.contextmanager
@@ -67,23 +66,21 @@ class Tracker:
                  system_metrics_interval: float | None = None):
         self.active = bool(enabled) and rank == 0
         self.run_id: str | None = None  # MLflow's, once the store has the run
-        self._closed = not self.active
-        self._thread: threading.Thread | None = None
+        self._closed, self._thread = not self.active, None
         if not self.active:
             return
         store.http_defaults()
         self.tracking_uri = store.check_store(store.resolve_tracking_uri(tracking_uri))
         self.run_dir, self.experiment, self.run_name = Path(run_dir).resolve(), experiment, run_name
-        self.journal = self.run_dir / store.JOURNAL
         self.drain_timeout, self.start_timeout = drain_timeout, start_timeout
         self.sysmon_interval = (system_metrics_interval or float(os.environ.get(
             "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL") or 10.0)) if system_metrics else None
-        self._lock = threading.Lock()  # the state file, the journal's end, the live/dirty flags
+        self._lock = threading.Lock()  # the state file, the journal's end, the flags
         self._wake, self._stop, self._attempted = threading.Event(), threading.Event(), threading.Event()
         self._client = self._lockfh = None
         self._state: dict = {"artifacts": [], "tags": {}}
         self._end = self._safe_end = 0  # journal bytes written; of those, bytes the store holds for sure
-        self._live, self._dirty, self._todo = False, True, True  # send live? replay needed? state to deliver?
+        self._dirty, self._todo = True, True  # the store may lack journal records (no live sends); state to deliver
         self._pending: collections.deque = collections.deque()  # async sends not yet confirmed
         self._failing = self._confirmed = self._warm = False
         self._deadline, self._last_step = float("inf"), 0
@@ -100,8 +97,7 @@ class Tracker:
         old = store.read_state(self.run_dir) if resume else {}
         if resume and not old.get("uid"):
             logger.warning("resume: %s has no %s; starting a new MLflow run", self.run_dir, store.STATE)
-        new = store.valid_entries({str(k): _clip(v) for k, v in params.items()}, "param")
-        kept = old.get("params", {})
+        new, kept = store.valid_entries(_clip(params, 6000), "param"), old.get("params", {})
         changed = [f"{k}={kept[k]} (now {v})" for k, v in new.items() if kept.get(k, v) != v]
         if changed:
             logger.warning("MLflow refuses to change a logged param; the run keeps %s", ", ".join(changed))
@@ -112,17 +108,15 @@ class Tracker:
             "tracking_uri": self.tracking_uri, "artifact_location": store.artifact_location(self.tracking_uri, experiment),
             "run_name": old.get("run_name", self.run_name), "start_time": old.get("start_time") or now_ms(),
             "params": {**new, **kept}, "artifacts": old.get("artifacts", []) + self._state["artifacts"],
-            "tags": store.valid_entries({k: _clip(v, 8000) for k, v in {**old.get("tags", {}), **facts, **tags}.items()},
-                                        "tag"),
+            "tags": store.valid_entries(_clip({**old.get("tags", {}), **facts, **tags}, 8000), "tag"),
             "status": None, "end_time": None, "error": None,
         }
         self.run_id = self._state["run_id"]
-        with self._lock:
-            with open(self.journal, "ab+") as f:  # a line torn by a kill must not swallow the next one
-                size = f.seek(0, os.SEEK_END)
-                if size and os.pread(f.fileno(), 1, size - 1) != b"\n":
-                    f.write(b"\n")
-                self._end = f.tell()
+        with self._lock, open(self.run_dir / store.JOURNAL, "ab+") as f:
+            size = f.seek(0, os.SEEK_END)  # a line torn by a kill must not swallow the next one
+            if size and os.pread(f.fileno(), 1, size - 1) != b"\n":
+                f.write(b"\n")
+            self._end = f.tell()
             store.write_state(self.run_dir, self._state)
         self._thread = threading.Thread(target=self._loop, daemon=True, name="electra-kit-mlflow")
         self._thread.start()
@@ -141,10 +135,10 @@ class Tracker:
             with contextlib.suppress(TypeError, ValueError, RuntimeError):
                 values[str(k)] = float(v)
         with self._lock:
-            ts, self._end = store.append_journal(self.journal, step, values)
+            ts, self._end = store.append_journal(self.run_dir / store.JOURNAL, step, values)
             self._last_step = step
-            if not self._live or len(self._pending) >= MAX_IN_FLIGHT:
-                self._live, self._dirty = False, True
+            self._dirty = self._dirty or len(self._pending) >= MAX_IN_FLIGHT
+            if self._dirty:
                 return
             from mlflow.entities import Metric
 
@@ -154,7 +148,7 @@ class Tracker:
                     self._pending.append(self._client.log_batch(self.run_id, metrics=batch, synchronous=False))
                     self._wake.set()  # the background thread confirms it
             except Exception:  # noqa: BLE001 - the journal has it; the background thread replays it
-                self._live, self._dirty = False, True
+                self._dirty = True
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None, *, as_text: str | None = None) -> None:
         """Upload a file, or a folder as ``artifact_path/<folder name>/...``, in the background. ``as_text``: a text
@@ -168,16 +162,14 @@ class Tracker:
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if not self._closed:
-            tags = store.valid_entries({str(k): _clip(v, 8000) for k, v in tags.items()}, "tag")
-            self._update(tags={**self._state["tags"], **tags})
+            self._update(tags={**self._state["tags"], **store.valid_entries(_clip(tags, 8000), "tag")})
 
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
         """End the run with FINISHED, FAILED or KILLED; wait at most ``drain_timeout`` seconds for the store."""
-        if self._closed:
+        if self._closed or self._thread is None:
+            self._closed = True
             return
         self._closed = True
-        if self._thread is None:
-            return
         atexit.unregister(self._atexit)
         self._deadline = time.monotonic() + self.drain_timeout
         self._update(status=status, end_time=now_ms(), error=error[-8000:] if error else None)
@@ -196,12 +188,12 @@ class Tracker:
         """Change the run's state by replacing values, never mutating them (the delivery reads them unlocked)."""
         with self._lock:
             self._state.update(fields)
-            self._save(self._state, locked=True)
+            store.write_state(self.run_dir, self._state)
             self._todo = True
         self._wake.set()
 
-    def _save(self, state: dict, locked: bool = False) -> None:
-        with contextlib.nullcontext() if locked else self._lock:
+    def _save(self, state: dict) -> None:
+        with self._lock:
             store.write_state(self.run_dir, state)
 
     def _atexit(self) -> None:
@@ -213,7 +205,13 @@ class Tracker:
         while not self._confirmed:
             failed = False
             try:
-                self._settle()
+                while self._pending:  # confirm the async sends so far
+                    try:
+                        self._pending[0].wait()
+                    except Exception:  # noqa: BLE001 - the store lacks that batch: replay the journal
+                        with self._lock:
+                            self._dirty = True
+                    self._pending.popleft()
                 if self._dirty or self._todo or self._stop.is_set():
                     self._deliver()
                 if self._failing:
@@ -231,20 +229,9 @@ class Tracker:
             self._wake.wait(1.0 if self._stop.is_set() else backoff if failed else 0.1)
             self._wake.clear()
 
-    def _settle(self) -> None:
-        """Wait for the async sends so far; a failed one makes the journal dirty (the replay resends it)."""
-        while self._pending:
-            try:
-                self._pending[0].wait()
-            except Exception:  # noqa: BLE001
-                with self._lock:
-                    self._live, self._dirty = False, True
-            self._pending.popleft()
-
     def _deliver(self) -> None:
         with self._lock:
-            replay, end, final = self._dirty, self._end, self._stop.is_set()
-            self._todo = False
+            replay, end, final, self._todo = self._dirty, self._end, self._stop.is_set(), False
         try:
             if self._client is None:
                 from mlflow import MlflowClient
@@ -267,7 +254,6 @@ class Tracker:
         with self._lock:
             if replay and self._end == end:  # nothing came in while replaying: go live
                 self._dirty = False
-            self._live = not self._dirty
             self._confirmed = final and not (self._dirty or self._todo or self._pending)
 
     def _sample_system_metrics(self) -> None:
