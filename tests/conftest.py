@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,10 @@ def cli_main(monkeypatch, capsys):
         return subprocess.CompletedProcess(list(args), code, out, err)
 
     return call
+
+
+def error_lines(stderr: str) -> str:
+    """stderr without the console's phase lines (``electra-kit: building the model ...`` and its duration):
+    what is left is what a failed command says about its failure."""
+    phase = re.compile(r"^electra-kit: .*( \.\.\.|: \d+\.\d s)$")
+    return "\n".join(line for line in stderr.strip().splitlines() if not phase.match(line))

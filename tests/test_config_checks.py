@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import error_lines
 
 from electra_kit.cli import main
 from electra_kit.objectives.electra import Electra
@@ -46,7 +47,7 @@ def run_cli(tmp_path, monkeypatch, *args):
 def test_a_bad_binding_is_one_line_naming_it_before_anything_is_built(tmp_path, monkeypatch, capsys, cache_dir,
                                                                       small_corpus, binding, named):
     code = run_cli(tmp_path, monkeypatch, "--gin", f"build_data.corpus = '{small_corpus}/*.txt'", "--gin", binding)
-    err = capsys.readouterr().err.strip()
+    err = error_lines(capsys.readouterr().err)
     assert code == 2
     assert len(err.splitlines()) == 1 and named in err, err
     assert not (tmp_path / "r").exists()
@@ -56,7 +57,7 @@ def test_a_gin_file_that_includes_itself_is_one_line(tmp_path, monkeypatch, caps
     (tmp_path / "loop.gin").write_text("include 'loop.gin'\n")
     monkeypatch.chdir(tmp_path)
     assert main(["run", "loop.gin", "--no-tracking", "--run-dir", "r"]) == 2
-    err = capsys.readouterr().err.strip()
+    err = error_lines(capsys.readouterr().err)
     assert len(err.splitlines()) == 1 and "cycle: loop.gin -> loop.gin" in err
 
 
@@ -66,7 +67,7 @@ def test_a_cycle_of_includes_is_one_line_naming_the_cycle(tmp_path, monkeypatch,
     (tmp_path / "c.gin").write_text("include 'a.gin'\n")
     monkeypatch.chdir(tmp_path)
     assert main(["run", "a.gin", "--no-tracking", "--run-dir", "r"]) == 2
-    err = capsys.readouterr().err.strip()
+    err = error_lines(capsys.readouterr().err)
     assert len(err.splitlines()) == 1 and "a.gin -> b.gin -> c.gin -> a.gin" in err
 
 
@@ -138,5 +139,5 @@ def test_a_manifest_of_the_wrong_shape_marks_the_checkpoint_invalid(tmp_path, ma
 def test_an_include_cycle_started_from_a_command_line_binding_is_one_line(tmp_path, monkeypatch, capsys):
     (tmp_path / "loop.gin").write_text("include 'loop.gin'\n")
     code = run_cli(tmp_path, monkeypatch, "--gin", "include 'loop.gin'")
-    err = capsys.readouterr().err.strip()
+    err = error_lines(capsys.readouterr().err)
     assert code == 2 and len(err.splitlines()) == 1 and "cycle" in err

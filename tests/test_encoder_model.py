@@ -13,9 +13,10 @@ from pathlib import Path
 
 import mlflow
 import torch
+from conftest import corpus_gin, run_cli
 from mlflow import MlflowClient
 from mlflow_server import free_port
-from test_run_tracking import TINY, only_run, run_cli
+from test_run_tracking import TINY, only_run
 
 from electra_kit import load_pretrained
 from electra_kit.tracking.links import experiment_links
@@ -50,7 +51,8 @@ def mean_pooled(model_dir: Path) -> torch.Tensor:
 
 
 def test_run_logs_a_servable_registrable_encoder(tmp_path, small_corpus, cache_dir):
-    proc = run_cli(small_corpus, tmp_path, *TINY, "--gin", "train.steps = 5", "--run-dir", "run")
+    proc = run_cli("run", *corpus_gin(small_corpus), *TINY, "--gin", "train.steps = 5", "--run-dir", "run",
+                   cwd=tmp_path)
     # the console: a line per phase, MLflow's INFO lines only in the run's log
     for line in ("building the model ...", "saving the model folder", "uploading the run's last metrics",
                  "logging the encoder to MLflow as a Logged Model ...", "Logged Model models:/"):

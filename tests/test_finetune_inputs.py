@@ -4,6 +4,7 @@ import csv
 import shutil
 
 import pytest
+from conftest import error_lines
 
 from electra_kit.cli import main
 from electra_kit.data.tokenizer import train_wordpiece
@@ -47,7 +48,7 @@ def finetune(tmp_path, model, train, *flags):
 ])
 def test_a_bad_finetune_flag_is_one_line_naming_it(tmp_path, model_dir, pairs, capsys, flags, named):
     assert finetune(tmp_path, model_dir, pairs, *flags) == 2
-    err = capsys.readouterr().err.strip()
+    err = error_lines(capsys.readouterr().err)
     assert len(err.splitlines()) == 1 and named in err, err
     assert not (tmp_path / "ft").exists()
 
@@ -56,7 +57,7 @@ def test_a_damaged_model_folder_is_one_line_naming_the_file(tmp_path, model_dir,
     weights = model_dir / "encoder.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     assert finetune(tmp_path, model_dir, pairs) == 2
-    err = capsys.readouterr().err.strip()
+    err = error_lines(capsys.readouterr().err)
     assert len(err.splitlines()) == 1 and "encoder.safetensors" in err and "damaged" in err
     assert not (tmp_path / "ft").exists()
 

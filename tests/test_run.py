@@ -129,7 +129,7 @@ def test_every_shipped_gin_file_parses():
             "performer_reformer_small.gin"} <= {p.name for p in shipped}
     for path in shipped:
         config.parse([str(path)], ["TRAIN_STEPS = 7"])
-        if path.name != "base.gin" and not path.name.startswith(("size_", "backbone_")):
+        if path.name not in ("base.gin", "long.gin") and not path.name.startswith(("size_", "backbone_")):  # layers
             assert TrainConfig().steps == 7, f"{path.name} does not honour the TRAIN_STEPS macro"
 
 

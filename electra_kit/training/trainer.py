@@ -312,8 +312,11 @@ class Trainer:
                 v = v.detach().float() / cfg.grad_accum_steps
                 totals[k] = totals[k] + v if k in totals else v
         grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.max_grad_norm)
+        sharded = hasattr(grad_norm, "full_tensor")  # FSDP: a DTensor norm, DTensor parameters
+        if sharded:
+            grad_norm = grad_norm.full_tensor()
         finite = torch.isfinite(grad_norm) & torch.isfinite(totals["loss"])
-        if getattr(self.optimizer, "defaults", {}).get("fused"):
+        if getattr(self.optimizer, "defaults", {}).get("fused") and not sharded:
             self._skip_in_kernel(~finite)
         elif bool(finite):  # other optimizers: the step's one host sync
             self.optimizer.step()
