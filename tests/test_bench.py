@@ -202,3 +202,22 @@ def test_long_configs_match_the_benchmark_and_train_at_a_reduced_length(config, 
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (tmp_path / "run" / "checkpoints" / "step_00000003").exists()
     assert "MAX_SEQ_LEN = 256" in (tmp_path / "run" / "operative_config.gin").read_text()
+
+
+def test_precision_curves_tabulate_each_runs_last_evaluation(tmp_path):
+    """Two tiny journals per precision: the table holds each run's last eval and the tokens/s median."""
+    for name, auc in (("fp32_s0", 0.80), ("fp32_s1", 0.82), ("bf16_s0", 0.81), ("bf16_s1", 0.79)):
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        lines = [{"step": s, "train/loss": 30 - s / 10, "train/tokens_per_s": 1000 + s} for s in (10, 20, 30)]
+        lines += [{"step": 20, "eval/disc_auc": 0.5, "eval/loss": 25.0, "eval/gen_loss": 8.0},
+                  {"step": 30, "eval/disc_auc": auc, "eval/loss": 24.0, "eval/gen_loss": 7.0}]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = tmp_path / "pc.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "precision_curves.py"), str(tmp_path / "runs"),
+                           "--json", str(out), "--plot", str(tmp_path / "pc.png")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(out.read_text())["summary"]
+    assert sorted(r["disc_auc"] for r in summary["fp32"]) == [0.80, 0.82]
+    assert [r["tokens_per_s"] for r in summary["bf16"]] == [1020, 1020] and (tmp_path / "pc.png").stat().st_size
+    assert "fp32: AUC mean 0.8100, seed spread 0.0200" in proc.stdout
