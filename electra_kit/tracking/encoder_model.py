@@ -54,7 +54,6 @@ def log_encoder_model(model_dir, *, tracking_uri: str, run_id: str, step: int, n
 
     import numpy as np
     from mlflow.models import Model, ModelSignature
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
     from mlflow.types import ColSpec, Schema, TensorSpec
 
     from ..modelfolder.pretrained import read_config
@@ -64,16 +63,25 @@ def log_encoder_model(model_dir, *, tracking_uri: str, run_id: str, step: int, n
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, hidden))]))
     requirements = [f"{p}=={version(p)}" for p in ("electra-kit", "torch", "mlflow")]  # no inference run at log time
     experiment_id = mlflow.MlflowClient(tracking_uri).get_run(run_id).info.experiment_id  # else: MLflow's "Default"
-    with (_use_tracking_uri(tracking_uri), warnings.catch_warnings(),
-          _env(MLFLOW_EXPERIMENT_ID=experiment_id, MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")):
-        # MLflow's advice (type hints, an input example) is for models without a signature; this one has one
-        warnings.simplefilter("ignore", UserWarning)
+    with model_logging(tracking_uri, MLFLOW_EXPERIMENT_ID=experiment_id):
         # Model.log is what mlflow.pyfunc.log_model calls, with the run given instead of an active one (so the
         # finished run is not reopened) and the step whose metrics the model carries
         info = Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, python_model=__file__,
                          artifacts={"model": str(model_dir)}, signature=signature, pip_requirements=requirements,
                          run_id=run_id, step=step)
     return info.model_uri
+
+
+@contextlib.contextmanager
+def model_logging(tracking_uri: str, **env: str):
+    """While a CLI logs a Logged Model: ``tracking_uri`` as MLflow's store, its progress bar off, and its advice for
+    interactive use (type hints, an input example: our models carry a signature) kept off the console."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with (_use_tracking_uri(tracking_uri), warnings.catch_warnings(),
+          _env(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false", **env)):
+        warnings.simplefilter("ignore", UserWarning)
+        yield
 
 
 @contextlib.contextmanager

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import tempfile
-import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import mlflow
 import pandas as pd
+
+from ..tracking.encoder_model import model_logging
 
 logger = logging.getLogger("electra_kit.tracking")
 ARTIFACT = "model"  # the key of the model folder in the pyfunc's artifacts
@@ -82,23 +82,13 @@ def _requirements(backbone: str) -> list[str]:
     return out
 
 
-@contextlib.contextmanager
-def _tracking_uri(uri: str):
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(before)
-
-
 def log_classifier(model_dir: str | Path, *, tracking_uri: str, run_id: str, metrics: dict[str, float],
                    name: str = "classifier") -> str:
     """Log ``model_dir`` as a Logged Model of run ``run_id`` with ``metrics`` linked to it; its model id."""
     from ..modelfolder.pretrained import read_config
 
     config = read_config(model_dir)
-    with _quiet(), tempfile.TemporaryDirectory(prefix="electra-kit-pyfunc-") as tmp, _tracking_uri(tracking_uri), \
+    with tempfile.TemporaryDirectory(prefix="electra-kit-pyfunc-") as tmp, model_logging(tracking_uri), \
             mlflow.start_run(run_id=run_id):
         code = Path(tmp) / "classifier_model.py"  # a model from code: no pickle in the model, as in our folders
         code.write_text(MODEL_CODE)
@@ -109,22 +99,6 @@ def log_classifier(model_dir: str | Path, *, tracking_uri: str, run_id: str, met
         )
         mlflow.log_metrics(metrics, model_id=info.model_id)
     return info.model_id
-
-
-@contextlib.contextmanager
-def _quiet():
-    """MLflow's advice for interactive use (an input example, a progress bar) is noise in a CLI's output."""
-    before = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
-            yield
-    finally:
-        if before is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = before
 
 
 def log_kept_model(tracker, kept: dict) -> str | None:
