@@ -64,7 +64,7 @@ def check(base: str, db: Path, out: Path) -> list[str]:
     from mlflow import MlflowClient
     from playwright.sync_api import sync_playwright
 
-    from electra_kit.tracking.links import runs_url
+    from electra_kit.tracking.runs import runs_url
 
     client = MlflowClient(f"sqlite:///{db.resolve()}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], order_by=["start_time DESC"])

@@ -131,7 +131,7 @@ def _cmd_ui(args) -> int:
     import os
 
     from .tracking import TrackingError, ui_command
-    from .tracking.links import experiment_links
+    from .tracking.runs import experiment_links
 
     try:
         argv = ui_command(tracking_uri=args.tracking_uri, port=args.port)

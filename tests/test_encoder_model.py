@@ -19,7 +19,7 @@ from mlflow_server import free_port
 from test_run_tracking import TINY, only_run
 
 from electra_kit import load_pretrained
-from electra_kit.tracking.links import experiment_links
+from electra_kit.tracking.runs import experiment_links
 
 TEXTS = ["The state of the union is strong.", "Taxes and the budget."]
 

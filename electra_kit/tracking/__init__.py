@@ -1,8 +1,8 @@
-"""MLflow tracking: a thin adapter over MLflow's own async logging, rank 0 only, that never stops a run. The run
-directory is the durable record (``metrics.jsonl``, ``mlflow_run.json``); MLflow gets a copy as the run goes, and
+"""MLflow tracking: a thin adapter over MLflow's client, rank 0 only, that never stops a run. The run directory is
+the durable record (``metrics.jsonl``, ``mlflow_run.json``); a background thread ships it to MLflow as the run goes, and
 ``electra-kit sync RUN_DIR`` delivers whatever it missed. Runs go to ``tracking_uri``, else $MLFLOW_TRACKING_URI,
 else ``sqlite:///<cwd>/mlflow.db`` (artifacts beside it in ``mlruns/``). Modules import only those listed before
-them: ``store`` (records, delivery, sync), ``facts`` (params, tags), ``tracker`` (the live run), ``runs`` (table, UI).
+them: ``store`` (records, delivery, sync), ``facts`` (params, tags), ``tracker`` (the live run), ``runs`` (table, UI, links).
 """
 
 from .facts import flatten_gin_config, system_tags

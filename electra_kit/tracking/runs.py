@@ -1,4 +1,8 @@
-"""Looking at recorded runs: the ``electra-kit runs`` table and the ``electra-kit ui`` command line."""
+"""Looking at recorded runs: the ``electra-kit runs`` table, the ``electra-kit ui`` command line, and links that land
+on the runs: MLflow 3.17's UI opens an experiment on the page of the browser's workflow type (the URL's
+``workflowType``, else the sidebar switch's last position in localStorage, else the GenAI overview), not of the
+experiment's ``mlflow.experimentKind`` tag (bench/ui_check.py shows both); ``workflowType=machine_learning`` lands
+on the runs in any browser."""
 
 from __future__ import annotations
 
@@ -63,3 +67,23 @@ def ui_command(tracking_uri: str | None = None, port: int = 5000) -> list[str]:
     exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
     return [*env, *([exe] if exe else [sys.executable, "-m", "mlflow"]), "ui", "--backend-store-uri", uri,
             "--default-artifact-root", str(root), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+
+
+def runs_url(base: str, experiment_id: str) -> str:
+    """The experiment's runs page: ``http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning``."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def experiment_links(tracking_uri: str, base: str) -> list[tuple[str, str]]:
+    """(name, runs URL) of each experiment in the store that has runs, newest first; [] if it can't be read."""
+    from mlflow import MlflowClient
+
+    if (db := sqlite_path(tracking_uri)) is not None and not db.exists():
+        return []
+    try:
+        client = MlflowClient(tracking_uri)
+        experiments = client.search_experiments(order_by=["last_update_time DESC"])
+        return [(e.name, runs_url(base, e.experiment_id)) for e in experiments
+                if client.search_runs([e.experiment_id], max_results=1)]
+    except Exception:  # noqa: BLE001 - links are a convenience; the UI still starts
+        return []

@@ -27,7 +27,7 @@ logger = logging.getLogger("electra_kit.tracking")
 JOURNAL, STATE, LOCK = "metrics.jsonl", "mlflow_run.json", ".mlflow.lock"
 UID_TAG, ERROR_TAG = "electra_kit.uid", "electra_kit.error"
 # The kind MLflow 3 records for a model-training experiment; 3.17's UI does not read it to pick the landing page
-# (the browser's workflow switch decides: links.py), but it says what the experiment is.
+# (the browser's workflow switch decides: runs.py), but it says what the experiment is.
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
@@ -190,28 +190,30 @@ def _run(client, state: dict):
         exp_id, start_time=state.get("start_time"), tags={UID_TAG: state["uid"]}, run_name=state.get("run_name"))
 
 
-def deliver(client, state: dict, run_dir: Path, *, metrics: bool = True, start: int = 0, end: int | None = None,
-            save=None) -> dict:
-    """Make the store hold what ``state`` and the journal (bytes ``start`` to ``end``) say; returns counts.
+def deliver(client, state: dict, run_dir: Path, *, start: int = 0, end: int | None = None, check: bool = True,
+            full: bool = True, save=None) -> dict:
+    """Make the store hold what the journal (bytes ``start`` to ``end``) and, with ``full``, ``state`` say; returns
+    counts. ``check``: send only the metrics the store lacks (after a failure, which may have delivered part).
     ``save(state)`` persists progress (the run id, artifacts done). Raises what the store raises: call again."""
     from mlflow.entities import Metric, Param, RunTag
 
     save = save or (lambda s: write_state(run_dir, s))
-    run = _run(client, state)
-    run_id = run.info.run_id
+    run = _run(client, state) if full or not state.get("run_id") else None
+    run_id = run.info.run_id if run else state["run_id"]
     if state.get("run_id") != run_id:
         state["run_id"] = run_id
         save(state)
-    params = [Param(k, v) for k, v in state.get("params", {}).items() if k not in run.data.params]
-    tags = [RunTag(k, v) for k, v in state.get("tags", {}).items() if run.data.tags.get(k) != v]
-    missing = []
-    if metrics:
-        records = [(r, valid_entries(r)) for r in read_journal(run_dir / JOURNAL, start, end)]
-        keys = {k for _, values in records for k in values}
-        have = {k: {(m.step, m.timestamp) for m in client.get_metric_history(run_id, k)} for k in keys}
-        missing = [Metric(k, v, r["ts"], r["step"]) for r, values in records for k, v in values.items()
-                   if (r["step"], r["ts"]) not in have[k]]
-    client.log_batch(run_id, missing, params, tags, synchronous=True)  # MLflow splits it within its limits
+    params = [Param(k, v) for k, v in state.get("params", {}).items() if k not in run.data.params] if run else []
+    tags = [RunTag(k, v) for k, v in state.get("tags", {}).items() if run.data.tags.get(k) != v] if run else []
+    records = [(r, valid_entries(r)) for r in read_journal(run_dir / JOURNAL, start, end)]
+    have = {k: {(m.step, m.timestamp) for m in client.get_metric_history(run_id, k)}
+            for k in ({k for _, values in records for k in values} if check else ())}
+    missing = [Metric(k, v, r["ts"], r["step"]) for r, values in records for k, v in values.items()
+               if (r["step"], r["ts"]) not in have.get(k, ())]
+    if missing or params or tags:
+        client.log_batch(run_id, missing, params, tags, synchronous=True)  # MLflow splits it within its limits
+    if not run:
+        return {"run_id": run_id, "params": 0, "metrics": len(missing), "artifacts": 0}
     uploaded = [a for a in state.get("artifacts", []) if not a.get("done")]
     for art in uploaded:
         path, dest = Path(art["path"]), art.get("artifact_path")

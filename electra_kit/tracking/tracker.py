@@ -1,17 +1,16 @@
 """The Tracker: one MLflow run fed from the training loop (rank 0), which it never blocks or fails.
 
-Every record is on disk first (:mod:`.store`). While the store keeps up, metrics go out at once through MLflow's
-own async logging (``log_batch(..., synchronous=False)``). After a failed send, or with too many in flight, a
-background thread retries with backoff, replays the journal with ``store.deliver`` (only what the store lacks)
-and goes live again. ``finish`` waits ``drain_timeout`` s at most; what is unconfirmed then waits for ``sync``.
+``log_metrics`` appends to the journal (:mod:`.store`) and returns; one background thread ships what the store
+lacks with ``store.deliver``: the journal's new bytes in one ``log_batch`` (MLflow splits it within its limits),
+and the run's params, tags, artifacts and final status when they change. After a failure it retries with
+backoff and, before resending, checks what the store already holds, so nothing arrives twice. ``finish`` waits
+``drain_timeout`` s at most; what is unconfirmed then is delivered by ``electra-kit sync``.
 """
 
 from __future__ import annotations
 
 import atexit
-import collections
 import contextlib
-import logging
 import os
 import threading
 import time
@@ -25,7 +24,6 @@ from .facts import system_tags
 from .store import logger, now_ms
 
 DEFAULT_EXPERIMENT = "electra-kit"
-MAX_IN_FLIGHT = 10  # unconfirmed async sends; more means a slow store: the journal is replayed in bulk instead
 
 
 @gin.configurable
@@ -42,18 +40,18 @@ def _clip(values: dict, limit: int) -> dict:  # MLflow's limits: params 6000, ta
 @contextlib.contextmanager
 def finish_when_done(tracker: "Tracker | None", killed: tuple[type[BaseException], ...] = (KeyboardInterrupt,)):
     """Finish ``tracker``'s run as FINISHED, KILLED (on a ``killed`` exception) or FAILED with the error."""
-    if tracker is None:
-        yield
-        return
+    status, error = "FINISHED", None
     try:
         yield
     except killed:
-        tracker.finish("KILLED")
+        status = "KILLED"
         raise
     except BaseException as exc:
-        tracker.finish("FAILED", f"{type(exc).__name__}: {exc}")
+        status, error = "FAILED", f"{type(exc).__name__}: {exc}"
         raise
-    tracker.finish("FINISHED")
+    finally:
+        if tracker is not None:
+            tracker.finish(status, error)
 
 
 class Tracker:
@@ -75,17 +73,13 @@ class Tracker:
         self.drain_timeout, self.start_timeout = drain_timeout, start_timeout
         self.sysmon_interval = (system_metrics_interval or float(os.environ.get(
             "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL") or 10.0)) if system_metrics else None
-        self._lock = threading.Lock()  # the state file, the journal's end, the flags
+        self._lock = threading.Lock()  # the state file, the journal's end, _todo
         self._wake, self._stop, self._attempted = threading.Event(), threading.Event(), threading.Event()
         self._client = self._lockfh = None
         self._state: dict = {"artifacts": [], "tags": {}}
-        self._end = self._safe_end = 0  # journal bytes written; of those, bytes the store holds for sure
-        self._dirty, self._todo = True, True  # the store may lack journal records (no live sends); state to deliver
-        self._pending: collections.deque = collections.deque()  # async sends not yet confirmed
-        self._failing = self._confirmed = self._warm = False
-        self._deadline, self._last_step = float("inf"), 0
-        # MLflow logs an error per failed async batch; the Tracker reports an outage once, and its end
-        logging.getLogger("mlflow.utils.async_logging.async_logging_queue").setLevel(logging.CRITICAL)
+        self._end = self._sent = 0  # journal bytes written; of those, bytes the store has
+        self._todo = self._unsure = True  # state to deliver; the store may hold part of what was not confirmed
+        self._confirmed, self._deadline, self._last_step = False, float("inf"), 0
 
     def start(self, *, params: dict[str, object], tags: dict[str, str], resume: bool = False) -> str | None:
         """Record the run (with ``resume``, the one this run directory recorded before) and connect in the
@@ -116,7 +110,7 @@ class Tracker:
             size = f.seek(0, os.SEEK_END)  # a line torn by a kill must not swallow the next one
             if size and os.pread(f.fileno(), 1, size - 1) != b"\n":
                 f.write(b"\n")
-            self._end = f.tell()
+            self._end = f.tell()  # a resumed journal is replayed from byte 0: the store may lack its end
             store.write_state(self.run_dir, self._state)
         self._thread = threading.Thread(target=self._loop, daemon=True, name="electra-kit-mlflow")
         self._thread.start()
@@ -127,7 +121,7 @@ class Tracker:
         return self.run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Journal ``metrics`` (numbers or 0-d tensors) for ``step``; send them if the store keeps up."""
+        """Journal ``metrics`` (numbers or 0-d tensors) for ``step``; the background thread sends them."""
         if self._closed:
             return
         values = {}
@@ -135,20 +129,9 @@ class Tracker:
             with contextlib.suppress(TypeError, ValueError, RuntimeError):
                 values[str(k)] = float(v)
         with self._lock:
-            ts, self._end = store.append_journal(self.run_dir / store.JOURNAL, step, values)
+            _, self._end = store.append_journal(self.run_dir / store.JOURNAL, step, values)
             self._last_step = step
-            self._dirty = self._dirty or len(self._pending) >= MAX_IN_FLIGHT
-            if self._dirty:
-                return
-            from mlflow.entities import Metric
-
-            batch = [Metric(k, v, ts, step) for k, v in store.valid_entries(values).items()]
-            try:
-                if batch:
-                    self._pending.append(self._client.log_batch(self.run_id, metrics=batch, synchronous=False))
-                    self._wake.set()  # the background thread confirms it
-            except Exception:  # noqa: BLE001 - the journal has it; the background thread replays it
-                self._dirty = True
+        self._wake.set()
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None, *, as_text: str | None = None) -> None:
         """Upload a file, or a folder as ``artifact_path/<folder name>/...``, in the background. ``as_text``: a text
@@ -174,7 +157,6 @@ class Tracker:
         self._deadline = time.monotonic() + self.drain_timeout
         self._update(status=status, end_time=now_ms(), error=error[-8000:] if error else None)
         self._stop.set()
-        self._wake.set()
         self._thread.join(self.drain_timeout + 1)
         if not self._confirmed:
             logger.warning("MLflow at %s did not confirm all of this run's records; they are on disk in %s (%s, %s): "
@@ -201,60 +183,45 @@ class Tracker:
         self.finish("KILLED", error="process exited without Tracker.finish()")
 
     def _loop(self) -> None:
-        backoff = 0.5
-        while not self._confirmed:
-            failed = False
+        failing, backoff = False, 0.5
+        while True:
+            self._wake.clear()  # a record journaled from here on wakes the next round
             try:
-                while self._pending:  # confirm the async sends so far
-                    try:
-                        self._pending[0].wait()
-                    except Exception:  # noqa: BLE001 - the store lacks that batch: replay the journal
-                        with self._lock:
-                            self._dirty = True
-                    self._pending.popleft()
-                if self._dirty or self._todo or self._stop.is_set():
-                    self._deliver()
-                if self._failing:
+                self._confirmed = self._deliver()
+                if failing:
                     logger.warning("MLflow at %s is reachable again: delivered what it missed", self.tracking_uri)
-                self._failing, backoff = False, 0.5
+                failing, backoff = False, 0.5
             except Exception as exc:  # noqa: BLE001 - never let the store stop training
-                if not self._failing:
+                if not failing:
                     logger.warning("MLflow at %s failed (%s); training goes on, records are kept in %s and retried",
                                    self.tracking_uri, store.describe(exc), self.run_dir)
-                self._failing = failed = True
-                backoff = min(backoff * 2, 60.0)
+                failing, backoff = True, min(backoff * 2, 60.0)
             self._attempted.set()
-            if self._stop.is_set() and time.monotonic() >= self._deadline:
+            if self._confirmed or (self._stop.is_set() and time.monotonic() >= self._deadline):
                 return
-            self._wake.wait(1.0 if self._stop.is_set() else backoff if failed else 0.1)
-            self._wake.clear()
+            if failing:  # a dead store is not asked again for every record; at the end, once a second
+                self._stop.wait(backoff) if not self._stop.is_set() else time.sleep(1.0)
+            else:
+                self._wake.wait(5.0)
 
-    def _deliver(self) -> None:
+    def _deliver(self) -> bool:
+        """One delivery of what the store lacks; True once the run is finished and the store has all of it."""
         with self._lock:
-            replay, end, final, self._todo = self._dirty, self._end, self._stop.is_set(), False
+            end, todo, final, self._todo = self._end, self._todo, self._stop.is_set(), False
         try:
             if self._client is None:
                 from mlflow import MlflowClient
 
                 self._client = MlflowClient(self.tracking_uri)  # builds the store: may take long, or fail
-            result = store.deliver(self._client, self._state, self.run_dir, metrics=replay, start=self._safe_end,
-                                   end=end, save=self._save)
+            if todo or end > self._sent:
+                self.run_id = store.deliver(self._client, self._state, self.run_dir, start=self._sent, end=end,
+                                            check=self._unsure, full=todo, save=self._save)["run_id"]
         except BaseException:
-            self._todo = True
+            self._todo, self._unsure = True, True
             raise
-        if not self._warm:  # start MLflow's async queue and its threads here, not in a training step
-            from mlflow.entities import RunTag
-
-            uid = [RunTag(store.UID_TAG, self._state["uid"])]
-            for ops in [self._client.log_batch(result["run_id"], tags=uid, synchronous=False) for _ in range(10)]:
-                ops.wait()
-            self._warm = True
-        self.run_id = result["run_id"]
-        self._safe_end = end if replay else self._safe_end
+        self._sent, self._unsure = end, False
         with self._lock:
-            if replay and self._end == end:  # nothing came in while replaying: go live
-                self._dirty = False
-            self._confirmed = final and not (self._dirty or self._todo or self._pending)
+            return final and self._end == end and not self._todo
 
     def _sample_system_metrics(self) -> None:
         """MLflow's own CPU/disk/network/GPU monitors, sampled here so their values go through the journal like

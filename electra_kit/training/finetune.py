@@ -407,7 +407,7 @@ def _run_finetune(model_dir, spec, cfg, run_dir, tracking, tracking_uri, experim
     with finish_when_done(tracker):
         results = finetune(model_dir, spec, cfg, tracker=tracker, run_dir=run_dir)
         if tracker is not None and tracker.active:
-            from .classifier_mlflow import log_kept_model
+            from ..serving.classifier import log_kept_model
 
             print("electra-kit: logging the kept model to MLflow", file=sys.stderr, flush=True)
             results["kept_model"]["mlflow_model_id"] = log_kept_model(tracker, results["kept_model"])

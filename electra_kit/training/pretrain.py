@@ -253,7 +253,7 @@ def _train(trainer, data, model, tracker, dist, device, run_dir) -> dict:
                     with phase("uploading the run's last metrics and artifacts to MLflow"):
                         tracker.finish("FINISHED")
         if model_dir is not None and tracker is not None:
-            from ..tracking.encoder_model import log_run_encoder  # imports mlflow.pyfunc: seconds, so only now
+            from ..serving.encoder import log_run_encoder  # imports mlflow.pyfunc: seconds, so only now
 
             log_run_encoder(tracker, model_dir, result["step"], say=say)
         return {**result, "model_dir": model_dir, "run_dir": run_dir, "history": trainer.history}

@@ -107,7 +107,7 @@ def log_run_encoder(tracker, model_dir, step: int, say=print) -> str | None:
     try:
         uri = log_encoder_model(model_dir, tracking_uri=tracker.tracking_uri, run_id=tracker.run_id, step=step)
     except Exception as exc:  # noqa: BLE001 - the model folder is saved; MLflow's copy is a convenience
-        from .store import describe
+        from ..tracking.store import describe
 
         logging.getLogger("electra_kit.tracking").warning("MLflow: the encoder was not logged as a Logged Model (%s); "
                                                           "the model folder is %s", describe(exc), model_dir)

@@ -1,6 +1,6 @@
 """The fine-tuned classifier as an MLflow model.
 
-:class:`ClassifierPyfunc` is an ``mlflow.pyfunc.PythonModel`` over a kept model folder (classifier.py): it
+:class:`ClassifierPyfunc` is an ``mlflow.pyfunc.PythonModel`` over a kept model folder (training/classifier.py): it
 answers a DataFrame with a ``text`` column (and ``text_pair`` for a pair task) with one row per text,
 ``label``, ``score`` and ``scores`` (label -> probability); ``score`` alone for regression.
 :func:`log_classifier` logs a folder as an MLflow 3 Logged Model of the fine-tuning run, with the kept seed's
@@ -24,13 +24,13 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from ..tracking.encoder_model import model_logging
+from .encoder import model_logging
 
 logger = logging.getLogger("electra_kit.tracking")
 ARTIFACT = "model"  # the key of the model folder in the pyfunc's artifacts
 MODEL_CODE = """import mlflow
 
-from electra_kit.training.classifier_mlflow import ClassifierPyfunc
+from electra_kit.serving.classifier import ClassifierPyfunc
 
 mlflow.models.set_model(ClassifierPyfunc())
 """
@@ -40,7 +40,7 @@ class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
     """Texts in a DataFrame (``text``, and ``text_pair`` for pair tasks) -> labels and scores."""
 
     def load_context(self, context) -> None:
-        from .classifier import load_classifier
+        from electra_kit import load_classifier
 
         self.classifier = load_classifier(context.artifacts[ARTIFACT])
 
