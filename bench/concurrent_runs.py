@@ -76,9 +76,9 @@ def main(argv=None) -> int:
         case("warmup", 1, {}, args, tmp)  # tokenizer cache and page cache, not counted
         for label, env in (("defaults", {}), ("old: active wait, all cores", old)):
             alone = case(f"alone_{len(results)}", 1, env, args, tmp)[0]
-            time.sleep(20)  # let the load average fall back before the next case reads it
+            time.sleep(5)  # the previous case's processes are gone
             together = case(f"together_{len(results)}", 2, env, args, tmp)
-            time.sleep(20)
+            time.sleep(5)
             results[label] = {"alone_s": alone, "together_s": together,
                               "slowdown": [t / alone for t in together]}
     print(f"machine: {platform.processor() or platform.machine()}, {cores} cores; config {args.config}, "

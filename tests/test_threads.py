@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,19 @@ def test_default_threads_leaves_busy_cores_to_their_owners():
     assert threads.default_threads(load=cores + 5.0) == 1
     if cores >= 2:
         assert threads.default_threads(load=1.0) == cores - 1
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="measures /proc/stat (Linux)")
+def test_a_process_spinning_beside_us_counts_as_a_busy_core():
+    """Measured now, not the load average (which trails by a minute): a spinning child is seen at once."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        assert threads.busy_cores(0.5) >= 0.7
+        if threads.available_cores() == 2:
+            assert threads.default_threads() == 1
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def test_configure_threads_prefers_explicit_then_environment(monkeypatch):

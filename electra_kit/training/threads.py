@@ -10,7 +10,10 @@ Two facts drive this module (bench/RESULTS.md, bench/concurrent_runs.py):
   ``import torch``: ``electra_kit/__init__`` calls :func:`set_wait_policy` first thing.
 - More threads than free cores only adds barriers to wait at. :func:`default_threads` takes the
   cores this process may run on (its affinity mask, which also reflects ``taskset`` and container
-  limits), less the load other processes already put on them, and never fewer than one.
+  limits), less the cores other processes keep busy *now* (``/proc/stat`` sampled over 0.2 s), and
+  never fewer than one. Not the load average: it trails by a minute, so a run started just after
+  another one ended took one thread of two and stepped 1.8x slower alone (bench/concurrent_runs.py).
+  The count is fixed for the run: one that starts beside another keeps its share after the other ends.
 
 Everything the user set wins: ``OMP_WAIT_POLICY`` / ``OMP_NUM_THREADS`` in the environment, or
 ``train.threads`` (and ``--threads`` in ``finetune``).
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 
 def set_wait_policy() -> bool:
@@ -36,9 +40,37 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def busy_cores(interval: float = 0.2) -> float | None:
+    """How many of this process's cores other processes kept busy over ``interval`` seconds (this one
+    sleeps meanwhile); None where ``/proc/stat`` can't be read."""
+    mine = {f"cpu{i}" for i in os.sched_getaffinity(0)} if hasattr(os, "sched_getaffinity") else None
+
+    def times() -> tuple[int, int]:  # (busy, total) jiffies over this process's cores
+        busy = total = 0
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *fields = line.split()
+                if name.startswith("cpu") and name != "cpu" and (mine is None or name in mine):
+                    ticks = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+                    busy, total = busy + sum(ticks) - ticks[3] - ticks[4], total + sum(ticks)
+        return busy, total
+
+    try:
+        busy0, total0 = times()
+        time.sleep(interval)
+        busy1, total1 = times()
+    except (OSError, ValueError):
+        return None
+    cores = len(mine) if mine else os.cpu_count() or 1
+    return cores * (busy1 - busy0) / max(total1 - total0, 1)
+
+
 def default_threads(load: float | None = None) -> int:
-    """Cores this process may use, less those other processes keep busy (1-minute load average)."""
+    """Cores this process may use, less those other processes keep busy (``load``: that number, else measured
+    now; the 1-minute load average where it can't be measured)."""
     cores = available_cores()
+    if load is None:
+        load = busy_cores()
     if load is None:
         try:
             load = os.getloadavg()[0]
