@@ -297,3 +297,21 @@ def test_a_validation_split_too_large_for_the_file_names_the_flag(capsys, tmp_pa
     message = error_of(capsys, tmp_path, "--model", str(model_dir), "--train", "four.tsv", "--eval", "four.tsv",
                        "--val-fraction", "0.9")
     assert "four.tsv" in message and "--val-fraction" in message
+
+
+def test_fine_tuning_ignores_a_pretraining_config_parsed_earlier_in_the_process():
+    """A script that pretrains and then fine-tunes: the pretraining's ``train.*`` bindings stay with pretraining
+    (they once leaked into fine-tuning's TrainConfig, and a macro bound there broke it)."""
+    import gin
+
+    from electra_kit.config import gin_config
+    from electra_kit.training.finetune import _train_config
+    from electra_kit.training.trainer import configured_train
+
+    gin_config.parse(["tiny.gin"], ["train.grad_accum_steps = 2", "train.max_bad_steps = 9"])
+    try:
+        assert configured_train().grad_accum_steps == 2  # pretraining reads them
+        train, _ = _train_config(FinetuneConfig(progress=False), seed=0, n_train=64)
+        assert (train.grad_accum_steps, train.max_bad_steps) == (1, 5)
+    finally:
+        gin.clear_config()

@@ -122,7 +122,7 @@ def test_resume_with_nothing_to_resume(tmp_path, small_corpus, error_of):
 
 def test_every_shipped_gin_file_parses():
     from electra_kit.config import gin_config as config
-    from electra_kit.training.trainer import TrainConfig
+    from electra_kit.training.trainer import configured_train
 
     shipped = sorted(config.packaged_gin_dir().glob("*.gin"))
     assert {"reformer_small.gin", "performer_small.gin", "transformer_small.gin", "tiny.gin", "mlm_small.gin",
@@ -130,7 +130,7 @@ def test_every_shipped_gin_file_parses():
     for path in shipped:
         config.parse([str(path)], ["TRAIN_STEPS = 7"])
         if path.name not in ("base.gin", "long.gin") and not path.name.startswith(("size_", "backbone_")):  # layers
-            assert TrainConfig().steps == 7, f"{path.name} does not honour the TRAIN_STEPS macro"
+            assert configured_train().steps == 7, f"{path.name} does not honour the TRAIN_STEPS macro"
 
 
 @pytest.mark.parametrize("name", ["reformer_small.gin", "performer_small.gin", "transformer_small.gin"])
@@ -138,14 +138,14 @@ def test_small_configs_build_the_published_electra_small_shape(name):
     import gin
     from electra_kit.config import gin_config as config
     from electra_kit.objectives.electra import Electra
-    from electra_kit.training.trainer import TrainConfig
+    from electra_kit.training.trainer import configured_train
 
     config.parse([name], ["VOCAB_SIZE = 1000"])
     model = Electra(mask_token_id=2, pad_token_id=0)
     disc, gen = model.discriminator, model.generator
     assert (disc.hidden_dim, disc.emb_dim, gen.hidden_dim, gen.emb_dim) == (256, 128, 64, 128)
     assert gin.query_parameter("discriminator/backbone.depth") == 12
-    train = TrainConfig()
+    train = configured_train()
     assert (train.batch_size, train.lr, train.warmup_steps, train.steps, train.weight_decay) == (
         128, 5e-4, 10000, 1000000, 0.01)
     assert (model.mask_prob, model.disc_weight) == (0.15, 50.0)

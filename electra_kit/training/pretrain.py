@@ -27,7 +27,7 @@ from ..rundir import resume
 from ..rundir.atomic import atomic_write
 from ..rundir.directory import RunDir, default_run_dir
 from .distributed import init_from_env
-from .trainer import Interrupted, TrainConfig, Trainer, resolve_device
+from .trainer import Interrupted, TrainConfig, Trainer, configured_train, resolve_device
 
 
 class RunError(RuntimeError):
@@ -122,6 +122,10 @@ def _params(model, operative: str, cfg: TrainConfig) -> dict:
 
     params = {**flatten_gin_config(operative), **model.report_params()}
     params["train.effective_warmup_steps"] = cfg.effective_warmup  # warmup_steps, after its cap
+    if cfg.precision == "auto":  # what auto chose on this machine
+        from .trainer import native_bf16, resolve_device
+
+        params["train.effective_precision"] = "bf16" if native_bf16(resolve_device(cfg.device)) else "fp32"
     return params
 
 
@@ -134,7 +138,7 @@ def run(opts: RunOptions) -> dict:
         paths = resume.parse_run_config(opts.run_dir, resume_from, opts.config_files, opts.bindings)
     else:
         paths = gin_config.parse(opts.config_files, opts.bindings)
-    cfg = TrainConfig()
+    cfg = configured_train()
     if resume_from is not None:
         resume.check_steps(resume_from, cfg.steps)
     device = resolve_device(cfg.device)
