@@ -25,7 +25,7 @@ def test_reference_check_writes_both_curves_png_and_mlflow_run(tmp_path, small_c
     out = tmp_path / "curves.json"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     argv = ["--steps", "3", "--eval-every", "2", "--corpus", str(small_corpus), "--out-dir", str(tmp_path / "out"),
-            "--json", str(out), "--tracking-uri", uri, "--kit-gin", "Electra.weight_init = 'electra'", *TINY]
+            "--json", str(out), "--tracking-uri", uri, "--kit-gin", "Electra.weight_init = 'electra'", "--paired", *TINY]
     assert _script().main(argv) == 0
 
     result = json.loads(out.read_text())
@@ -40,6 +40,12 @@ def test_reference_check_writes_both_curves_png_and_mlflow_run(tmp_path, small_c
     # both sides were evaluated on the same held-out tokens at the same masking rate
     kit, ref = result["curves"]["kit"][0], result["curves"]["reference"][0]
     assert abs(kit["replaced_fraction"] - ref["replaced_fraction"]) < 0.08
+    # --paired: both generators scored on the same masked tokens, so the per-token differences average to the
+    # difference of the two losses
+    assert [p["step"] for p in result["paired"]] == [0, 2, 3]
+    for p in result["paired"]:
+        assert p["tokens"] > 0 and p["diff_se"] > 0
+        assert abs(p["kit_gen_loss"] - p["ref_gen_loss"] - p["diff"]) < 1e-4
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| 3 | reference |" in capsys.readouterr().out
 
