@@ -303,7 +303,6 @@ def test_fine_tuning_ignores_a_pretraining_config_parsed_earlier_in_the_process(
     """A script that pretrains and then fine-tunes: the pretraining's ``train.*`` bindings stay with pretraining
     (they once leaked into fine-tuning's TrainConfig, and a macro bound there broke it)."""
     import gin
-
     from electra_kit.config import gin_config
     from electra_kit.training.finetune import _train_config
     from electra_kit.training.trainer import configured_train

@@ -26,12 +26,12 @@ def labeled(batch_size: int) -> LabeledBatches:
     return LabeledBatches(rows, rng.integers(0, 3, size=32), batch_size, seed=0, pad_id=0)
 
 
-def train(tmp_path, *, grad_accum_steps: int, steps: int = 3) -> tuple[dict[str, torch.Tensor], list[dict]]:
+def train(tmp_path, *, grad_accum_steps: int, steps: int = 3, compile=False) -> tuple[dict[str, torch.Tensor], list[dict]]:
     tmp_path.mkdir()
     model = classifier()
     cfg = TrainConfig(steps=steps, batch_size=8, grad_accum_steps=grad_accum_steps, lr=1e-2, warmup_steps=1,
                       max_grad_norm=1e9, progress=False, checkpoint_every=100, log_every=1,
-                      precision="fp32")  # the equality is of the arithmetic; bf16's rounding would blur it
+                      precision="fp32", compile=compile)  # fp32: the equalities are of the arithmetic
     trainer = Trainer(model, cfg, train_batches=labeled(8 // grad_accum_steps), eval_batches=None,
                       run_dir=tmp_path, device=CPU)
     trainer.fit()
@@ -49,6 +49,37 @@ def test_gradient_accumulation_equals_one_large_batch(tmp_path):
     for a, b in zip(one_log, four_log, strict=True):
         assert b["train/grad_norm"] == pytest.approx(a["train/grad_norm"], rel=1e-4)
         assert b["train/loss"] == pytest.approx(a["train/loss"], rel=1e-5)
+
+
+def test_a_compile_failure_in_the_first_step_falls_back_to_eager_with_the_same_result(tmp_path, monkeypatch):
+    """torch.compile fails lazily (no C++ compiler, say): the first step warns and trains eagerly on the same
+    batches and seeds, so the run ends exactly where an eager run ends."""
+    eager, _ = train(tmp_path / "eager", grad_accum_steps=1)
+
+    class FailsToCompile(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args, **kwargs):
+            raise RuntimeError("InductorError: no working C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: FailsToCompile(module))
+    with pytest.warns(RuntimeWarning, match="torch.compile failed in the first step"):
+        fallback, _ = train(tmp_path / "fallback", grad_accum_steps=1, compile=True)
+    for key in eager:
+        torch.testing.assert_close(fallback[key], eager[key], rtol=0, atol=0, msg=key)
+
+
+def test_compile_auto_compiles_only_runs_long_enough_to_repay_it():
+    from electra_kit.training.trainer import COMPILE_AUTO_STEPS, compile_wanted
+
+    assert not compile_wanted(TrainConfig(steps=COMPILE_AUTO_STEPS - 1))
+    assert compile_wanted(TrainConfig(steps=COMPILE_AUTO_STEPS))
+    assert not compile_wanted(TrainConfig(steps=10**6, compile=False))
+    assert compile_wanted(TrainConfig(steps=10, compile=True))
+    with pytest.raises(ValueError, match="train.compile"):
+        TrainConfig(compile="yes")
 
 
 def test_warmup_is_capped_at_its_fraction_of_the_steps():

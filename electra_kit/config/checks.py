@@ -76,7 +76,7 @@ TRAIN: dict[str, Check] = {
     "keep_checkpoints": POSITIVE_INT,
     "device": ("'auto', 'cpu', 'cuda' or 'cuda:N'", _device),
     "precision": one_of("auto", "bf16", "fp32"),
-    "compile": BOOL,
+    "compile": ("True, False or 'auto'", lambda v: isinstance(v, bool) or v == "auto"),
     "strategy": one_of("ddp", "fsdp"),
     "seed": NON_NEGATIVE_INT,
     "threads": ("None or a positive integer", lambda v: v is None or (_int(v) and v >= 1)),

@@ -220,7 +220,7 @@ def _train_config(cfg: FinetuneConfig, seed: int, n_train: int) -> tuple[TrainCo
         warmup_steps=round(cfg.warmup_fraction * total), warmup_cap=None, weight_decay=cfg.weight_decay,
         adam_eps=cfg.adam_eps, max_grad_norm=cfg.max_grad_norm, log_every=per_epoch, eval_every=per_epoch,
         checkpoint_every=per_epoch, keep_checkpoints=1, device=cfg.device, seed=seed, progress=cfg.progress,
-        threads=cfg.threads,
+        threads=cfg.threads, compile=False,  # batches vary in length: every new length would recompile
     )
     return train, steps_per_epoch
 

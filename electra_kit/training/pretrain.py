@@ -122,10 +122,12 @@ def _params(model, operative: str, cfg: TrainConfig) -> dict:
 
     params = {**flatten_gin_config(operative), **model.report_params()}
     params["train.effective_warmup_steps"] = cfg.effective_warmup  # warmup_steps, after its cap
-    if cfg.precision == "auto":  # what auto chose on this machine
-        from .trainer import native_bf16, resolve_device
+    from .trainer import compile_wanted, native_bf16, resolve_device
 
+    if cfg.precision == "auto":  # what auto chose on this machine
         params["train.effective_precision"] = "bf16" if native_bf16(resolve_device(cfg.device)) else "fp32"
+    if cfg.compile == "auto":
+        params["train.effective_compile"] = compile_wanted(cfg)
     return params
 
 
