@@ -32,7 +32,8 @@ def test_tiny_run_end_to_end_leaves_a_loadable_model(tmp_path, small_corpus, cac
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, small_corpus, cache_dir):
-    args = [*TINY, "--gin", "train.steps = 100000", "--gin", "train.checkpoint_every = 100000", "--run-dir", "r"]
+    args = [*TINY, "--gin", "train.steps = 100000", "--gin", "train.checkpoint_every = 100000", "--run-dir", "r",
+            "--gin", "train.compile = False"]  # a run this long would compile (auto) in its first step: not the point here
     argv = cli_argv("run", *corpus_gin(small_corpus), *args)
     proc = subprocess.Popen(argv, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ckpts = tmp_path / "r" / "checkpoints"
