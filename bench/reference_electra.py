@@ -75,7 +75,7 @@ def build_kit(args):
     from electra_kit.data.build import build_data
     from electra_kit.objectives.electra import Electra
     from electra_kit.training.pretrain import build_objective
-    from electra_kit.training.trainer import configured_train
+    from electra_kit.training.settings import configured_train
 
     bindings = shape_bindings(args)
     try:

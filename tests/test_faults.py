@@ -19,7 +19,8 @@ from torch import nn
 
 from electra_kit.data.build import BatchIterator
 from electra_kit.rundir import checkpoint as ckpt
-from electra_kit.training.trainer import NonFiniteError, TrainConfig, Trainer
+from electra_kit.training.settings import TrainConfig
+from electra_kit.training.trainer import NonFiniteError, Trainer
 
 ARGS = ["tiny.gin", "--no-tracking", "--gin", "train.progress = False"]
 

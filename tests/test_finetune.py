@@ -305,7 +305,7 @@ def test_fine_tuning_ignores_a_pretraining_config_parsed_earlier_in_the_process(
     import gin
     from electra_kit.config import gin_config
     from electra_kit.training.finetune import _train_config
-    from electra_kit.training.trainer import configured_train
+    from electra_kit.training.settings import configured_train
 
     gin_config.parse(["tiny.gin"], ["train.grad_accum_steps = 2", "train.max_bad_steps = 9"])
     try:

@@ -123,7 +123,7 @@ def test_resume_with_nothing_to_resume(tmp_path, small_corpus, error_of):
 
 def test_every_shipped_gin_file_parses():
     from electra_kit.config import gin_config as config
-    from electra_kit.training.trainer import configured_train
+    from electra_kit.training.settings import configured_train
 
     shipped = sorted(config.packaged_gin_dir().glob("*.gin"))
     assert {"reformer_small.gin", "performer_small.gin", "transformer_small.gin", "tiny.gin", "mlm_small.gin",
@@ -139,7 +139,7 @@ def test_small_configs_build_the_published_electra_small_shape(name):
     import gin
     from electra_kit.config import gin_config as config
     from electra_kit.objectives.electra import Electra
-    from electra_kit.training.trainer import configured_train
+    from electra_kit.training.settings import configured_train
 
     config.parse([name], ["VOCAB_SIZE = 1000"])
     model = Electra(mask_token_id=2, pad_token_id=0)

@@ -9,7 +9,8 @@ from electra_kit.registry import create_backbone
 from electra_kit.rundir import checkpoint as ckpt
 from electra_kit.training.finetune_model import LabeledBatches, SequenceModel
 from electra_kit.training.optim import param_groups, warmup_linear_decay, warmup_steps
-from electra_kit.training.trainer import TrainConfig, Trainer
+from electra_kit.training.settings import TrainConfig
+from electra_kit.training.trainer import Trainer
 
 CPU = torch.device("cpu")
 
@@ -72,7 +73,7 @@ def test_a_compile_failure_in_the_first_step_falls_back_to_eager_with_the_same_r
 
 
 def test_compile_auto_compiles_only_runs_long_enough_to_repay_it():
-    from electra_kit.training.trainer import COMPILE_AUTO_STEPS, compile_wanted
+    from electra_kit.training.settings import COMPILE_AUTO_STEPS, compile_wanted
 
     assert not compile_wanted(TrainConfig(steps=COMPILE_AUTO_STEPS - 1))
     assert compile_wanted(TrainConfig(steps=COMPILE_AUTO_STEPS))

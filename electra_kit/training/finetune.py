@@ -47,8 +47,9 @@ from ..rundir.atomic import atomic_write
 from ..rundir.directory import RunDir, default_run_dir
 from .classifier import encode_examples, load_tokenizer
 from .finetune_model import LabeledBatches, SequenceModel, eval_batches
+from .settings import TrainConfig, resolve_device
 from .tasks import TaskError, encode_labels, infer_task, label_set, primary_metric, read_labeled
-from .trainer import TrainConfig, Trainer, resolve_device, step_seed
+from .trainer import Trainer, step_seed
 
 
 @dataclass

@@ -27,7 +27,8 @@ from ..rundir import resume
 from ..rundir.atomic import atomic_write
 from ..rundir.directory import RunDir, default_run_dir
 from .distributed import init_from_env
-from .trainer import Interrupted, TrainConfig, Trainer, configured_train, resolve_device
+from .settings import TrainConfig, configured_train, resolve_device
+from .trainer import Interrupted, Trainer
 
 
 class RunError(RuntimeError):
@@ -122,7 +123,7 @@ def _params(model, operative: str, cfg: TrainConfig) -> dict:
 
     params = {**flatten_gin_config(operative), **model.report_params()}
     params["train.effective_warmup_steps"] = cfg.effective_warmup  # warmup_steps, after its cap
-    from .trainer import compile_wanted, native_bf16, resolve_device
+    from .settings import compile_wanted, native_bf16
 
     if cfg.precision == "auto":  # what auto chose on this machine
         params["train.effective_precision"] = "bf16" if native_bf16(resolve_device(cfg.device)) else "fp32"
