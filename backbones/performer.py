@@ -27,6 +27,8 @@ Upstream: ``PerformerLM``. Quirks and what this adapter does:
 - ``reversible=True``: upstream replays RNG states recorded only in train mode, so a backward
   through an eval-mode forward crashes; ``eval()`` gives those wrappers a (harmless) state.
 - ``dropout`` maps to ``emb_dropout``, ``attn_dropout`` (on attention output) and ``ff_dropout``.
+- ``torch.compile`` fails under inductor (a view of the masked attention's non-contiguous tensor), so
+  ``compile_pays`` stays False; a forced ``train.compile = True`` falls back to eager with a warning.
 """
 
 from __future__ import annotations

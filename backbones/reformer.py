@@ -34,6 +34,8 @@ Upstream: ``ReformerLM``. Quirks and what this adapter does:
   and hash buckets that are only recorded in train mode: a backward through an eval-mode forward
   crashes upstream. In eval we raise ``reverse_thres`` so the same layers run as plain (irreversible)
   blocks; train mode restores the configured ``reverse_thres``.
+- ``torch.compile`` gains nothing (1.00x at the Small shape in bf16 on CPU: its reversible layers break the
+  graph 30 times), so ``compile_pays`` stays False.
 """
 
 from __future__ import annotations

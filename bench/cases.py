@@ -221,9 +221,9 @@ class Case:
     def step(self, ids: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp == "bf16" else contextlib.nullcontext()
-        with amp:
+        with amp:  # backward too, as electra-kit's Trainer does: Reformer's reversible layers recompute in it
             loss = self._loss(self.forward_model, ids)
-        loss.backward()
+            loss.backward()
         self.optimizer.step()
 
 

@@ -30,6 +30,9 @@ class Backbone(nn.Module):
       real tokens (checked by the shared test suite).
     - ``deterministic``: False when two forwards of the same input differ in eval mode
       (Reformer's random LSH hashing).
+    - ``compile_pays``: True when ``torch.compile`` makes the backbone's training step faster, so
+      ``train.compile = 'auto'`` compiles long runs of it (measured: bench/RESULTS.md); False by
+      default, as for a backbone nobody has measured.
 
     and may implement the optional hook ``export_hf`` (below) when their network exists in
     Hugging Face ``transformers``; ``electra-kit export --format hf`` calls it.
@@ -41,6 +44,7 @@ class Backbone(nn.Module):
     max_seq_len: int
     honours_padding_mask: bool = True
     deterministic: bool = True
+    compile_pays: bool = False
 
     # Filled in by ``create_backbone`` so a saved model can be rebuilt from its config.
     backbone_name: str | None = None

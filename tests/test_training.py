@@ -72,13 +72,21 @@ def test_a_compile_failure_in_the_first_step_falls_back_to_eager_with_the_same_r
         torch.testing.assert_close(fallback[key], eager[key], rtol=0, atol=0, msg=key)
 
 
-def test_compile_auto_compiles_only_runs_long_enough_to_repay_it():
+def test_compile_auto_compiles_long_runs_of_backbones_where_compiling_pays():
+    from electra_kit.objectives.mlm import MaskedLM
+    from electra_kit.registry import create_backbone
     from electra_kit.training.settings import COMPILE_AUTO_STEPS, compile_wanted
 
-    assert not compile_wanted(TrainConfig(steps=COMPILE_AUTO_STEPS - 1))
-    assert compile_wanted(TrainConfig(steps=COMPILE_AUTO_STEPS))
-    assert not compile_wanted(TrainConfig(steps=10**6, compile=False))
-    assert compile_wanted(TrainConfig(steps=10, compile=True))
+    def model(name):
+        return MaskedLM(create_backbone(name, num_tokens=100, dim=16, depth=1, heads=2, max_seq_len=64))
+
+    transformer, reformer = model("transformer"), model("reformer")
+    long, short = TrainConfig(steps=COMPILE_AUTO_STEPS), TrainConfig(steps=COMPILE_AUTO_STEPS - 1)
+    assert compile_wanted(long, transformer) and not compile_wanted(short, transformer)
+    assert not compile_wanted(long, reformer)  # measured: compiling gains it nothing
+    assert not compile_wanted(long)  # no model to ask: no
+    assert not compile_wanted(TrainConfig(steps=10**6, compile=False), transformer)
+    assert compile_wanted(TrainConfig(steps=10, compile=True), reformer)  # forced
     with pytest.raises(ValueError, match="train.compile"):
         TrainConfig(compile="yes")
 

@@ -128,7 +128,7 @@ def _params(model, operative: str, cfg: TrainConfig) -> dict:
     if cfg.precision == "auto":  # what auto chose on this machine
         params["train.effective_precision"] = "bf16" if native_bf16(resolve_device(cfg.device)) else "fp32"
     if cfg.compile == "auto":
-        params["train.effective_compile"] = compile_wanted(cfg)
+        params["train.effective_compile"] = compile_wanted(cfg, model)
     return params
 
 

@@ -58,9 +58,14 @@ configured_train = gin.external_configurable(TrainConfig, "train")
 COMPILE_AUTO_STEPS = 2000
 
 
-def compile_wanted(cfg: TrainConfig) -> bool:
-    """``train.compile``: True, False, or ``'auto'`` = runs of at least COMPILE_AUTO_STEPS steps."""
-    return cfg.steps >= COMPILE_AUTO_STEPS if cfg.compile == "auto" else bool(cfg.compile)
+def compile_wanted(cfg: TrainConfig, model=None) -> bool:
+    """``train.compile``: True, False, or ``'auto'`` = runs of at least COMPILE_AUTO_STEPS steps whose backbones
+    all say compiling pays (``Backbone.compile_pays``: the transformer does; Reformer gains nothing, Performer
+    fails to compile)."""
+    if cfg.compile != "auto":
+        return bool(cfg.compile)
+    backbones = model.backbones().values() if hasattr(model, "backbones") else []
+    return cfg.steps >= COMPILE_AUTO_STEPS and bool(backbones) and all(getattr(b, "compile_pays", False) for b in backbones)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -90,7 +90,7 @@ class Trainer:
         self.eager_model = self.dist.wrap(self.raw_model, device)
         # torch.compile works lazily: its failures (no C++ compiler, an unsupported op) surface in the first
         # step, which then falls back to eager (_compile_unproven)
-        self._compile_unproven = compile_wanted(cfg)
+        self._compile_unproven = compile_wanted(cfg, unwrap(self.raw_model))
         self.model = torch.compile(self.eager_model) if self._compile_unproven else self.eager_model
         groups = param_groups(self.raw_model, lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
         self.optimizer = make_optimizer(groups, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, device=device)
