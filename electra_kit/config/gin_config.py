@@ -67,7 +67,7 @@ def _register_parts() -> None:
     from ..data import build as data  # noqa: F401
     from ..objectives import base as objective  # noqa: F401
     from ..registry import objective_entries
-    from ..training import trainer  # noqa: F401
+    from ..training import settings  # noqa: F401  (train.*)
 
     objective_entries()
 
