@@ -265,3 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return args.fn(args)
+
+
+def entry() -> None:
+    """The ``electra-kit`` program (and ``python -m electra_kit``): :func:`main`, then the process's exit."""
+    code = main()
+    from .data.tokenizer import leave_if_work_abandoned
+
+    leave_if_work_abandoned(code)
+    raise SystemExit(code)
