@@ -46,6 +46,13 @@ def test_run_lands_in_the_default_sqlite_store(tmp_path, small_corpus, cache_dir
     assert params["discriminator/backbone.dim"] == "64" and params["generator/backbone.name"] == "'transformer'"
     assert params["discriminator.backbone"] == "transformer" and int(params["generator.params"]) > 0
     assert params["train.effective_warmup_steps"] == "3"  # train.warmup_steps capped at 10% of 30 steps
+    import torch
+
+    from electra_kit.training.settings import native_bf16
+
+    # what 'auto' chose, as the trainer applied it: bf16 where this CPU does it natively; no compile for 30 steps
+    assert params["train.effective_precision"] == ("bf16" if native_bf16(torch.device("cpu")) else "fp32")
+    assert params["train.effective_compile"] == "False"
     assert not any(v.startswith("%") for v in params.values()), "macros are resolved"
     for key in ("train/loss", "train/gen_loss", "train/disc_loss", "train/gen_acc", "train/disc_acc",
                 "train/lr", "train/grad_norm", "train/tokens_per_s"):

@@ -199,10 +199,12 @@ class Tracker:
             self._attempted.set()
             if self._confirmed or (self._stop.is_set() and time.monotonic() >= self._deadline):
                 return
-            if failing:  # a dead store is not asked again for every record; at the end, once a second
-                self._stop.wait(backoff) if not self._stop.is_set() else time.sleep(1.0)
-            else:
+            if not failing:
                 self._wake.wait(5.0)
+            elif not self._stop.is_set():  # a dead store is not asked again for every record
+                self._stop.wait(backoff)
+            else:  # finishing: once a second until the deadline
+                time.sleep(1.0)
 
     def _deliver(self) -> bool:
         """One delivery of what the store lacks; True once the run is finished and the store has all of it."""

@@ -27,7 +27,7 @@ from ..rundir import resume
 from ..rundir.atomic import atomic_write
 from ..rundir.directory import RunDir, default_run_dir
 from .distributed import init_from_env
-from .settings import TrainConfig, configured_train, resolve_device
+from .settings import configured_train, resolve_device
 from .trainer import Interrupted, Trainer
 
 
@@ -118,17 +118,16 @@ def _tracker(opts: RunOptions, run_dir: Path, rank: int):
                    run_name=run_dir.name, rank=rank)
 
 
-def _params(model, operative: str, cfg: TrainConfig) -> dict:
+def _params(model, operative: str, trainer: Trainer) -> dict:
     from ..tracking import flatten_gin_config
 
+    cfg = trainer.cfg
     params = {**flatten_gin_config(operative), **model.report_params()}
     params["train.effective_warmup_steps"] = cfg.effective_warmup  # warmup_steps, after its cap
-    from .settings import compile_wanted, native_bf16
-
-    if cfg.precision == "auto":  # what auto chose on this machine
-        params["train.effective_precision"] = "bf16" if native_bf16(resolve_device(cfg.device)) else "fp32"
+    if cfg.precision == "auto":  # what the trainer chose on this machine
+        params["train.effective_precision"] = "bf16" if trainer.autocast_dtype is not None else "fp32"
     if cfg.compile == "auto":
-        params["train.effective_compile"] = compile_wanted(cfg, model)
+        params["train.effective_compile"] = trainer.compiled
     return params
 
 
@@ -229,7 +228,7 @@ def _setup(opts, cfg, device, dist, run_dir, paths, resume_from):
         atomic_write(run_dir / "operative_config.gin", operative)
     if tracker is not None:
         with phase(f"starting the MLflow run at {tracker.tracking_uri}"):
-            tracker.start(params=_params(model, operative, cfg), tags=_tags(model), resume=opts.resume)
+            tracker.start(params=_params(model, operative, trainer), tags=_tags(model), resume=opts.resume)
         tracker.log_artifact(run_dir / "operative_config.gin")
         tracker.log_artifact(run_dir / "operative_config.gin", as_text="operative_config.gin.txt")  # UI preview
     return trainer, data, model, tracker

@@ -90,8 +90,8 @@ class Trainer:
         self.eager_model = self.dist.wrap(self.raw_model, device)
         # torch.compile works lazily: its failures (no C++ compiler, an unsupported op) surface in the first
         # step, which then falls back to eager (_compile_unproven)
-        self._compile_unproven = compile_wanted(cfg, unwrap(self.raw_model))
-        self.model = torch.compile(self.eager_model) if self._compile_unproven else self.eager_model
+        self.compiled = self._compile_unproven = compile_wanted(cfg, unwrap(self.raw_model))
+        self.model = torch.compile(self.eager_model) if self.compiled else self.eager_model
         groups = param_groups(self.raw_model, lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
         self.optimizer = make_optimizer(groups, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, device=device)
         self.schedule = warmup_linear_decay(self.optimizer, steps=cfg.steps, warmup=cfg.effective_warmup)
@@ -279,7 +279,7 @@ class Trainer:
             warnings.warn(f"train.compile: torch.compile failed in the first step ({type(exc).__name__}: {reason}); "
                           "training without it (set train.compile = False to skip the attempt)", RuntimeWarning,
                           stacklevel=2)
-            self.model = self.eager_model
+            self.model, self.compiled = self.eager_model, False
             totals = self._forward_backward(batches)  # the same batches and seeds: as if never compiled
         self._compile_unproven = False
         grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.max_grad_norm)
