@@ -18,6 +18,8 @@ Upstream: ``TransformerWrapper(attn_layers=Encoder(...))``. Quirks and what this
 - x-transformers multiplies its absolute positional embedding by ``emb_dim ** -0.5`` (it expects
   N(0, 1) tables); with ELECTRA's N(0, 0.02) tables that leaves positions ~11x weaker than tokens
   at emb_dim 128, and learning ~11x slower. ``position_scale=1.0`` adds them as BERT does.
+  The shipped configs use rotary positions instead (``rotary_pos_emb=True``, passed through to
+  x-transformers; no table to learn): gin/backbone_transformer.gin says why, with the numbers.
 - ``attn_flash=True`` (default here) uses torch's scaled_dot_product_attention; with a boolean
   key mask it keeps real tokens independent of padding (max abs diff ~1e-6 on CPU, fp32).
 - ``torch.compile`` makes one graph of the ELECTRA step over it and pays: 1.18x at the Small shape in
@@ -54,11 +56,16 @@ def build_transformer(
 ) -> TransformerBackbone:
     """Encoder of ``depth`` pre-norm layers; extra keywords go to x-transformers unchanged."""
     emb_dim = emb_dim or dim
+    dim_head = dim_head or dim // heads
     kwargs = dict(attn_flash=True, attn_dropout=dropout, ff_dropout=dropout, emb_dropout=dropout)
+    if library_kwargs.get("rotary_pos_emb") and library_kwargs.get("rotary_emb_dim") is None:
+        # x-transformers rotates dim_head // 2 dimensions by default and advises at least 32: a 32-wide head
+        # (the CPU recipe's generator) would get 16
+        kwargs["rotary_emb_dim"] = min(32, dim_head)
     kwargs.update(library_kwargs)
     wrapper_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _WRAPPER_ARGS}
     encoder = Encoder(
-        dim=dim, depth=depth, heads=heads, attn_dim_head=dim_head or dim // heads, ff_mult=ff_mult, **kwargs
+        dim=dim, depth=depth, heads=heads, attn_dim_head=dim_head, ff_mult=ff_mult, **kwargs
     )
     net = TransformerWrapper(
         num_tokens=num_tokens,

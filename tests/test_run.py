@@ -134,6 +134,25 @@ def test_every_shipped_gin_file_parses():
             assert configured_train().steps == 7, f"{path.name} does not honour the TRAIN_STEPS macro"
 
 
+@pytest.mark.parametrize("name", ["transformer_small.gin", "electra_cpu.gin", "mlm_cpu.gin", "tiny.gin"])
+def test_transformer_configs_give_both_encoders_rotary_positions(name):
+    """The learned absolute table learned word order ~11x too slowly under ELECTRA's init (bench/RESULTS.md,
+    "Positions"): every shipped transformer config rotates queries and keys instead and has no table."""
+    from electra_kit.config import gin_config as config
+    from electra_kit.objectives.base import pretrain, resolve_objective
+
+    config.parse([name], ["VOCAB_SIZE = 1000"])
+    model = resolve_objective(pretrain())(mask_token_id=2, pad_token_id=0)
+    for role, backbone in model.backbones().items():
+        layers = backbone.net.attn_layers
+        assert layers.rotary_pos_emb is not None and backbone.get_position_embedding() is None, (name, role)
+        ids = torch.randint(5, 1000, (1, 16))
+        # word order reaches the encoder: swapping two tokens changes the hidden state of a third
+        swapped = ids.clone()
+        swapped[0, [3, 4]] = ids[0, [4, 3]]
+        assert not torch.allclose(backbone(ids)[0, 8], backbone(swapped)[0, 8], atol=1e-5), (name, role)
+
+
 @pytest.mark.parametrize("name", ["reformer_small.gin", "performer_small.gin", "transformer_small.gin"])
 def test_small_configs_build_the_published_electra_small_shape(name):
     import gin
