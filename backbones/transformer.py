@@ -58,11 +58,11 @@ def build_transformer(
     emb_dim = emb_dim or dim
     dim_head = dim_head or dim // heads
     kwargs = dict(attn_flash=True, attn_dropout=dropout, ff_dropout=dropout, emb_dropout=dropout)
-    if library_kwargs.get("rotary_pos_emb") and library_kwargs.get("rotary_emb_dim") is None:
+    kwargs.update(library_kwargs)
+    if kwargs.get("rotary_pos_emb") and kwargs.get("rotary_emb_dim") is None:
         # x-transformers rotates dim_head // 2 dimensions by default and advises at least 32: a 32-wide head
         # (the CPU recipe's generator) would get 16
         kwargs["rotary_emb_dim"] = min(32, dim_head)
-    kwargs.update(library_kwargs)
     wrapper_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _WRAPPER_ARGS}
     encoder = Encoder(
         dim=dim, depth=depth, heads=heads, attn_dim_head=dim_head, ff_mult=ff_mult, **kwargs

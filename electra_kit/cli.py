@@ -55,7 +55,7 @@ def _cmd_finetune(args) -> int:
     from .config.checks import FINETUNE_FLAGS, check_flags
     from .registry import UnknownBackboneError
     from .rundir.directory import RunDirError
-    from .training.finetune import FinetuneConfig, TaskSpec, format_results, run_finetune
+    from .training.finetune import FinetuneConfig, TaskSpec, run_finetune
 
     options = dict(lr=args.lr, layer_decay=args.layer_decay, warmup_fraction=args.warmup_fraction, epochs=args.epochs,
                    batch_size=args.batch_size, weight_decay=args.weight_decay, dropout=args.dropout,
@@ -169,6 +169,16 @@ def _cmd_export(args) -> int:
     code = EXIT_NOT_HF if args.format == "hf" and result.format != "hf" else 0
     print(result.message, file=sys.stderr if code else sys.stdout)
     return code
+
+
+def format_results(results: dict) -> str:
+    """A small table: one row per seed (with the epoch chosen on validation), then the median."""
+    keys = list(results["median"])
+    lines = ["seed    epoch  " + "  ".join(f"{k:>9}" for k in keys)]
+    for s in results["seeds"]:
+        lines.append(f"{s['seed']:<8}{s['selected_epoch']:>5}  " + "  ".join(f"{s['metrics'][k]:>9.4f}" for k in keys))
+    lines.append(f"{'median':<15}" + "  ".join(f"{results['median'][k]:>9.4f}" for k in keys))
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:

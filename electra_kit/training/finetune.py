@@ -328,12 +328,16 @@ def finetune(model_dir, spec: TaskSpec, cfg: FinetuneConfig | None = None, *, tr
     return {**results, "wall_s": time.perf_counter() - start}
 
 
+def selected_epoch(result: dict) -> dict:
+    """A seed result's record of the epoch it kept ({} if none was recorded)."""
+    return next((e for e in result["epochs"] if e["epoch"] == result["selected_epoch"]), {})
+
+
 def keep_seed(new: dict, old: dict, metric: str) -> bool:
     """Whether seed result ``new`` replaces ``old`` as the kept model: a better score on the validation
     split (ties keep the earlier seed); without a split, the later seed. Never the evaluation file's score."""
     key = f"val_{metric}"
-    new_epoch = next((e for e in new["epochs"] if e["epoch"] == new["selected_epoch"]), {})
-    old_epoch = next((e for e in old["epochs"] if e["epoch"] == old["selected_epoch"]), {})
+    new_epoch, old_epoch = selected_epoch(new), selected_epoch(old)
     if key not in new_epoch or key not in old_epoch:
         return True
     return new_epoch[key] > old_epoch[key]
@@ -349,25 +353,11 @@ def save_kept_model(model_dir, model: SequenceModel, result: dict, folder: Path,
     save_pretrained(model, folder, tokenizer=Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json")),
                     special_ids=config.get("special_ids"), max_seq_len=config.get("max_seq_len"),
                     operative_config=operative.read_text(encoding="utf-8") if operative.is_file() else "")
-    epoch = next((e for e in result["epochs"] if e["epoch"] == result["selected_epoch"]), {})
+    epoch = selected_epoch(result)
     chosen_by = f"val_{metric}" if f"val_{metric}" in epoch else "last seed (no validation split)"
     return {"path": str(folder.resolve()), "seed": result["seed"], "epoch": result["selected_epoch"],
             "chosen_by": chosen_by, **({chosen_by: epoch[chosen_by]} if chosen_by in epoch else {}),
             "metrics": result["metrics"]}
-
-
-def format_results(results: dict) -> str:
-    """A small table: one row per seed (with the epoch chosen on validation), then the median."""
-    keys = list(results["median"])
-    lines = ["seed    epoch  " + "  ".join(f"{k:>9}" for k in keys)]
-    for s in results["seeds"]:
-        lines.append(f"{s['seed']:<8}{s['selected_epoch']:>5}  " + "  ".join(f"{s['metrics'][k]:>9.4f}" for k in keys))
-    lines.append(f"{'median':<15}" + "  ".join(f"{results['median'][k]:>9.4f}" for k in keys))
-    return "\n".join(lines)
-
-
-def write_results(results: dict, path: Path) -> Path:
-    return atomic_write(path, json.dumps(results, indent=2))
 
 
 def resolve_model_dir(path: str | Path) -> Path:
@@ -412,7 +402,7 @@ def _run_finetune(model_dir, spec, cfg, run_dir, tracking, tracking_uri, experim
 
             print("electra-kit: logging the kept model to MLflow", file=sys.stderr, flush=True)
             results["kept_model"]["mlflow_model_id"] = log_kept_model(tracker, results["kept_model"])
-        path = write_results(results, run_dir / "results.json")
+        path = atomic_write(run_dir / "results.json", json.dumps(results, indent=2))
         if tracker is not None:
             tracker.log_artifact(path)
         return results, path
