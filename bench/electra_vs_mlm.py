@@ -181,6 +181,44 @@ def table(rows: list[dict], task: str, seeds: int) -> str:
     return "\n".join(lines)
 
 
+def trend(rows: list[dict], task: str, margin: float = 0.08) -> dict | None:
+    """Where the medians point: accuracy = a + b * log10(FLOPs) fitted (least squares) to each pretrained kind's
+    budgets, and the FLOPs at which ELECTRA's line reaches random init + ``margin`` and crosses MLM's. An
+    extrapolation, not a measurement; with two budgets each line runs through two points. None under 2 budgets."""
+    import math
+
+    fits = {}
+    for kind in ("ELECTRA", "MLM"):
+        pts = [(math.log10(r["pretrain_flops"]), statistics.median(accuracies(r["finetune"][task])))
+               for r in rows if r["kind"] == kind and task in r["finetune"]]
+        if len({x for x, _ in pts}) < 2:
+            return None
+        mx, my = statistics.fmean(x for x, _ in pts), statistics.fmean(y for _, y in pts)
+        slope = sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
+        fits[kind] = {"intercept": my - slope * mx, "per_decade": slope, "budgets": len(pts)}
+    random = statistics.median(accuracies(next(r for r in rows if r["kind"] == "random init")["finetune"][task]))
+    e, m = fits["ELECTRA"], fits["MLM"]
+    target = random + margin
+    reach = 10 ** ((target - e["intercept"]) / e["per_decade"]) if e["per_decade"] > 0 else None
+    cross = None
+    if e["per_decade"] != m["per_decade"]:
+        x = (m["intercept"] - e["intercept"]) / (e["per_decade"] - m["per_decade"])
+        cross = 10 ** x if e["per_decade"] > m["per_decade"] else None  # ELECTRA ahead beyond x
+    return {"fits": fits, "random_init": random, "target": target, "electra_reaches_target_at_flops": reach,
+            "electra_passes_mlm_from_flops": cross}
+
+
+def describe_trend(t: dict | None, task: str) -> str:
+    if t is None:
+        return f"{TASKS[task][0]}: one budget only, no trend"
+    e, m = t["fits"]["ELECTRA"], t["fits"]["MLM"]
+    at = lambda f: "never on this line" if f is None else f"{f / 1e12:,.0f} TFLOP"  # noqa: E731
+    return (f"{TASKS[task][0]}: accuracy per 10x FLOPs ELECTRA {e['per_decade']:+.3f}, MLM {m['per_decade']:+.3f} "
+            f"({e['budgets']} budgets each); ELECTRA reaches random init + 8 points ({t['target']:.3f}) at "
+            f"{at(t['electra_reaches_target_at_flops'])}, passes MLM from {at(t['electra_passes_mlm_from_flops'])} "
+            "(a straight line in log FLOPs through the medians: an extrapolation, not a measurement)")
+
+
 def plot(rows: list[dict], tasks: list[str], path: Path) -> None:
     """Median accuracy (bars: min-max over seeds) against pretraining FLOPs, a panel per task."""
     import matplotlib
@@ -201,6 +239,9 @@ def plot(rows: list[dict], tasks: list[str], path: Path) -> None:
             ax.errorbar(x, med, yerr=err, fmt=style, capsize=3, label=kind)
         ax.axhline(statistics.median(accuracies(random["finetune"][task])), color="grey", linestyle=":",
                    label="random init (0 FLOPs)")
+        t = trend(rows, task)
+        if t is not None:
+            ax.axhline(t["target"], color="tab:red", linestyle=":", linewidth=1, label="random init + 8 points")
         ax.set_xlabel("pretraining TFLOP (forward + backward)")
         ax.set_ylabel("test accuracy (median of seeds)")
         ax.set_title(TASKS[task][0])
@@ -274,6 +315,7 @@ def main(argv=None) -> int:
         "flops_per_step": flops, "rows": rows,
         "reference": {t: bag_of_words_reference(args.data / TASKS[t][1], args.data / TASKS[t][2]) for t in tasks},
         "medians": {t: {r["name"]: r["finetune"][t]["median"]["accuracy"] for r in rows} for t in tasks},
+        "trend": {t: trend(rows, t) for t in tasks},
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2, default=str))
@@ -285,6 +327,7 @@ def main(argv=None) -> int:
         if ref:
             print(f"\nreference without pretraining or a network: {ref['model']}: accuracy {ref['accuracy']:.4f}; "
                   f"majority class {ref['majority_class_accuracy']:.4f}")
+        print(describe_trend(report["trend"][task], task))
     m = report["machine"]
     print(f"\n{m['cpu']}, {m['threads']} thread(s) of {m['cores']} cores, torch {m['torch']}; "
           f"total {report['total_wall_s'] / 60:.1f} min; results: {args.json}, plot: {args.plot}")

@@ -221,3 +221,27 @@ def test_precision_curves_tabulate_each_runs_last_evaluation(tmp_path):
     assert sorted(r["disc_auc"] for r in summary["fp32"]) == [0.80, 0.82]
     assert [r["tokens_per_s"] for r in summary["bf16"]] == [1020, 1020] and (tmp_path / "pc.png").stat().st_size
     assert "fp32: AUC mean 0.8100, seed spread 0.0200" in proc.stdout
+
+
+def test_electra_vs_mlm_trend_finds_where_the_lines_reach_the_bar():
+    """Medians on straight lines in log10 FLOPs: ELECTRA 0.70 + 0.10/decade from 1e12, MLM 0.74 + 0.02/decade,
+    random init 0.70. ELECTRA reaches 0.78 at 10^12.8 and passes MLM at 10^12.5."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import electra_vs_mlm as evm
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+    def row(kind, flops, acc):
+        return {"kind": kind, "pretrain_flops": flops, "finetune": {"trec": {"seeds": [{"metrics": {"accuracy": acc}}]}}}
+
+    rows = [row("ELECTRA", 1e12, 0.70), row("ELECTRA", 1e13, 0.80), row("MLM", 1e12, 0.74), row("MLM", 1e13, 0.76),
+            row("random init", 0.0, 0.70)]
+    t = evm.trend(rows, "trec")
+    assert t["fits"]["ELECTRA"]["per_decade"] == pytest.approx(0.10) and t["target"] == pytest.approx(0.78)
+    assert t["electra_reaches_target_at_flops"] == pytest.approx(10 ** 12.8)
+    assert t["electra_passes_mlm_from_flops"] == pytest.approx(10 ** 12.5)
+    flat = [row("ELECTRA", 1e12, 0.70), row("ELECTRA", 1e13, 0.70), *rows[2:]]
+    assert evm.trend(flat, "trec")["electra_reaches_target_at_flops"] is None  # a flat line never gets there
+    assert evm.trend(rows[:1] + rows[2:], "trec") is None  # one ELECTRA budget: no line
+    assert "passes MLM from" in evm.describe_trend(t, "trec")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import socket
 import time
 from pathlib import Path
@@ -15,12 +16,12 @@ import torch
 from mlflow import MlflowClient
 from mlflow_server import MlflowServer, free_port
 
+from electra_kit.rundir.directory import RunDir
 from electra_kit.tracking import (
     JOURNAL,
     STATE,
     Tracker,
     TrackingError,
-    flatten_gin_config,
     format_runs_table,
     list_runs,
     resolve_tracking_uri,
@@ -221,7 +222,7 @@ def test_server_down_at_start_run_created_on_recovery(server, tmp_path):
     assert json.loads((tmp_path / STATE).read_text())["run_id"] == tr.run_id
 
 
-def test_sync_delivers_what_a_dead_store_missed_exactly_once(store, tmp_path):
+def test_sync_refuses_a_live_runs_directory_then_delivers_what_a_dead_store_missed_exactly_once(store, tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"
     tr = Tracker(run_dir=tmp_path, tracking_uri=dead, experiment="synced", drain_timeout=0.5, **FAST)
     assert tr.start(params={"a": 1}, tags={}) is None
@@ -232,6 +233,10 @@ def test_sync_delivers_what_a_dead_store_missed_exactly_once(store, tmp_path):
     tr.finish("FAILED", error="boom")
     assert tr.run_id is None
 
+    live = RunDir(tmp_path, resume=True)  # a run still holds its directory: it delivers its own records
+    with pytest.raises(TrackingError, match=f"in use by another electra-kit process \\(PID {os.getpid()}\\)"):
+        sync_run(tmp_path, tracking_uri=store)
+    live.release()
     saved = (tmp_path / STATE).read_text()
     counts = sync_run(tmp_path, tracking_uri=store)
     assert counts["metrics"] == 30 and counts["params"] == 1 and counts["artifacts"] == 1
@@ -312,53 +317,6 @@ def test_runs_and_sync_say_what_is_wrong_in_one_line(tmp_path, capsys):
     assert capsys.readouterr().err == f"electra-kit: error: {tmp_path / 'missing'}: no such run directory\n"
     assert main(["sync", str(tmp_path)]) == 2
     assert "not a tracked run directory" in capsys.readouterr().err
-
-
-GIN_OPERATIVE = """\
-import electra_kit.training.trainer
-import gin.torch.external_configurables
-
-# Macros:
-# ==============================================================================
-HIDDEN = 256
-generator/DEPTH = 4
-
-# Parameters for discriminator/backbone:
-# ==============================================================================
-discriminator/backbone.dim = %HIDDEN
-discriminator/backbone.name = 'performer'
-
-# Parameters for Electra:
-# ==============================================================================
-Electra.discriminator = @discriminator/backbone()
-Electra.generator = @generator/backbone()
-Electra.mask_prob = 0.15  # a comment
-
-# Parameters for train:
-# ==============================================================================
-train.lr = 0.0005
-train.schedule = \\
-    {'extra': [1,
-               2,
-               3],
-     'kind': 'linear',
-     'warmup': 100}
-train.optimizer = @torch.optim.AdamW
-train.steps = 2000
-train.warmup = [%HIDDEN, %generator/DEPTH]
-"""
-
-
-def test_gin_config_becomes_params_with_macros_resolved():
-    flat = flatten_gin_config(GIN_OPERATIVE)
-    assert flat["HIDDEN"] == "256" and flat["generator/DEPTH"] == "4"  # the macros are params themselves
-    assert flat["discriminator/backbone.dim"] == "256" and flat["train.warmup"] == "[256, 4]"
-    assert flat["discriminator/backbone.name"] == "'performer'"
-    assert flat["Electra.generator"] == "@generator/backbone()"
-    assert flat["Electra.mask_prob"] == "0.15"
-    assert flat["train.schedule"] == "{'extra': [1, 2, 3], 'kind': 'linear', 'warmup': 100}"
-    assert flat["train.optimizer"] == "@torch.optim.AdamW" and flat["train.steps"] == "2000"
-    assert not any("import" in k for k in flat)
 
 
 def test_helpers_default_to_the_working_directory(tmp_path, monkeypatch):

@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 
 LOCK_FILE = ".electra-kit.lock"
-# what a run writes at the top of its directory (tracking adds its own two)
-RUN_FILES = ("checkpoints", "model", "metrics.jsonl", "operative_config.gin", "summary.json",
-             "mlflow_run.json", ".mlflow.lock")
+# what a run writes at the top of its directory (the last one: tracking's)
+RUN_FILES = ("checkpoints", "model", "metrics.jsonl", "operative_config.gin", "summary.json", "mlflow_run.json")
 
 
 class RunDirError(RuntimeError):

@@ -2,14 +2,14 @@
 the durable record (``metrics.jsonl``, ``mlflow_run.json``); a background thread ships it to MLflow as the run goes, and
 ``electra-kit sync RUN_DIR`` delivers whatever it missed. Runs go to ``tracking_uri``, else $MLFLOW_TRACKING_URI,
 else ``sqlite:///<cwd>/mlflow.db`` (artifacts beside it in ``mlruns/``). Modules import only those listed before
-them: ``store`` (records, delivery, sync), ``facts`` (params, tags), ``tracker`` (the live run), ``runs`` (table, UI, links).
+them: ``store`` (records, delivery, sync), ``facts`` (tags), ``tracker`` (the live run), ``runs`` (table, UI, links).
 """
 
-from .facts import flatten_gin_config, system_tags
+from .facts import system_tags
 from .runs import format_runs_table, list_runs, ui_command
 from .store import JOURNAL, STATE, TrackingError, append_journal, resolve_tracking_uri, sync_run
 from .tracker import DEFAULT_EXPERIMENT, Tracker, finish_when_done, tracking
 
 __all__ = ["DEFAULT_EXPERIMENT", "JOURNAL", "STATE", "Tracker", "TrackingError", "append_journal", "finish_when_done",
-           "flatten_gin_config", "format_runs_table", "list_runs", "resolve_tracking_uri", "sync_run", "system_tags",
+           "format_runs_table", "list_runs", "resolve_tracking_uri", "sync_run", "system_tags",
            "tracking", "ui_command"]

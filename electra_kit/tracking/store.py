@@ -11,7 +11,6 @@ until it is done.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -21,10 +20,11 @@ import time
 from pathlib import Path
 
 from ..rundir.atomic import atomic_write
+from ..rundir.directory import RunDir, RunDirError
 
 logger = logging.getLogger("electra_kit.tracking")
 
-JOURNAL, STATE, LOCK = "metrics.jsonl", "mlflow_run.json", ".mlflow.lock"
+JOURNAL, STATE = "metrics.jsonl", "mlflow_run.json"
 UID_TAG, ERROR_TAG = "electra_kit.uid", "electra_kit.error"
 # The kind MLflow 3 records for a model-training experiment; 3.17's UI does not read it to pick the landing page
 # (the browser's workflow switch decides: runs.py), but it says what the experiment is.
@@ -127,16 +127,6 @@ def read_state(run_dir: Path) -> dict:
 def write_state(run_dir: Path, state: dict) -> None:
     """Replace mlflow_run.json atomically: a kill leaves the old one or the new one, never half of one."""
     atomic_write(Path(run_dir) / STATE, json.dumps(state, indent=1, sort_keys=True))
-
-
-def lock_run_dir(run_dir: Path):
-    """An exclusive flock on run_dir/.mlflow.lock, held until the returned file closes; None if another has it."""
-    fh = open(Path(run_dir) / LOCK, "a")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return fh
-    except OSError:
-        fh.close()
 
 
 _refused: set[str] = set()
@@ -244,13 +234,14 @@ def sync_run(run_dir: str | Path, tracking_uri: str | None = None) -> dict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise TrackingError(f"{run_dir}: no such run directory")
-    state = read_state(run_dir)
-    if not state.get("uid"):
-        raise TrackingError(f"{run_dir} has no {STATE}: it is not a tracked run directory")
-    lock = lock_run_dir(run_dir)
-    if lock is None:
-        raise TrackingError(f"{run_dir} belongs to a live run (it holds {LOCK}), which delivers its own records")
-    with lock:
+    try:  # the run directory's own lock: a live run delivers its own records
+        owned = RunDir(run_dir, resume=True)
+    except RunDirError as exc:
+        raise TrackingError(str(exc)) from None
+    try:
+        state = read_state(run_dir)
+        if not state.get("uid"):
+            raise TrackingError(f"{run_dir} has no {STATE}: it is not a tracked run directory")
         http_defaults()
         uri = check_store(resolve_tracking_uri(tracking_uri or state.get("tracking_uri")))
         if uri != state.get("tracking_uri"):
@@ -259,3 +250,5 @@ def sync_run(run_dir: str | Path, tracking_uri: str | None = None) -> dict:
             return {"tracking_uri": uri, **deliver(MlflowClient(uri), state, run_dir)}
         except Exception as exc:  # noqa: BLE001 - the store's failure, in one line
             raise TrackingError(f"delivery to {uri} failed: {describe(exc)}; run sync again later") from exc
+    finally:
+        owned.release()

@@ -75,7 +75,7 @@ class Tracker:
             "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL") or 10.0)) if system_metrics else None
         self._lock = threading.Lock()  # the state file, the journal's end, _todo
         self._wake, self._stop, self._attempted = threading.Event(), threading.Event(), threading.Event()
-        self._client = self._lockfh = None
+        self._client = None
         self._state: dict = {"artifacts": [], "tags": {}}
         self._end = self._sent = 0  # journal bytes written; of those, bytes the store has
         self._todo = self._unsure = True  # state to deliver; the store may hold part of what was not confirmed
@@ -87,7 +87,6 @@ class Tracker:
         if not self.active or self._thread is not None:
             return self.run_id
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._lockfh = store.lock_run_dir(self.run_dir)
         old = store.read_state(self.run_dir) if resume else {}
         if resume and not old.get("uid"):
             logger.warning("resume: %s has no %s; starting a new MLflow run", self.run_dir, store.STATE)
@@ -162,8 +161,6 @@ class Tracker:
             logger.warning("MLflow at %s did not confirm all of this run's records; they are on disk in %s (%s, %s): "
                            "deliver them with `electra-kit sync %s`", self.tracking_uri, self.run_dir,
                            store.JOURNAL, store.STATE, self.run_dir)
-        if self._lockfh is not None:
-            self._lockfh.close()
 
     # ------------------------------------------------------------------------- background side
     def _update(self, **fields) -> None:

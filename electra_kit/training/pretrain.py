@@ -119,10 +119,8 @@ def _tracker(opts: RunOptions, run_dir: Path, rank: int):
 
 
 def _params(model, operative: str, trainer: Trainer) -> dict:
-    from ..tracking import flatten_gin_config
-
     cfg = trainer.cfg
-    params = {**flatten_gin_config(operative), **model.report_params()}
+    params = {**gin_config.flatten_gin_config(operative), **model.report_params()}
     params["train.effective_warmup_steps"] = cfg.effective_warmup  # warmup_steps, after its cap
     if cfg.precision == "auto":  # what the trainer chose on this machine
         params["train.effective_precision"] = "bf16" if trainer.autocast_dtype is not None else "fp32"
