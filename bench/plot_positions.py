@@ -1,7 +1,8 @@
 """Learned absolute positions against rotary ones (issue 11): the curves behind gin/backbone_transformer.gin.
 
 The runs are ordinary CLI runs (commands in bench/README.md, "Positions"); their eval curves and fine-tuning
-results were gathered into ``bench/positions.json``. This script draws them: the generator's (or MLM's)
+results were gathered into ``bench/positions.json`` (``hour_factors``: the hour runs of RESULTS.md section 8).
+This script draws them: the generator's (or MLM's)
 held-out loss and the discriminator's held-out AUC against step, and prints the final numbers.
 
     python bench/plot_positions.py bench/positions.json --plot bench/positions.png
@@ -26,6 +27,9 @@ def main(argv=None) -> int:
     data = json.loads(args.json.read_text())
     runs = {**data["diagnostics_2000_steps"],
             "hour_electra_rotary_lr5e-4": data["hour"]["electra"], "hour_mlm_rotary_lr5e-4": data["hour"]["mlm"]}
+    for name in ("lr2e-4", "temperature1.5"):  # the fifth session's hour runs, one binding each (RESULTS s. 8)
+        if name in data.get("hour_factors", {}):
+            runs[f"hour_electra_rotary_{name}"] = data["hour_factors"][name]
     print("| run | final gen/MLM loss | final gen/MLM accuracy | final disc AUC |\n| --- | --- | --- | --- |")
     for name, run in runs.items():
         curve = run["eval"]

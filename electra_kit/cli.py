@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: regression when every label is a number and some are written as reals")
     p.add_argument("--seeds", type=int, help="fine-tune N times (seeds first-seed..), report each and the median (1)")
     p.add_argument("--first-seed", type=int, help="(0)")
-    p.add_argument("--epochs", type=float, help="the most epochs trained; the best on --val-fraction is kept (10)")
+    p.add_argument("--epochs", type=float, help="the most epochs trained; the best on --val-fraction is kept (20)")
     p.add_argument("--val-fraction", type=float, help="of --train, held out (seeded) to choose the epoch; 0: last epoch (0.1)")
     p.add_argument("--patience", type=int, help="stop after N epochs without a better validation score (3; 0: never)")
     p.add_argument("--lr", type=float, help="peak learning rate of the head (3e-4, ELECTRA-Small)")

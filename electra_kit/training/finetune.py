@@ -57,7 +57,7 @@ class FinetuneConfig:
     lr: float = 3e-4
     layer_decay: float = 0.8
     warmup_fraction: float = 0.1
-    epochs: float = 10.0  # the most; the best epoch on the validation split is kept (bench/finetune_recipe.py)
+    epochs: float = 20.0  # the most; the best epoch on the validation split is kept (bench/RESULTS.md, issue 11 s. 8)
     batch_size: int = 32
     eval_batch_size: int = 128
     weight_decay: float = 0.0
