@@ -199,11 +199,13 @@ def trend(rows: list[dict], task: str, margin: float = 0.08) -> dict | None:
     random = statistics.median(accuracies(next(r for r in rows if r["kind"] == "random init")["finetune"][task]))
     e, m = fits["ELECTRA"], fits["MLM"]
     target = random + margin
-    reach = 10 ** ((target - e["intercept"]) / e["per_decade"]) if e["per_decade"] > 0 else None
+    def flops(log10: float) -> float:  # nearly parallel lines meet absurdly far out
+        return 10**log10 if log10 < 300 else math.inf
+
+    reach = flops((target - e["intercept"]) / e["per_decade"]) if e["per_decade"] > 0 else None
     cross = None
-    if e["per_decade"] != m["per_decade"]:
-        x = (m["intercept"] - e["intercept"]) / (e["per_decade"] - m["per_decade"])
-        cross = 10 ** x if e["per_decade"] > m["per_decade"] else None  # ELECTRA ahead beyond x
+    if e["per_decade"] > m["per_decade"]:  # ELECTRA ahead beyond the crossing
+        cross = flops((m["intercept"] - e["intercept"]) / (e["per_decade"] - m["per_decade"]))
     return {"fits": fits, "random_init": random, "target": target, "electra_reaches_target_at_flops": reach,
             "electra_passes_mlm_from_flops": cross}
 
@@ -212,10 +214,10 @@ def describe_trend(t: dict | None, task: str) -> str:
     if t is None:
         return f"{TASKS[task][0]}: one budget only, no trend"
     e, m = t["fits"]["ELECTRA"], t["fits"]["MLM"]
-    at = lambda f: "never on this line" if f is None else f"{f / 1e12:,.0f} TFLOP"  # noqa: E731
+    at = lambda f: "at no budget on these lines" if f is None or f == float("inf") else f"from {f / 1e12:,.0f} TFLOP"  # noqa: E731
     return (f"{TASKS[task][0]}: accuracy per 10x FLOPs ELECTRA {e['per_decade']:+.3f}, MLM {m['per_decade']:+.3f} "
-            f"({e['budgets']} budgets each); ELECTRA reaches random init + 8 points ({t['target']:.3f}) at "
-            f"{at(t['electra_reaches_target_at_flops'])}, passes MLM from {at(t['electra_passes_mlm_from_flops'])} "
+            f"({e['budgets']} budgets each); ELECTRA reaches random init + 8 points ({t['target']:.3f}) "
+            f"{at(t['electra_reaches_target_at_flops'])} and passes MLM {at(t['electra_passes_mlm_from_flops'])} "
             "(a straight line in log FLOPs through the medians: an extrapolation, not a measurement)")
 
 

@@ -244,4 +244,7 @@ def test_electra_vs_mlm_trend_finds_where_the_lines_reach_the_bar():
     flat = [row("ELECTRA", 1e12, 0.70), row("ELECTRA", 1e13, 0.70), *rows[2:]]
     assert evm.trend(flat, "trec")["electra_reaches_target_at_flops"] is None  # a flat line never gets there
     assert evm.trend(rows[:1] + rows[2:], "trec") is None  # one ELECTRA budget: no line
+    near = [row("ELECTRA", 1e12, 0.70), row("ELECTRA", 1e13, 0.72 + 1e-15), row("MLM", 1e12, 0.74), row("MLM", 1e13, 0.76),
+            rows[-1]]  # slopes equal but for rounding: they meet (far) beyond any budget, not in an overflow
+    assert evm.trend(near, "trec")["electra_passes_mlm_from_flops"] > 1e100
     assert "passes MLM from" in evm.describe_trend(t, "trec")
