@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -185,8 +186,6 @@ def trend(rows: list[dict], task: str, margin: float = 0.08) -> dict | None:
     """Where the medians point: accuracy = a + b * log10(FLOPs) fitted (least squares) to each pretrained kind's
     budgets, and the FLOPs at which ELECTRA's line reaches random init + ``margin`` and crosses MLM's. An
     extrapolation, not a measurement; with two budgets each line runs through two points. None under 2 budgets."""
-    import math
-
     fits = {}
     for kind in ("ELECTRA", "MLM"):
         pts = [(math.log10(r["pretrain_flops"]), statistics.median(accuracies(r["finetune"][task])))
@@ -199,6 +198,7 @@ def trend(rows: list[dict], task: str, margin: float = 0.08) -> dict | None:
     random = statistics.median(accuracies(next(r for r in rows if r["kind"] == "random init")["finetune"][task]))
     e, m = fits["ELECTRA"], fits["MLM"]
     target = random + margin
+
     def flops(log10: float) -> float:  # nearly parallel lines meet absurdly far out
         return 10**log10 if log10 < 300 else math.inf
 
@@ -210,13 +210,17 @@ def trend(rows: list[dict], task: str, margin: float = 0.08) -> dict | None:
             "electra_passes_mlm_from_flops": cross}
 
 
+def margin_points(t: dict) -> str:
+    return f"{round((t['target'] - t['random_init']) * 100):g}"
+
+
 def describe_trend(t: dict | None, task: str) -> str:
     if t is None:
         return f"{TASKS[task][0]}: one budget only, no trend"
     e, m = t["fits"]["ELECTRA"], t["fits"]["MLM"]
-    at = lambda f: "at no budget on these lines" if f is None or f == float("inf") else f"from {f / 1e12:,.0f} TFLOP"  # noqa: E731
+    at = lambda f: "at no budget on these lines" if f is None or f == math.inf else f"from {f / 1e12:,.0f} TFLOP"  # noqa: E731
     return (f"{TASKS[task][0]}: accuracy per 10x FLOPs ELECTRA {e['per_decade']:+.3f}, MLM {m['per_decade']:+.3f} "
-            f"({e['budgets']} budgets each); ELECTRA reaches random init + 8 points ({t['target']:.3f}) "
+            f"({e['budgets']} budgets each); ELECTRA reaches random init + {margin_points(t)} points ({t['target']:.3f}) "
             f"{at(t['electra_reaches_target_at_flops'])} and passes MLM {at(t['electra_passes_mlm_from_flops'])} "
             "(a straight line in log FLOPs through the medians: an extrapolation, not a measurement)")
 
@@ -243,7 +247,7 @@ def plot(rows: list[dict], tasks: list[str], path: Path) -> None:
                    label="random init (0 FLOPs)")
         t = trend(rows, task)
         if t is not None:
-            ax.axhline(t["target"], color="tab:red", linestyle=":", linewidth=1, label="random init + 8 points")
+            ax.axhline(t["target"], color="tab:red", linestyle=":", linewidth=1, label=f"random init + {margin_points(t)} points")
         ax.set_xlabel("pretraining TFLOP (forward + backward)")
         ax.set_ylabel("test accuracy (median of seeds)")
         ax.set_title(TASKS[task][0])

@@ -127,6 +127,14 @@ def load_weights_into(module: nn.Module, path: Path, **kwargs) -> None:
                          f"match its config.json") from None
 
 
+def resolve_model_dir(path: str | Path) -> Path:
+    """A model folder, or a run directory holding one in ``model/`` (what ``run`` and ``finetune`` leave)."""
+    path = Path(path)
+    if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
+        return path / "model"
+    return path
+
+
 def read_config(folder: Path) -> dict:
     folder = Path(folder)
     recover_dir(folder)  # a save killed mid-swap on a filesystem without atomic exchange

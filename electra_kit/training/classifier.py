@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..data.tokenizer import special_ids
-from ..modelfolder.pretrained import load_pretrained, load_weights_into, read_config
+from ..modelfolder.pretrained import load_pretrained, load_weights_into, read_config, resolve_model_dir
 from .finetune_model import SequenceModel, collate, length_ordered
 
 HEAD_FILE = "classifier_head.safetensors"
@@ -112,9 +112,7 @@ class Classifier(nn.Module):
 
 def load_classifier(folder: str | Path, *, map_location: str = "cpu") -> Classifier:
     """The fine-tuned model in ``folder`` (``RUN_DIR/model`` of ``electra-kit finetune``, or the run directory)."""
-    folder = Path(folder)
-    if not (folder / "config.json").is_file() and (folder / "model" / "config.json").is_file():
-        folder = folder / "model"
+    folder = resolve_model_dir(folder)
     config = read_config(folder)
     task = config.get("task")
     if not isinstance(task, dict):

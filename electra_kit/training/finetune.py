@@ -41,7 +41,7 @@ from torch import nn
 
 from ..data.batches import split_sequences
 from ..data.tokenizer import special_ids
-from ..modelfolder.pretrained import load_weights_into, read_config, save_pretrained
+from ..modelfolder.pretrained import load_weights_into, read_config, resolve_model_dir, save_pretrained
 from ..registry import create_backbone
 from ..rundir.atomic import atomic_write
 from ..rundir.directory import RunDir, default_run_dir
@@ -360,20 +360,12 @@ def save_kept_model(model_dir, model: SequenceModel, result: dict, folder: Path,
             "metrics": result["metrics"]}
 
 
-def resolve_model_dir(path: str | Path) -> Path:
-    """A model folder, or a run directory holding one in ``model/``."""
-    path = Path(path)
-    if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
-        return path / "model"
-    read_config(path)  # a clear error when it is neither
-    return path
-
-
 def run_finetune(model_dir, spec: TaskSpec, cfg: FinetuneConfig, *, run_dir: str | Path | None = None,
                  tracking: bool = True, tracking_uri: str | None = None,
                  experiment: str | None = None) -> tuple[dict, Path]:
     """The ``electra-kit finetune`` command: results to ``run_dir/results.json`` and to MLflow."""
     model_dir = resolve_model_dir(model_dir)
+    read_config(model_dir)  # not a model folder: a clear error before a run directory is claimed
     # claimed and locked like a pretraining run's; a failure leaves no empty directory behind
     owned = RunDir(Path(run_dir) if run_dir else default_run_dir([], stem=f"finetune-{Path(spec.train).stem}"),
                    resume=False, created=run_dir is None)
