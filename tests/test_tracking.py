@@ -248,11 +248,16 @@ def test_sync_refuses_a_live_runs_directory_then_delivers_what_a_dead_store_miss
     assert [a.path for a in client.list_artifacts(run_id)] == ["note.txt"]
     assert sync_run(tmp_path, tracking_uri=store)["metrics"] == 0  # nothing twice
     # The state file as it was before the first sync (a crash right after delivery): the replay creates no
-    # second run (found by its uid tag) and no second metric (the store already has each step and timestamp).
+    # second run (found by its uid tag) and no second metric (MLflow's SQL store keeps a metric it holds once).
     (tmp_path / STATE).write_text(saved.replace(dead, store))
-    assert sync_run(tmp_path)["metrics"] == 0
+    assert sync_run(tmp_path)["metrics"] == 30  # sent again
     assert len(client.search_runs([run.info.experiment_id])) == 1
     assert steps_of(client, run_id, "train/loss") == list(range(30))
+    # Another store has none of it: everything goes there, artifacts too.
+    other = f"sqlite:///{tmp_path.parent / (tmp_path.name + '_other.db')}"
+    counts = sync_run(tmp_path, tracking_uri=other)
+    assert counts["metrics"] == 30 and counts["artifacts"] == 1 and counts["run_id"] != run_id
+    assert steps_of(MlflowClient(other), counts["run_id"], "train/loss") == list(range(30))
 
 
 def test_a_hanging_store_leaves_every_record_on_disk_for_sync(store, tmp_path, monkeypatch, caplog):

@@ -1,11 +1,12 @@
 """A tracked run directory, the durable record, and its idempotent delivery to an MLflow store.
 
 ``metrics.jsonl`` (the journal: ``{"step": 7, "ts": <ms>, "train/loss": 2.3}`` per line) and ``mlflow_run.json``
-(uid, MLflow run id once known, store, experiment, params, tags, artifacts with ``done`` once uploaded, final
-status) hold everything MLflow should learn, before it hears of it. ``deliver`` makes the store agree with them
-and may run any number of times: the run is found by id or by its ``electra_kit.uid`` tag before one is created,
-params and tags are idempotent, a metric goes out only if the store lacks its (key, step, timestamp), an artifact
-until it is done.
+(uid, MLflow run id once known, store, experiment, params, tags, artifacts with ``done`` once uploaded, journal
+bytes delivered, final status) hold everything MLflow should learn, before it hears of it. ``deliver`` makes the
+store agree with them and may run any number of times: the run is found by id or by its ``electra_kit.uid`` tag
+before one is created, params and tags are idempotent, an artifact goes until it is done, and a metric sent twice
+is kept once: MLflow's SQL store ignores a metric it holds already (same key, step, timestamp and value), so a
+delivery cut short is simply sent again.
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ logger = logging.getLogger("electra_kit.tracking")
 
 JOURNAL, STATE = "metrics.jsonl", "mlflow_run.json"
 UID_TAG, ERROR_TAG = "electra_kit.uid", "electra_kit.error"
-# The kind MLflow 3 records for a model-training experiment; 3.17's UI does not read it to pick the landing page
-# (the browser's workflow switch decides: runs.py), but it says what the experiment is.
+# The kind MLflow 3 records for a model-training experiment (3.17's UI lands by the URL instead: runs.py).
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
@@ -59,7 +59,7 @@ def sqlite_path(uri: str) -> Path | None:
 
 def http_defaults() -> None:
     """No retries, 30 s timeout (MLflow's 7 retries keep a dead server's requests busy for minutes; the Tracker
-    retries with backoff instead). Process-wide, where unset."""
+    retries on its own). Process-wide, where unset."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
@@ -68,16 +68,15 @@ def check_store(uri: str) -> str:
     """Refuse at once a store MLflow will never accept (unknown scheme; the file store MLflow 3 refuses) and a
     SQLite file whose folder can't be created or written (MLflow would retry for ~100 s). A server that is
     down is not an error here: the Tracker waits for it."""
-    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry as registry
 
     scheme = uri.split(":", 1)[0] if ":" in uri else ""
-    if scheme not in _tracking_store_registry._registry:
-        known = ", ".join(sorted(s for s in _tracking_store_registry._registry if s))
+    if scheme not in registry._registry:
+        known = ", ".join(sorted(s for s in registry._registry if s))
         raise TrackingError(f"tracking URI {uri}: MLflow has no store for '{scheme}:' (it has: {known})")
     try:
-        builder = _tracking_store_registry.get_store_builder(uri)
-        if uri.startswith(("file:", "/", ".", "~")):
-            builder(uri)  # a local folder: cheap to open, and refused unless MLFLOW_ALLOW_FILE_STORE=true
+        if uri.startswith(("file:", "/", ".", "~")):  # a local folder: refused unless MLFLOW_ALLOW_FILE_STORE=true
+            registry.get_store_builder(uri)(uri)
     except Exception as exc:  # noqa: BLE001 - MLflow's reason, in one line
         raise TrackingError(f"tracking URI {uri}: {describe(exc).split('. ')[0]}") from exc
     if (db := sqlite_path(uri)) is not None and not db.exists():
@@ -95,23 +94,20 @@ def artifact_location(uri: str, experiment: str) -> str | None:
     return (db.parent / "mlruns" / (re.sub(r"[^\w.-]+", "_", experiment) or "default")).as_uri() if db else None
 
 
-def append_journal(path: Path, step: int, values: dict[str, float]) -> tuple[int, int]:
-    """Append one journal line; returns its timestamp (ms; MLflow receives the same) and the journal's size."""
-    ts = now_ms()
+def append_journal(path: Path, step: int, values: dict[str, float]) -> int:
+    """Append one journal line (its timestamp in ms is what MLflow receives); returns the journal's size."""
     with open(path, "a") as f:
-        f.write(json.dumps({"step": step, "ts": ts, **values}) + "\n")
-        return ts, f.tell()
+        f.write(json.dumps({"step": step, "ts": now_ms(), **values}) + "\n")
+        return f.tell()
 
 
-def read_journal(path: Path, start: int = 0, end: int | None = None) -> list[dict]:
+def read_journal(path: Path, start: int, end: int) -> list[dict]:
     """The journal's records between bytes ``start`` and ``end``; a line torn by a kill is skipped."""
-    if not path.exists():
-        return []
     with open(path, "rb") as f:
         f.seek(start)
-        data = f.read(-1 if end is None else max(0, end - start))
+        lines = f.read(max(0, end - start)).splitlines()
     records = []
-    for line in data.splitlines():
+    for line in lines:
         with contextlib.suppress(ValueError):
             records.append(json.loads(line))
     return [r for r in records if isinstance(r, dict) and isinstance(r.get("step"), int) and "ts" in r]
@@ -134,8 +130,8 @@ _refused: set[str] = set()
 
 def valid_entries(values: dict, kind: str = "metric") -> dict:
     """The entries under names MLflow accepts for a ``kind`` ("metric", "param" or "tag"), a refused name reported
-    once (a refused name would fail its whole batch, every time). Metrics become floats; ``step``, ``ts`` and
-    what is no number are left out."""
+    once (it would fail its whole batch, every time). Metrics become floats; ``step``, ``ts`` and non-numbers
+    are left out."""
     from mlflow.utils import validation
 
     out = {}
@@ -172,19 +168,15 @@ def _run(client, state: dict):
         exp_id = exp.experiment_id
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp_id)
-        for key, value in EXPERIMENT_TAGS.items():
-            if key not in exp.tags:
-                client.set_experiment_tag(exp_id, key, value)
     found = client.search_runs([exp_id], f"tags.`{UID_TAG}` = '{state['uid']}'", ViewType.ALL, max_results=1)
     return found[0] if found else client.create_run(
         exp_id, start_time=state.get("start_time"), tags={UID_TAG: state["uid"]}, run_name=state.get("run_name"))
 
 
-def deliver(client, state: dict, run_dir: Path, *, start: int = 0, end: int | None = None, check: bool = True,
-            full: bool = True, save=None) -> dict:
-    """Make the store hold what the journal (bytes ``start`` to ``end``) and, with ``full``, ``state`` say; returns
-    counts. ``check``: send only the metrics the store lacks (after a failure, which may have delivered part).
-    ``save(state)`` persists progress (the run id, artifacts done). Raises what the store raises: call again."""
+def deliver(client, state: dict, run_dir: Path, *, end: int | None = None, full: bool = True, save=None) -> dict:
+    """Make the store hold the journal up to byte ``end`` and, with ``full``, what ``state`` says (params, tags,
+    artifacts, status); returns counts. Progress (run id, journal bytes sent, artifacts done) goes to ``state``
+    and through ``save(state)``. Raises what the store raises: call again, nothing arrives twice."""
     from mlflow.entities import Metric, Param, RunTag
 
     save = save or (lambda s: write_state(run_dir, s))
@@ -195,17 +187,19 @@ def deliver(client, state: dict, run_dir: Path, *, start: int = 0, end: int | No
         save(state)
     params = [Param(k, v) for k, v in state.get("params", {}).items() if k not in run.data.params] if run else []
     tags = [RunTag(k, v) for k, v in state.get("tags", {}).items() if run.data.tags.get(k) != v] if run else []
-    records = [(r, valid_entries(r)) for r in read_journal(run_dir / JOURNAL, start, end)]
-    have = {k: {(m.step, m.timestamp) for m in client.get_metric_history(run_id, k)}
-            for k in ({k for _, values in records for k in values} if check else ())}
-    missing = [Metric(k, v, r["ts"], r["step"]) for r, values in records for k, v in values.items()
-               if (r["step"], r["ts"]) not in have.get(k, ())]
-    if missing or params or tags:
-        client.log_batch(run_id, missing, params, tags, synchronous=True)  # MLflow splits it within its limits
+    start, journal = state.get("sent", 0), Path(run_dir) / JOURNAL
+    end = (journal.stat().st_size if journal.exists() else 0) if end is None else end
+    records = read_journal(journal, start, end) if end > start else []
+    metrics = [Metric(k, v, r["ts"], r["step"]) for r in records for k, v in valid_entries(r).items()]
+    if metrics or params or tags:
+        client.log_batch(run_id, metrics, params, tags, synchronous=True)  # MLflow splits it within its limits
+    if end != start:
+        state["sent"] = end
+        save(state)
+    counts = {"run_id": run_id, "params": len(params), "metrics": len(metrics), "artifacts": 0}
     if not run:
-        return {"run_id": run_id, "params": 0, "metrics": len(missing), "artifacts": 0}
-    uploaded = [a for a in state.get("artifacts", []) if not a.get("done")]
-    for art in uploaded:
+        return counts
+    for art in [a for a in state.get("artifacts", []) if not a.get("done")]:
         path, dest = Path(art["path"]), art.get("artifact_path")
         if art.get("as_text") and path.is_file():
             client.log_text(run_id, path.read_text(), "/".join(p for p in (dest, art["as_text"]) if p))
@@ -215,7 +209,7 @@ def deliver(client, state: dict, run_dir: Path, *, start: int = 0, end: int | No
             client.log_artifact(run_id, str(path), dest)
         else:
             logger.warning("artifact %s no longer exists; not uploaded", path)
-        art["done"] = True
+        art["done"], counts["artifacts"] = True, counts["artifacts"] + 1
         save(state)
     if state.get("status"):
         if state.get("error"):
@@ -223,12 +217,12 @@ def deliver(client, state: dict, run_dir: Path, *, start: int = 0, end: int | No
         client.set_terminated(run_id, status=state["status"], end_time=state.get("end_time"))
     elif run.info.status != "RUNNING":  # resumed: the run goes on
         client.update_run(run_id, status="RUNNING")
-    return {"run_id": run_id, "params": len(params), "metrics": len(missing), "artifacts": len(uploaded)}
+    return counts
 
 
 def sync_run(run_dir: str | Path, tracking_uri: str | None = None) -> dict:
     """``electra-kit sync RUN_DIR``: deliver what the run recorded (to ``tracking_uri`` instead of the store it
-    recorded, if given); returns counts. Raises TrackingError with the reason."""
+    recorded, if given: then all of it); returns counts. Raises TrackingError with the reason."""
     from mlflow import MlflowClient
 
     run_dir = Path(run_dir)
@@ -244,8 +238,9 @@ def sync_run(run_dir: str | Path, tracking_uri: str | None = None) -> dict:
             raise TrackingError(f"{run_dir} has no {STATE}: it is not a tracked run directory")
         http_defaults()
         uri = check_store(resolve_tracking_uri(tracking_uri or state.get("tracking_uri")))
-        if uri != state.get("tracking_uri"):
-            state.update(tracking_uri=uri, artifact_location=artifact_location(uri, state["experiment"]))
+        if uri != state.get("tracking_uri"):  # another store has none of it
+            state.update(tracking_uri=uri, artifact_location=artifact_location(uri, state["experiment"]),
+                         run_id=None, sent=0, artifacts=[{**a, "done": False} for a in state.get("artifacts", [])])
         try:
             return {"tracking_uri": uri, **deliver(MlflowClient(uri), state, run_dir)}
         except Exception as exc:  # noqa: BLE001 - the store's failure, in one line

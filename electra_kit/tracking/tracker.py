@@ -1,10 +1,10 @@
 """The Tracker: one MLflow run fed from the training loop (rank 0), which it never blocks or fails.
 
-``log_metrics`` appends to the journal (:mod:`.store`) and returns; one background thread ships what the store
-lacks with ``store.deliver``: the journal's new bytes in one ``log_batch`` (MLflow splits it within its limits),
-and the run's params, tags, artifacts and final status when they change. After a failure it retries with
-backoff and, before resending, checks what the store already holds, so nothing arrives twice. ``finish`` waits
-``drain_timeout`` s at most; what is unconfirmed then is delivered by ``electra-kit sync``.
+``log_metrics`` appends to the journal (:mod:`.store`) and returns; one background thread runs ``store.deliver``
+for what is new: the journal's new bytes in one ``log_batch``, and the run's params, tags, artifacts and final
+status when they change. A failed delivery is tried again every few seconds (what it delivered in part, the
+store keeps once). ``finish`` waits ``drain_timeout`` s at most; what is unconfirmed then, ``electra-kit sync``
+delivers.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from .facts import system_tags
 from .store import logger, now_ms
 
 DEFAULT_EXPERIMENT = "electra-kit"
+RETRY_S = 5.0  # a store that failed is asked again after this, not for every record
 
 
 @gin.configurable
@@ -73,13 +74,10 @@ class Tracker:
         self.drain_timeout, self.start_timeout = drain_timeout, start_timeout
         self.sysmon_interval = (system_metrics_interval or float(os.environ.get(
             "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL") or 10.0)) if system_metrics else None
-        self._lock = threading.Lock()  # the state file, the journal's end, _todo
+        self._lock = threading.Lock()  # the state file, the journal's end, _changed
         self._wake, self._stop, self._attempted = threading.Event(), threading.Event(), threading.Event()
-        self._client = None
-        self._state: dict = {"artifacts": [], "tags": {}}
-        self._end = self._sent = 0  # journal bytes written; of those, bytes the store has
-        self._todo = self._unsure = True  # state to deliver; the store may hold part of what was not confirmed
-        self._confirmed, self._deadline, self._last_step = False, float("inf"), 0
+        self._client, self._state = None, {"artifacts": [], "tags": {}}
+        self._end, self._changed, self._confirmed, self._last_step, self._deadline = 0, True, False, 0, float("inf")
 
     def start(self, *, params: dict[str, object], tags: dict[str, str], resume: bool = False) -> str | None:
         """Record the run (with ``resume``, the one this run directory recorded before) and connect in the
@@ -90,6 +88,9 @@ class Tracker:
         old = store.read_state(self.run_dir) if resume else {}
         if resume and not old.get("uid"):
             logger.warning("resume: %s has no %s; starting a new MLflow run", self.run_dir, store.STATE)
+        if old.get("tracking_uri") != self.tracking_uri:  # another store has none of it
+            old = {k: v for k, v in old.items() if k not in ("run_id", "sent")}
+            old["artifacts"] = [{**a, "done": False} for a in old.get("artifacts", [])]
         new, kept = store.valid_entries(_clip(params, 6000), "param"), old.get("params", {})
         changed = [f"{k}={kept[k]} (now {v})" for k, v in new.items() if kept.get(k, v) != v]
         if changed:
@@ -102,14 +103,14 @@ class Tracker:
             "run_name": old.get("run_name", self.run_name), "start_time": old.get("start_time") or now_ms(),
             "params": {**new, **kept}, "artifacts": old.get("artifacts", []) + self._state["artifacts"],
             "tags": store.valid_entries(_clip({**old.get("tags", {}), **facts, **tags}, 8000), "tag"),
-            "status": None, "end_time": None, "error": None,
+            "sent": old.get("sent", 0), "status": None, "end_time": None, "error": None,
         }
         self.run_id = self._state["run_id"]
         with self._lock, open(self.run_dir / store.JOURNAL, "ab+") as f:
             size = f.seek(0, os.SEEK_END)  # a line torn by a kill must not swallow the next one
             if size and os.pread(f.fileno(), 1, size - 1) != b"\n":
                 f.write(b"\n")
-            self._end = f.tell()  # a resumed journal is replayed from byte 0: the store may lack its end
+            self._end = f.tell()
             store.write_state(self.run_dir, self._state)
         self._thread = threading.Thread(target=self._loop, daemon=True, name="electra-kit-mlflow")
         self._thread.start()
@@ -128,8 +129,7 @@ class Tracker:
             with contextlib.suppress(TypeError, ValueError, RuntimeError):
                 values[str(k)] = float(v)
         with self._lock:
-            _, self._end = store.append_journal(self.run_dir / store.JOURNAL, step, values)
-            self._last_step = step
+            self._end, self._last_step = store.append_journal(self.run_dir / store.JOURNAL, step, values), step
         self._wake.set()
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None, *, as_text: str | None = None) -> None:
@@ -168,7 +168,7 @@ class Tracker:
         with self._lock:
             self._state.update(fields)
             store.write_state(self.run_dir, self._state)
-            self._todo = True
+            self._changed = True
         self._wake.set()
 
     def _save(self, state: dict) -> None:
@@ -180,47 +180,36 @@ class Tracker:
         self.finish("KILLED", error="process exited without Tracker.finish()")
 
     def _loop(self) -> None:
-        failing, backoff = False, 0.5
-        while True:
+        """Deliver what is new until the run is finished and the store has all of it, or ``finish``'s deadline."""
+        failing = False
+        while not self._confirmed and not (self._stop.is_set() and time.monotonic() >= self._deadline):
             self._wake.clear()  # a record journaled from here on wakes the next round
+            with self._lock:
+                end, full, final, self._changed = self._end, self._changed, self._stop.is_set(), False
             try:
-                self._confirmed = self._deliver()
+                if self._client is None:
+                    from mlflow import MlflowClient
+
+                    self._client = MlflowClient(self.tracking_uri)  # builds the store: may take long, or fail
+                self.run_id = store.deliver(self._client, self._state, self.run_dir, end=end, full=full,
+                                            save=self._save)["run_id"]
                 if failing:
                     logger.warning("MLflow at %s is reachable again: delivered what it missed", self.tracking_uri)
-                failing, backoff = False, 0.5
+                failing = False
+                with self._lock:
+                    self._confirmed = final and self._end == end and not self._changed
             except Exception as exc:  # noqa: BLE001 - never let the store stop training
                 if not failing:
                     logger.warning("MLflow at %s failed (%s); training goes on, records are kept in %s and retried",
                                    self.tracking_uri, store.describe(exc), self.run_dir)
-                failing, backoff = True, min(backoff * 2, 60.0)
+                failing, self._changed = True, self._changed or full
             self._attempted.set()
-            if self._confirmed or (self._stop.is_set() and time.monotonic() >= self._deadline):
-                return
             if not failing:
-                self._wake.wait(5.0)
-            elif not self._stop.is_set():  # a dead store is not asked again for every record
-                self._stop.wait(backoff)
+                self._wake.wait(RETRY_S)
+            elif not final:  # a failed store is not asked again for every record
+                self._stop.wait(RETRY_S)
             else:  # finishing: once a second until the deadline
                 time.sleep(1.0)
-
-    def _deliver(self) -> bool:
-        """One delivery of what the store lacks; True once the run is finished and the store has all of it."""
-        with self._lock:
-            end, todo, final, self._todo = self._end, self._todo, self._stop.is_set(), False
-        try:
-            if self._client is None:
-                from mlflow import MlflowClient
-
-                self._client = MlflowClient(self.tracking_uri)  # builds the store: may take long, or fail
-            if todo or end > self._sent:
-                self.run_id = store.deliver(self._client, self._state, self.run_dir, start=self._sent, end=end,
-                                            check=self._unsure, full=todo, save=self._save)["run_id"]
-        except BaseException:
-            self._todo, self._unsure = True, True
-            raise
-        self._sent, self._unsure = end, False
-        with self._lock:
-            return final and self._end == end and not self._todo
 
     def _sample_system_metrics(self) -> None:
         """MLflow's own CPU/disk/network/GPU monitors, sampled here so their values go through the journal like
