@@ -155,6 +155,21 @@ def test_resume_appends_to_same_run(store, tmp_path, caplog):
     assert "refuses to change a logged param; the run keeps train.steps=10 (now 20)" in caplog.text
 
 
+def test_a_run_resumed_against_another_store_sends_it_everything(store, tmp_path):
+    tr = Tracker(run_dir=tmp_path, tracking_uri=store, experiment="moved", **FAST)
+    first = tr.start(params={"a": 1}, tags={})
+    for step in range(3):
+        tr.log_metrics({"train/loss": float(step)}, step)
+    tr.finish("KILLED")
+    other = f"sqlite:///{tmp_path.parent / (tmp_path.name + '_other.db')}"
+    tr2 = Tracker(run_dir=tmp_path, tracking_uri=other, experiment="moved", **FAST)
+    second = tr2.start(params={"a": 1}, tags={}, resume=True)
+    tr2.log_metrics({"train/loss": 3.0}, 3)
+    tr2.finish()
+    assert second and second != first  # the old run id means nothing there
+    assert steps_of(MlflowClient(other), second, "train/loss") == [0, 1, 2, 3]  # the journal from byte 0
+
+
 def test_rank1_and_disabled_write_nothing(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     for tr in (
