@@ -202,7 +202,9 @@ class Tracker:
                 if not failing:
                     logger.warning("MLflow at %s failed (%s); training goes on, records are kept in %s and retried",
                                    self.tracking_uri, store.describe(exc), self.run_dir)
-                failing, self._changed = True, self._changed or full
+                failing = True
+                with self._lock:
+                    self._changed = self._changed or full
             self._attempted.set()
             if not failing:
                 self._wake.wait(RETRY_S)
