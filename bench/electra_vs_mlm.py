@@ -11,7 +11,8 @@
    step also runs the generator, so MLM gets more steps). Wall-clock of each run is reported.
 3. Fine-tunes every pretrained encoder, and a randomly initialised copy of the same architecture
    (same tokenizer), on each task of ``--tasks`` with ``electra-kit finetune`` (``--seeds`` seeds,
-   the kit's default recipe unless ``--finetune-args`` says otherwise): TREC-6 question
+   the kit's default recipe unless ``--finetune-args`` says otherwise; the random init without layer-wise
+   decay, ``--random-init-args``): TREC-6 question
    classification (bench/prepare_trec.py) and movie-review polarity (bench/prepare_movie.py).
 4. Prints the table (median and each seed), writes ``--json`` and draws accuracy against
    pretraining FLOPs, one panel per task (``--plot``).
@@ -110,15 +111,19 @@ def seeds_for(task: str, args) -> int:
 def finetune_run(name: str, model_dir: str, task: str, args, out: Path, extra: list[str] = ()) -> dict:
     _, train, test = TASKS[task]
     run_dir = out / f"finetune_{task}_{name}"
-    done = run_dir / "results.json"
-    if args.reuse and done.is_file():  # finished earlier (a killed driver, or run by hand with this argv)
+    done, flags_file = run_dir / "results.json", out / f"finetune_{task}_{name}.flags"
+    flags = [*args.finetune_args.split(), *extra]
+    if args.reuse and done.is_file():  # finished earlier (a killed driver, or run by hand with these flags)
         results = json.loads(done.read_text())
+        if flags_file.is_file() and json.loads(flags_file.read_text()) != flags:
+            raise SystemExit(f"{run_dir} was fine-tuned with {flags_file.read_text()}, not {flags}: remove it")
         if len(results["seeds"]) == seeds_for(task, args):
             return results
     argv = ["finetune", "--model", model_dir, "--train", str(args.data / train), "--eval", str(args.data / test),
             "--text-column", "text", "--label-column", "label", "--seeds", str(seeds_for(task, args)),
-            "--no-progress", "--no-tracking", "--run-dir", str(run_dir), *args.finetune_args.split(), *extra]
+            "--no-progress", "--no-tracking", "--run-dir", str(run_dir), *flags]
     wall = run(argv, out / f"finetune_{task}_{name}.log")
+    flags_file.write_text(json.dumps(flags))
     results = json.loads((run_dir / "results.json").read_text())
     results["bench_wall_s"] = wall
     return results
@@ -266,6 +271,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=5, help="fine-tuning seeds per model and task")
     parser.add_argument("--task-seeds", default="", help="per-task override, e.g. movie=3 (compute is short)")
     parser.add_argument("--finetune-args", default="", help="extra electra-kit finetune flags for every model")
+    parser.add_argument("--random-init-args", default="--layer-decay 1.0",
+                        help="extra finetune flags for the random-init baseline: layer-wise decay keeps pretrained "
+                             "lower layers, which it has not (its validation accuracy prefers no decay)")
     parser.add_argument("--parallel", type=int, default=2, help="runs at once, one thread each")
     parser.add_argument("--data", type=Path, default=REPO / "bench" / "data")
     parser.add_argument("--out-dir", type=Path, default=REPO / "runs" / "bench_electra_vs_mlm")
@@ -307,7 +315,7 @@ def main(argv=None) -> int:
     def fine_tune(job):
         r, task = job
         if r["pretrain"] is None:
-            model_dir, extra, name = pretrained[0]["model_dir"], ["--random-init"], "random"
+            model_dir, extra, name = pretrained[0]["model_dir"], ["--random-init", *args.random_init_args.split()], "random"
         else:
             model_dir, extra, name = r["pretrain"]["model_dir"], [], r["pretrain"]["name"]
         r["finetune"][task] = finetune_run(name, model_dir, task, args, out, extra)
