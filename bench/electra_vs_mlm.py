@@ -190,7 +190,8 @@ def table(rows: list[dict], task: str, seeds: int) -> str:
 def trend(rows: list[dict], task: str, margin: float = 0.08) -> dict | None:
     """Where the medians point: accuracy = a + b * log10(FLOPs) fitted (least squares) to each pretrained kind's
     budgets, and the FLOPs at which ELECTRA's line reaches random init + ``margin`` and crosses MLM's. An
-    extrapolation, not a measurement; with two budgets each line runs through two points. None under 2 budgets."""
+    extrapolation, not a measurement; with two budgets each line runs through two points, with more
+    ``worst_miss`` says how straight they are. None under 2 budgets."""
     fits = {}
     for kind in ("ELECTRA", "MLM"):
         pts = [(math.log10(r["pretrain_flops"]), statistics.median(accuracies(r["finetune"][task])))
@@ -199,7 +200,8 @@ def trend(rows: list[dict], task: str, margin: float = 0.08) -> dict | None:
             return None
         mx, my = statistics.fmean(x for x, _ in pts), statistics.fmean(y for _, y in pts)
         slope = sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
-        fits[kind] = {"intercept": my - slope * mx, "per_decade": slope, "budgets": len(pts)}
+        fits[kind] = {"intercept": my - slope * mx, "per_decade": slope, "budgets": len(pts),
+                      "worst_miss": max(abs(y - (my + slope * (x - mx))) for x, y in pts)}  # 0 through 2 points
     random = statistics.median(accuracies(next(r for r in rows if r["kind"] == "random init")["finetune"][task]))
     e, m = fits["ELECTRA"], fits["MLM"]
     target = random + margin
@@ -225,7 +227,8 @@ def describe_trend(t: dict | None, task: str) -> str:
     e, m = t["fits"]["ELECTRA"], t["fits"]["MLM"]
     at = lambda f: "at no budget on these lines" if f is None or f == math.inf else f"from {f / 1e12:,.0f} TFLOP"  # noqa: E731
     return (f"{TASKS[task][0]}: accuracy per 10x FLOPs ELECTRA {e['per_decade']:+.3f}, MLM {m['per_decade']:+.3f} "
-            f"({e['budgets']} budgets each); ELECTRA reaches random init + {margin_points(t)} points ({t['target']:.3f}) "
+            f"({e['budgets']} budgets each; the lines miss their medians by at most {e['worst_miss']:.3f} and "
+            f"{m['worst_miss']:.3f}); ELECTRA reaches random init + {margin_points(t)} points ({t['target']:.3f}) "
             f"{at(t['electra_reaches_target_at_flops'])} and passes MLM {at(t['electra_passes_mlm_from_flops'])} "
             "(a straight line in log FLOPs through the medians: an extrapolation, not a measurement)")
 

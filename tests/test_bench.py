@@ -248,3 +248,5 @@ def test_electra_vs_mlm_trend_finds_where_the_lines_reach_the_bar():
             rows[-1]]  # slopes equal but for rounding: they meet (far) beyond any budget, not in an overflow
     assert evm.trend(near, "trec")["electra_passes_mlm_from_flops"] > 1e100
     assert "passes MLM from" in evm.describe_trend(t, "trec")
+    bent = [*rows, row("ELECTRA", 1e14, 0.84)]  # 0.10 then 0.04 per decade: the line misses by 0.02
+    assert evm.trend(bent, "trec")["fits"]["ELECTRA"]["worst_miss"] == pytest.approx(0.02)
