@@ -206,8 +206,8 @@ def trend(rows: list[dict], task: str, margin: float = 0.08) -> dict | None:
     e, m = fits["ELECTRA"], fits["MLM"]
     target = random + margin
 
-    def flops(log10: float) -> float:  # nearly parallel lines meet absurdly far out
-        return 10**log10 if log10 < 300 else math.inf
+    def flops(log10: float) -> float:  # a flat or nearly parallel line meets absurdly far out: never
+        return 10**log10 if log10 < 30 else math.inf
 
     reach = flops((target - e["intercept"]) / e["per_decade"]) if e["per_decade"] > 0 else None
     cross = None
@@ -225,7 +225,7 @@ def describe_trend(t: dict | None, task: str) -> str:
     if t is None:
         return f"{TASKS[task][0]}: one budget only, no trend"
     e, m = t["fits"]["ELECTRA"], t["fits"]["MLM"]
-    at = lambda f: "at no budget on these lines" if f is None or f == math.inf else f"from {f / 1e12:,.0f} TFLOP"  # noqa: E731
+    at = lambda f: "at no budget below 1e30 FLOPs on these lines" if f is None or f == math.inf else f"from {f / 1e12:,.0f} TFLOP"  # noqa: E731
     return (f"{TASKS[task][0]}: accuracy per 10x FLOPs ELECTRA {e['per_decade']:+.3f}, MLM {m['per_decade']:+.3f} "
             f"({e['budgets']} budgets each; the lines miss their medians by at most {e['worst_miss']:.3f} and "
             f"{m['worst_miss']:.3f}); ELECTRA reaches random init + {margin_points(t)} points ({t['target']:.3f}) "
@@ -234,7 +234,8 @@ def describe_trend(t: dict | None, task: str) -> str:
 
 
 def plot(rows: list[dict], tasks: list[str], path: Path) -> None:
-    """Median accuracy (bars: min-max over seeds) against pretraining FLOPs, a panel per task."""
+    """Median accuracy (bars: min-max over seeds) against pretraining FLOPs on a log axis, a panel per task, with
+    each trend line drawn on to 20x the largest budget (thin) and random init as a level."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -242,21 +243,25 @@ def plot(rows: list[dict], tasks: list[str], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
-        random = next(r for r in rows if r["kind"] == "random init")
+        random, t = next(r for r in rows if r["kind"] == "random init"), trend(rows, task)
         for kind, style in (("ELECTRA", "o-"), ("MLM", "s--")):
             pts = sorted((r["pretrain_flops"], accuracies(r["finetune"][task])) for r in rows
-                         if r["kind"] in (kind, "random init") and task in r["finetune"])  # every curve starts at 0
+                         if r["kind"] == kind and task in r["finetune"])
             x = [p[0] / 1e12 for p in pts]
             med = [statistics.median(a) for _, a in pts]
             err = [[m - min(a) for m, (_, a) in zip(med, pts, strict=True)],
                    [max(a) - m for m, (_, a) in zip(med, pts, strict=True)]]
-            ax.errorbar(x, med, yerr=err, fmt=style, capsize=3, label=kind)
+            drawn = ax.errorbar(x, med, yerr=err, fmt=style, capsize=3, label=kind)
+            if t is not None:
+                fit, ends = t["fits"][kind], [x[0], x[-1] * 20]
+                ax.plot(ends, [fit["intercept"] + fit["per_decade"] * math.log10(v * 1e12) for v in ends], ":",
+                        linewidth=1, color=drawn[0].get_color(), label=f"{kind} trend (extrapolated)")
         ax.axhline(statistics.median(accuracies(random["finetune"][task])), color="grey", linestyle=":",
                    label="random init (0 FLOPs)")
-        t = trend(rows, task)
+        ax.set_xscale("log")
         if t is not None:
             ax.axhline(t["target"], color="tab:red", linestyle=":", linewidth=1, label=f"random init + {margin_points(t)} points")
-        ax.set_xlabel("pretraining TFLOP (forward + backward)")
+        ax.set_xlabel("pretraining TFLOP (forward + backward), log scale")
         ax.set_ylabel("test accuracy (median of seeds)")
         ax.set_title(TASKS[task][0])
         ax.legend()

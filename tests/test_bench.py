@@ -3,6 +3,7 @@ keep the objective's behaviour: the sampler's distribution, the no-padding backb
 Reformer feed-forward chunking."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -246,7 +247,7 @@ def test_electra_vs_mlm_trend_finds_where_the_lines_reach_the_bar():
     assert evm.trend(rows[:1] + rows[2:], "trec") is None  # one ELECTRA budget: no line
     near = [row("ELECTRA", 1e12, 0.70), row("ELECTRA", 1e13, 0.72 + 1e-15), row("MLM", 1e12, 0.74), row("MLM", 1e13, 0.76),
             rows[-1]]  # slopes equal but for rounding: they meet (far) beyond any budget, not in an overflow
-    assert evm.trend(near, "trec")["electra_passes_mlm_from_flops"] > 1e100
+    assert evm.trend(near, "trec")["electra_passes_mlm_from_flops"] == math.inf
     assert "passes MLM from" in evm.describe_trend(t, "trec")
     bent = [*rows, row("ELECTRA", 1e14, 0.84)]  # 0.10 then 0.04 per decade: the line misses by 0.02
     assert evm.trend(bent, "trec")["fits"]["ELECTRA"]["worst_miss"] == pytest.approx(0.02)
