@@ -168,6 +168,9 @@ def _run(client, state: dict):
         exp_id = exp.experiment_id
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp_id)
+        for key, value in EXPERIMENT_TAGS.items():  # an experiment made elsewhere
+            if key not in exp.tags:
+                client.set_experiment_tag(exp_id, key, value)
     found = client.search_runs([exp_id], f"tags.`{UID_TAG}` = '{state['uid']}'", ViewType.ALL, max_results=1)
     return found[0] if found else client.create_run(
         exp_id, start_time=state.get("start_time"), tags={UID_TAG: state["uid"]}, run_name=state.get("run_name"))
@@ -189,6 +192,7 @@ def deliver(client, state: dict, run_dir: Path, *, end: int | None = None, full:
     tags = [RunTag(k, v) for k, v in state.get("tags", {}).items() if run.data.tags.get(k) != v] if run else []
     start, journal = state.get("sent", 0), Path(run_dir) / JOURNAL
     end = (journal.stat().st_size if journal.exists() else 0) if end is None else end
+    start = start if start <= end else 0  # a journal shorter than what was sent is not the one sent: all of it
     records = read_journal(journal, start, end) if end > start else []
     metrics = [Metric(k, v, r["ts"], r["step"]) for r in records for k, v in valid_entries(r).items()]
     if metrics or params or tags:
