@@ -262,8 +262,8 @@ def test_generator_smaller_than_discriminator_trains():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        first = first if first is not None else float(loss)
-    assert float(loss) < first
+        first = first if first is not None else loss.item()
+    assert loss.item() < first
 
 
 # ---- every pair of registered backbones ----------------------------------------------------------
