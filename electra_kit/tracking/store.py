@@ -94,6 +94,16 @@ def artifact_location(uri: str, experiment: str) -> str | None:
     return (db.parent / "mlruns" / (re.sub(r"[^\w.-]+", "_", experiment) or "default")).as_uri() if db else None
 
 
+def retarget(state: dict, uri: str) -> dict:
+    """``state`` for the store at ``uri``: as it is for its own store; for another, which has none of it, without the
+    run id and the journal bytes delivered, and with every artifact still to upload."""
+    if state.get("tracking_uri") == uri:
+        return state
+    kept = {k: v for k, v in state.items() if k not in ("run_id", "sent")}
+    return {**kept, "tracking_uri": uri, "artifact_location": artifact_location(uri, state.get("experiment", "")),
+            "artifacts": [{**a, "done": False} for a in state.get("artifacts", [])]}
+
+
 def append_journal(path: Path, step: int, values: dict[str, float]) -> int:
     """Append one journal line (its timestamp in ms is what MLflow receives); returns the journal's size."""
     with open(path, "a") as f:
@@ -242,9 +252,7 @@ def sync_run(run_dir: str | Path, tracking_uri: str | None = None) -> dict:
             raise TrackingError(f"{run_dir} has no {STATE}: it is not a tracked run directory")
         http_defaults()
         uri = check_store(resolve_tracking_uri(tracking_uri or state.get("tracking_uri")))
-        if uri != state.get("tracking_uri"):  # another store has none of it
-            state.update(tracking_uri=uri, artifact_location=artifact_location(uri, state["experiment"]),
-                         run_id=None, sent=0, artifacts=[{**a, "done": False} for a in state.get("artifacts", [])])
+        state = retarget(state, uri)
         try:
             return {"tracking_uri": uri, **deliver(MlflowClient(uri), state, run_dir)}
         except Exception as exc:  # noqa: BLE001 - the store's failure, in one line

@@ -88,9 +88,7 @@ class Tracker:
         old = store.read_state(self.run_dir) if resume else {}
         if resume and not old.get("uid"):
             logger.warning("resume: %s has no %s; starting a new MLflow run", self.run_dir, store.STATE)
-        if old.get("tracking_uri") != self.tracking_uri:  # another store has none of it
-            old = {k: v for k, v in old.items() if k not in ("run_id", "sent")}
-            old["artifacts"] = [{**a, "done": False} for a in old.get("artifacts", [])]
+        old = store.retarget(old, self.tracking_uri) if old else old
         new, kept = store.valid_entries(_clip(params, 6000), "param"), old.get("params", {})
         changed = [f"{k}={kept[k]} (now {v})" for k, v in new.items() if kept.get(k, v) != v]
         if changed:
