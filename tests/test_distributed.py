@@ -23,7 +23,12 @@ ARGS = ["tiny.gin", "--no-tracking", "--gin", "train.progress = False", "--gin",
 # float summation order differs between the all-reduce and one process, and Adam carries the difference on: 2.2e-5
 # seen at step 9 (2026-12-01, a CI run); a wrong averaging of gradients shows as percents, not 1e-4
 LOSS_RTOL = 1e-4
-WEIGHT_ATOL = 1e-5
+# Weights are compared as a whole, against how far the single run moved them over steps 7-12: Adam divides each
+# gradient by its own running scale, so an element whose gradient is near zero can take a full lr step either way
+# on a rounding difference. A CI machine showed single elements off by 4e-4 (DDP) and 1.5e-3 (FSDP) after 12
+# steps (2026-12-02, its losses within LOSS_RTOL) where this machine shows 1e-7 and a drift of 4e-6. With the
+# gradient all-reduce switched off the drift is 1.4 (DDP) and 3.5 (FSDP): a fault moves weights by their update.
+WEIGHT_DRIFT = 0.05
 
 
 def launch(cwd, corpus, run_dir, nproc, *extra):
@@ -49,6 +54,22 @@ def weights(run_dir, step=STEPS):
     return load_weights(run_dir / "checkpoints" / f"step_{step:08d}" / "model.safetensors")
 
 
+def flat(tensors: dict) -> torch.Tensor:
+    return torch.cat([tensors[k].flatten().float() for k in sorted(tensors)])
+
+
+def assert_same_weights(single_dir, other_dir):
+    """``other``'s step-12 weights lie within WEIGHT_DRIFT of the single run's, measured in units of the single
+    run's own movement from step 6 to step 12."""
+    a, b = weights(single_dir), weights(other_dir)
+    assert a.keys() == b.keys()
+    moved = (flat(a) - flat(weights(single_dir, 6))).norm().item()
+    assert moved > 0
+    drift = (flat(a) - flat(b)).norm().item() / moved
+    worst = max(a, key=lambda k: (a[k] - b[k]).abs().max().item())
+    assert drift < WEIGHT_DRIFT, f"drift {drift:.3g} of the step 6-12 movement; worst tensor {worst}"
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, small_corpus, cache_dir):
     root = tmp_path_factory.mktemp("ddp")
@@ -64,11 +85,7 @@ def test_two_processes_match_one_process(runs, strategy):
     assert sorted(one) == sorted(two) == list(range(1, STEPS + 1))
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=LOSS_RTOL), step
-    a, b = weights(runs / "single"), weights(runs / strategy)
-    assert a.keys() == b.keys()
-    worst = max((a[k] - b[k]).abs().max().item() for k in a)
-    assert worst < WEIGHT_ATOL, worst
-    assert not torch.equal(a["discriminator_head.out.weight"], weights(runs / "single", 6)["discriminator_head.out.weight"])
+    assert_same_weights(runs / "single", runs / strategy)
 
 
 def test_only_rank_zero_writes(runs):
@@ -85,6 +102,4 @@ def test_resume_with_a_different_number_of_processes(runs, small_corpus, strateg
     shutil.rmtree(resumed / "checkpoints" / "step_00000012")
     shutil.rmtree(resumed / "model")
     launch(runs, small_corpus, resumed.name, 1, "--resume")  # 2 processes wrote step 6; 1 process finishes
-    a, b = weights(runs / "single"), weights(resumed)
-    worst = max((a[k] - b[k]).abs().max().item() for k in a)
-    assert worst < WEIGHT_ATOL, worst
+    assert_same_weights(runs / "single", resumed)
