@@ -16,6 +16,9 @@
    classification (bench/prepare_trec.py) and movie-review polarity (bench/prepare_movie.py).
 4. Prints the table (median and each seed), writes ``--json`` and draws accuracy against
    pretraining FLOPs, one panel per task (``--plot``).
+5. ``--pretrain-seeds 0,1,2`` pretrains each objective at each budget once per ``train.seed`` (other
+   initial weights, data order and masks): a budget's point is then the median over every pretraining
+   and fine-tuning seed, its bars span them all, and the table lists each pretraining run.
 
     python bench/electra_vs_mlm.py --electra-steps 600,2400        # see bench/RESULTS.md for times
 
@@ -187,6 +190,15 @@ def table(rows: list[dict], task: str, seeds: int) -> str:
     return "\n".join(lines)
 
 
+def by_budget(rows: list[dict], kind: str, task: str) -> list[tuple[float, list[float]]]:
+    """(FLOPs, accuracies) per budget of ``kind``, pooling the fine-tuning seeds of every pretraining seed."""
+    pooled: dict[float, list[float]] = {}
+    for r in rows:
+        if r["kind"] == kind and task in r["finetune"]:
+            pooled.setdefault(r["pretrain_flops"], []).extend(accuracies(r["finetune"][task]))
+    return sorted(pooled.items())
+
+
 def trend(rows: list[dict], task: str, margin: float = 0.08) -> dict | None:
     """Where the medians point: accuracy = a + b * log10(FLOPs) fitted (least squares) to each pretrained kind's
     budgets, and the FLOPs at which ELECTRA's line reaches random init + ``margin`` and crosses MLM's. An
@@ -194,8 +206,7 @@ def trend(rows: list[dict], task: str, margin: float = 0.08) -> dict | None:
     ``worst_miss`` says how straight they are. None under 2 budgets."""
     fits = {}
     for kind in ("ELECTRA", "MLM"):
-        pts = [(math.log10(r["pretrain_flops"]), statistics.median(accuracies(r["finetune"][task])))
-               for r in rows if r["kind"] == kind and task in r["finetune"]]
+        pts = [(math.log10(f), statistics.median(a)) for f, a in by_budget(rows, kind, task)]
         if len({x for x, _ in pts}) < 2:
             return None
         mx, my = statistics.fmean(x for x, _ in pts), statistics.fmean(y for _, y in pts)
@@ -245,8 +256,7 @@ def plot(rows: list[dict], tasks: list[str], path: Path) -> None:
     for ax, task in zip(axes[0], tasks, strict=True):
         random, t = next(r for r in rows if r["kind"] == "random init"), trend(rows, task)
         for kind, style in (("ELECTRA", "o-"), ("MLM", "s--")):
-            pts = sorted((r["pretrain_flops"], accuracies(r["finetune"][task])) for r in rows
-                         if r["kind"] == kind and task in r["finetune"])
+            pts = by_budget(rows, kind, task)
             x = [p[0] / 1e12 for p in pts]
             med = [statistics.median(a) for _, a in pts]
             err = [[m - min(a) for m, (_, a) in zip(med, pts, strict=True)],
@@ -269,12 +279,28 @@ def plot(rows: list[dict], tasks: list[str], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def pretrain_jobs(args, flops: dict) -> list[dict]:
+    """Every pretraining run: each budget, each objective (MLM at ELECTRA's FLOPs), each seed. Seed 0 binds
+    nothing and keeps its old run name, so earlier out-dirs are reused as they are."""
+    jobs = []
+    for b in (int(b) for b in args.electra_steps.split(",")):
+        mlm_steps = round(b * flops["electra"] / flops["mlm"])
+        for seed in (int(s) for s in args.pretrain_seeds.split(",")):
+            suffix, bind = (f"_seed{seed}", [f"train.seed = {seed}"]) if seed else ("", [])
+            jobs += [{"kind": kind, "name": f"{kind.lower()}_{steps}{suffix}", "config": config, "steps": steps,
+                      "seed": seed, "bindings": [*args.gin, *bind]}
+                     for kind, config, steps in (("ELECTRA", args.electra_config, b), ("MLM", args.mlm_config, mlm_steps))]
+    return jobs
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--electra-steps", default="600,2400", help="pretraining budgets, in ELECTRA steps")
     parser.add_argument("--electra-config", default="electra_cpu.gin")
     parser.add_argument("--mlm-config", default="mlm_cpu.gin")
     parser.add_argument("--gin", action="append", default=[], help="a binding for both pretraining configs")
+    parser.add_argument("--pretrain-seeds", default="0",
+                        help="train.seed of each pretraining run, e.g. 0,1,2: a budget's spread across pretraining")
     parser.add_argument("--tasks", default="trec,movie")
     parser.add_argument("--seeds", type=int, default=5, help="fine-tuning seeds per model and task")
     parser.add_argument("--task-seeds", default="", help="per-task override, e.g. movie=3 (compute is short)")
@@ -305,18 +331,16 @@ def main(argv=None) -> int:
     started = time.perf_counter()
 
     flops = {"electra": step_flops(args.electra_config, args.gin), "mlm": step_flops(args.mlm_config, args.gin)}
-    budgets = [int(b) for b in args.electra_steps.split(",")]
-    jobs = []
-    for b in budgets:
-        mlm_steps = round(b * flops["electra"] / flops["mlm"])
-        jobs += [("ELECTRA", f"electra_{b}", args.electra_config, b), ("MLM", f"mlm_{mlm_steps}", args.mlm_config, mlm_steps)]
+    jobs = pretrain_jobs(args, flops)
     print(f"FLOPs per step: ELECTRA {flops['electra'] / 1e9:.2f} G, MLM {flops['mlm'] / 1e9:.2f} G; "
-          f"runs: {[(j[1], j[3]) for j in jobs]}", flush=True)
+          f"runs: {[(j['name'], j['steps']) for j in jobs]}", flush=True)
     with ThreadPoolExecutor(args.parallel) as pool:
-        pretrained = list(pool.map(lambda j: pretrain_run(j[1], j[2], j[3], args.gin, out, args.reuse), jobs))
-    rows = [{"name": f"{kind} {info['steps']} steps", "kind": kind, "pretrain": info,
-             "pretrain_flops": flops[kind.lower()] * info["steps"], "finetune": {}}
-            for (kind, *_), info in zip(jobs, pretrained, strict=True)]
+        pretrained = list(pool.map(
+            lambda j: pretrain_run(j["name"], j["config"], j["steps"], j["bindings"], out, args.reuse), jobs))
+    rows = [{"name": f"{j['kind']} {info['steps']} steps" + (f", seed {j['seed']}" if j["seed"] else ""),
+             "kind": j["kind"], "pretrain_seed": j["seed"], "pretrain": info,
+             "pretrain_flops": flops[j["kind"].lower()] * info["steps"], "finetune": {}}
+            for j, info in zip(jobs, pretrained, strict=True)]
     rows.append({"name": "random init", "kind": "random init", "pretrain": None, "pretrain_flops": 0.0, "finetune": {}})
     ft_jobs = [(r, t) for r in rows for t in tasks]
 
@@ -337,6 +361,9 @@ def main(argv=None) -> int:
         "flops_per_step": flops, "rows": rows,
         "reference": {t: bag_of_words_reference(args.data / TASKS[t][1], args.data / TASKS[t][2]) for t in tasks},
         "medians": {t: {r["name"]: r["finetune"][t]["median"]["accuracy"] for r in rows} for t in tasks},
+        "budget_medians": {t: {kind: [{"pretrain_flops": f, "median": statistics.median(a), "runs": len(a)}
+                                      for f, a in by_budget(rows, kind, t)] for kind in ("ELECTRA", "MLM")}
+                           for t in tasks},
         "trend": {t: trend(rows, t) for t in tasks},
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -349,6 +376,10 @@ def main(argv=None) -> int:
         if ref:
             print(f"\nreference without pretraining or a network: {ref['model']}: accuracy {ref['accuracy']:.4f}; "
                   f"majority class {ref['majority_class_accuracy']:.4f}")
+        if "," in args.pretrain_seeds:
+            for kind, points in report["budget_medians"][task].items():
+                print(f"{kind}, every pretraining and fine-tuning seed: " + "; ".join(
+                    f"{p['pretrain_flops'] / 1e12:.1f} TFLOP {p['median']:.4f} ({p['runs']} runs)" for p in points))
         print(describe_trend(report["trend"][task], task))
     m = report["machine"]
     print(f"\n{m['cpu']}, {m['threads']} thread(s) of {m['cores']} cores, torch {m['torch']}; "

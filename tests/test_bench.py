@@ -2,6 +2,7 @@
 keep the objective's behaviour: the sampler's distribution, the no-padding backbone path, the
 Reformer feed-forward chunking."""
 
+import argparse
 import json
 import math
 import os
@@ -251,3 +252,29 @@ def test_electra_vs_mlm_trend_finds_where_the_lines_reach_the_bar():
     assert "passes MLM from" in evm.describe_trend(t, "trec")
     bent = [*rows, row("ELECTRA", 1e14, 0.84)]  # 0.10 then 0.04 per decade: the line misses by 0.02
     assert evm.trend(bent, "trec")["fits"]["ELECTRA"]["worst_miss"] == pytest.approx(0.02)
+
+
+def test_electra_vs_mlm_pools_pretraining_seeds():
+    """--pretrain-seeds: one run per objective, budget and seed (seed 0 under its old name, binding nothing), and a
+    budget's point pools every pretraining seed's fine-tuning accuracies."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import electra_vs_mlm as evm
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    args = argparse.Namespace(electra_steps="100", pretrain_seeds="0,1", gin=["x = 1"], electra_config="e.gin",
+                              mlm_config="m.gin")
+    jobs = evm.pretrain_jobs(args, {"electra": 3.0, "mlm": 2.0})
+    assert [(j["name"], j["steps"], j["bindings"]) for j in jobs] == [
+        ("electra_100", 100, ["x = 1"]), ("mlm_150", 150, ["x = 1"]),
+        ("electra_100_seed1", 100, ["x = 1", "train.seed = 1"]), ("mlm_150_seed1", 150, ["x = 1", "train.seed = 1"])]
+
+    def row(kind, flops, accs):
+        return {"kind": kind, "pretrain_flops": flops,
+                "finetune": {"trec": {"seeds": [{"metrics": {"accuracy": a}} for a in accs]}}}
+
+    rows = [row("ELECTRA", 1e12, [0.70, 0.72]), row("ELECTRA", 1e12, [0.80, 0.90]), row("ELECTRA", 1e13, [0.85]),
+            row("MLM", 1e12, [0.60])]
+    assert evm.by_budget(rows, "ELECTRA", "trec") == [(1e12, [0.70, 0.72, 0.80, 0.90]), (1e13, [0.85])]
+    rows += [row("MLM", 1e13, [0.61]), row("random init", 0.0, [0.5])]
+    assert evm.trend(rows, "trec")["fits"]["ELECTRA"]["per_decade"] == pytest.approx(0.85 - 0.76)
