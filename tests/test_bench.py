@@ -225,18 +225,16 @@ def test_precision_curves_tabulate_each_runs_last_evaluation(tmp_path):
     assert "fp32: AUC mean 0.8100, seed spread 0.0200" in proc.stdout
 
 
+def evm_row(kind, flops, *accuracies):
+    """A row of electra_vs_mlm's report: one pretrained model, fine-tuned on TREC-6 once per accuracy."""
+    return {"kind": kind, "pretrain_flops": flops,
+            "finetune": {"trec": {"seeds": [{"metrics": {"accuracy": a}} for a in accuracies]}}}
+
+
 def test_electra_vs_mlm_trend_finds_where_the_lines_reach_the_bar():
     """Medians on straight lines in log10 FLOPs: ELECTRA 0.70 + 0.10/decade from 1e12, MLM 0.74 + 0.02/decade,
     random init 0.70. ELECTRA reaches 0.78 at 10^12.8 and passes MLM at 10^12.5."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import electra_vs_mlm as evm
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-
-    def row(kind, flops, acc):
-        return {"kind": kind, "pretrain_flops": flops, "finetune": {"trec": {"seeds": [{"metrics": {"accuracy": acc}}]}}}
-
+    evm, row = _bench_module("electra_vs_mlm"), evm_row
     rows = [row("ELECTRA", 1e12, 0.70), row("ELECTRA", 1e13, 0.80), row("MLM", 1e12, 0.74), row("MLM", 1e13, 0.76),
             row("random init", 0.0, 0.70)]
     t = evm.trend(rows, "trec")
@@ -257,11 +255,7 @@ def test_electra_vs_mlm_trend_finds_where_the_lines_reach_the_bar():
 def test_electra_vs_mlm_pools_pretraining_seeds():
     """--pretrain-seeds: one run per objective, budget and seed (seed 0 under its old name, binding nothing), and a
     budget's point pools every pretraining seed's fine-tuning accuracies."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import electra_vs_mlm as evm
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    evm = _bench_module("electra_vs_mlm")
     args = argparse.Namespace(electra_steps="100", pretrain_seeds="0,1", gin=["x = 1"], electra_config="e.gin",
                               mlm_config="m.gin")
     jobs = evm.pretrain_jobs(args, {"electra": 3.0, "mlm": 2.0})
@@ -269,12 +263,9 @@ def test_electra_vs_mlm_pools_pretraining_seeds():
         ("electra_100", 100, ["x = 1"]), ("mlm_150", 150, ["x = 1"]),
         ("electra_100_seed1", 100, ["x = 1", "train.seed = 1"]), ("mlm_150_seed1", 150, ["x = 1", "train.seed = 1"])]
 
-    def row(kind, flops, accs):
-        return {"kind": kind, "pretrain_flops": flops,
-                "finetune": {"trec": {"seeds": [{"metrics": {"accuracy": a}} for a in accs]}}}
-
-    rows = [row("ELECTRA", 1e12, [0.70, 0.72]), row("ELECTRA", 1e12, [0.80, 0.90]), row("ELECTRA", 1e13, [0.85]),
-            row("MLM", 1e12, [0.60])]
+    row = evm_row
+    rows = [row("ELECTRA", 1e12, 0.70, 0.72), row("ELECTRA", 1e12, 0.80, 0.90), row("ELECTRA", 1e13, 0.85),
+            row("MLM", 1e12, 0.60)]
     assert evm.by_budget(rows, "ELECTRA", "trec") == [(1e12, [0.70, 0.72, 0.80, 0.90]), (1e13, [0.85])]
-    rows += [row("MLM", 1e13, [0.61]), row("random init", 0.0, [0.5])]
+    rows += [row("MLM", 1e13, 0.61), row("random init", 0.0, 0.5)]
     assert evm.trend(rows, "trec")["fits"]["ELECTRA"]["per_decade"] == pytest.approx(0.85 - 0.76)
