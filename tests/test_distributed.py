@@ -1,5 +1,7 @@
 """Data parallel on CPU: 2 gloo processes under torchrun (DDP or FSDP) match one process with the
-same global batch, and a checkpoint written by either resumes in one process.
+same global batch, and a checkpoint written by either resumes in one process. The 2-process runs are
+tracked in MLflow as users run them (tracking is on by default): one FINISHED run, rank 0's metrics once,
+the Logged Model once, system metrics; the single run is not, so both modes are exercised.
 
 (Only the gloo/CPU path can run here; NCCL on GPUs goes through the same code in distributed.py.)
 """
@@ -9,14 +11,17 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+from mlflow import MlflowClient
+from mlflow_server import MlflowServer
 
 from electra_kit.rundir.checkpoint import load_weights
 
 STEPS = 12
-ARGS = ["tiny.gin", "--no-tracking", "--gin", "train.progress = False", "--gin", f"train.steps = {STEPS}",
+ARGS = ["tiny.gin", "--gin", "train.progress = False", "--gin", f"train.steps = {STEPS}",
         "--gin", "train.log_every = 1", "--gin", "train.checkpoint_every = 6", "--gin", "train.eval_every = 1000",
         "--gin", "train.precision = 'fp32'",  # the match is of the arithmetic; bf16's rounding would blur it
         "--gin", "train.threads = 1"]  # and so would a thread count chosen by the machine's load (summation order)
@@ -32,13 +37,22 @@ WEIGHT_DRIFT = 0.05
 
 
 def launch(cwd, corpus, run_dir, nproc, *extra):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    """``run_dir`` trained by ``nproc`` processes; tracked in ``cwd/<run_dir>.db`` unless ``extra`` says
+    ``--no-tracking``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    if "--no-tracking" not in extra and "--tracking-uri" not in extra:
+        extra = (*extra, "--tracking-uri", store(cwd, run_dir))
     prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 \
         else [sys.executable]
     argv = [*prefix, "-m", "electra_kit", "run", "--gin", f"build_data.corpus = '{corpus}/*.txt'", *ARGS,
             "--run-dir", run_dir, *extra]
     proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def store(root, run_dir) -> str:
+    return f"sqlite:///{Path(root) / Path(run_dir).name}.db"
 
 
 def losses(run_dir):
@@ -73,7 +87,7 @@ def assert_same_weights(single_dir, other_dir):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, small_corpus, cache_dir):
     root = tmp_path_factory.mktemp("ddp")
-    launch(root, small_corpus, "single", 1)
+    launch(root, small_corpus, "single", 1, "--no-tracking")
     launch(root, small_corpus, "ddp", 2)
     launch(root, small_corpus, "fsdp", 2, "--gin", "train.strategy = 'fsdp'")
     return root
@@ -95,11 +109,54 @@ def test_only_rank_zero_writes(runs):
     assert len([r for r in rows if "train/loss" in r]) == STEPS, "one writer: each step logged once"
 
 
+def only_run(uri: str):
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments)
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return client, runs[0], experiments
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_torchrun_is_tracked_once_by_rank_zero(runs, strategy):
+    client, run, experiments = only_run(store(runs, strategy))
+    assert run.info.status == "FINISHED" and run.info.run_name == strategy
+    history = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert history == list(range(1, STEPS + 1)), "each step once: rank 0 alone logs"
+    assert run.data.params["train.strategy"] == f"'{strategy}'"
+    assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), sorted(run.data.metrics)
+    assert len(client.search_logged_models(experiment_ids=experiments)) == 1
+
+
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_resume_with_a_different_number_of_processes(runs, small_corpus, strategy):
     resumed = runs / f"resumed-{strategy}"
     shutil.copytree(runs / strategy, resumed)
     shutil.rmtree(resumed / "checkpoints" / "step_00000012")
     shutil.rmtree(resumed / "model")
-    launch(runs, small_corpus, resumed.name, 1, "--resume")  # 2 processes wrote step 6; 1 process finishes
+    # 2 processes wrote step 6; 1 process finishes, tracked in a store of its own (the copy's run is sent whole)
+    launch(runs, small_corpus, resumed.name, 1, "--resume")
     assert_same_weights(runs / "single", resumed)
+    client, run, experiments = only_run(store(runs, resumed.name))
+    assert run.info.status == "FINISHED"
+    assert {m.step for m in client.get_metric_history(run.info.run_id, "train/loss")} == set(range(1, STEPS + 1))
+    assert len(client.search_logged_models(experiment_ids=experiments)) == 1
+
+
+def test_torchrun_resumed_under_torchrun_continues_its_mlflow_run_on_a_server(runs, small_corpus):
+    """Fresh and resumed, both under torchrun, tracked by a real `mlflow server` on the loopback: the resumed run
+    is the same MLflow run, every step once."""
+    server = MlflowServer(runs / "server").start()
+    try:
+        first = runs / "ddp-twice"
+        launch(runs, small_corpus, first.name, 2, "--gin", "train.steps = 6", "--tracking-uri", server.uri)
+        _, before, _ = only_run(server.uri)
+        launch(runs, small_corpus, first.name, 2, "--resume", "--gin", f"train.steps = {STEPS}",
+               "--tracking-uri", server.uri)
+        client, run, experiments = only_run(server.uri)
+        assert run.info.run_id == before.info.run_id and run.info.status == "FINISHED"
+        history = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+        assert history == list(range(1, STEPS + 1))
+        assert len(client.search_logged_models(experiment_ids=experiments)) == 2, "one per finished leg"
+    finally:
+        server.stop()

@@ -87,6 +87,33 @@ def test_trec_slice_end_to_end_with_seeds_and_mlflow(tmp_path, model_dir, trec):
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["results.json"]
 
 
+def test_tracked_and_untracked_fine_tuning_write_the_same_files(tmp_path, model_dir, trec, monkeypatch):
+    """One journal, whatever tracks it: every seed's metrics in RUN_DIR/metrics.jsonl under seed_N/, tracked or not;
+    tracking adds only its record of what MLflow was sent and the system metrics it samples."""
+    from electra_kit.cli import main
+
+    train, evalf = trec
+    args = ["--model", str(model_dir), "--train", str(train), "--eval", str(evalf), "--seeds", "2", "--epochs", "1"]
+    assert finetune_main(*args, "--run-dir", "plain", cwd=tmp_path) == 0
+    monkeypatch.chdir(tmp_path)
+    assert main(["finetune", "--no-progress", *args, "--run-dir", "tracked",
+                 "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]) == 0
+
+    def files(run_dir):
+        return sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file())
+
+    def journal(run_dir):
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], sorted(k for k in r if k != "ts")) for r in rows if not any(k.startswith("system/") for k in r)]
+
+    plain, tracked = tmp_path / "plain", tmp_path / "tracked"
+    assert [f for f in files(tracked) if f != "mlflow_run.json"] == files(plain)
+    assert journal(tracked) == journal(plain)
+    keys = {k for _, ks in journal(plain) for k in ks}
+    assert {"seed_0/train/loss", "seed_1/val/accuracy", "seed_1/accuracy", "median/accuracy"} <= keys, keys
+    assert not any((plain / f"seed_{s}" / "metrics.jsonl").exists() for s in (0, 1))
+
+
 def test_text_pair_csv(tmp_path, model_dir):
     rng = np.random.default_rng(0)
     rows = ['"sentence1","sentence2","label"']

@@ -17,8 +17,8 @@ from mlflow import MlflowClient
 from mlflow_server import MlflowServer, free_port
 
 from electra_kit.rundir.directory import RunDir
+from electra_kit.rundir.journal import JOURNAL, Journal
 from electra_kit.tracking import (
-    JOURNAL,
     STATE,
     Tracker,
     TrackingError,
@@ -170,19 +170,20 @@ def test_a_run_resumed_against_another_store_sends_it_everything(store, tmp_path
     assert steps_of(MlflowClient(other), second, "train/loss") == [0, 1, 2, 3]  # the journal from byte 0
 
 
-def test_rank1_and_disabled_write_nothing(tmp_path):
+def test_tracker_is_a_sink_of_the_run_journal(tmp_path):
+    """What the run journals by itself (the trainer's path) reaches MLflow through the Tracker; a journal of another
+    folder is refused (one journal object per file and process)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    for tr in (
-        Tracker(run_dir=tmp_path / "r1", tracking_uri=uri, rank=1),
-        Tracker(run_dir=tmp_path / "r2", tracking_uri=uri, enabled=False),
-    ):
-        assert tr.start(params={"a": 1}, tags={"b": "c"}) is None
-        tr.log_metrics({"train/loss": 1.0}, 0)
-        tr.log_artifact(__file__)
-        tr.set_tags({"x": "y"})
-        tr.finish()
-        assert tr.run_id is None
-    assert list(tmp_path.iterdir()) == []
+    journal = Journal(tmp_path / "run" / JOURNAL)
+    (tmp_path / "run").mkdir()
+    tr = Tracker(run_dir=tmp_path / "run", tracking_uri=uri, experiment="sink", journal=journal, **FAST)
+    run_id = tr.start(params={}, tags={})
+    for step in (1, 2):
+        journal.append(step, {"train/loss": 1.0 / step})
+    tr.finish()
+    assert steps_of(MlflowClient(uri), run_id, "train/loss") == [1, 2]
+    with pytest.raises(ValueError, match="is not"):
+        Tracker(run_dir=tmp_path / "other", tracking_uri=uri, journal=journal)
 
 
 def test_server_killed_mid_run(server, tmp_path, caplog):

@@ -104,7 +104,7 @@ def log_classifier(model_dir: str | Path, *, tracking_uri: str, run_id: str, met
 def log_kept_model(tracker, kept: dict) -> str | None:
     """``finetune``'s kept model (``results["kept_model"]``) as the run's Logged Model; a warning, never an
     error, when the store cannot take it (the folder on disk is the model)."""
-    if tracker is None or not tracker.active:
+    if tracker is None:
         return None
     if tracker.run_id is None:
         logger.warning("MLflow has not confirmed this run; the model stays in %s only", kept["path"])

@@ -100,7 +100,7 @@ def log_run_encoder(tracker, model_dir, step: int, say=print) -> str | None:
     import logging
     import time
 
-    if tracker is None or not tracker.active or tracker.run_id is None:
+    if tracker is None or tracker.run_id is None:
         return None
     say("logging the encoder to MLflow as a Logged Model ...")
     start = time.monotonic()

@@ -1,6 +1,6 @@
 """A tracked run directory, the durable record, and its idempotent delivery to an MLflow store.
 
-``metrics.jsonl`` (the journal: ``{"step": 7, "ts": <ms>, "train/loss": 2.3}`` per line) and ``mlflow_run.json``
+``metrics.jsonl`` (the run's journal, :mod:`electra_kit.rundir.journal`) and ``mlflow_run.json``
 (uid, MLflow run id once known, store, experiment, params, tags, artifacts with ``done`` once uploaded, journal
 bytes delivered, final status) hold everything MLflow should learn, before it hears of it. ``deliver`` makes the
 store agree with them and may run any number of times: the run is found by id or by its ``electra_kit.uid`` tag
@@ -11,21 +11,20 @@ delivery cut short is simply sent again.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import re
 import tempfile
-import time
 from pathlib import Path
 
 from ..rundir.atomic import atomic_write
 from ..rundir.directory import RunDir, RunDirError
+from ..rundir.journal import JOURNAL, read_journal
 
 logger = logging.getLogger("electra_kit.tracking")
 
-JOURNAL, STATE = "metrics.jsonl", "mlflow_run.json"
+STATE = "mlflow_run.json"
 UID_TAG, ERROR_TAG = "electra_kit.uid", "electra_kit.error"
 # The kind MLflow 3 records for a model-training experiment (3.17's UI lands by the URL instead: runs.py).
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
@@ -34,9 +33,6 @@ EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 class TrackingError(ValueError):
     """A tracking store or run directory that can't be used; the message says which and why."""
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def describe(exc: BaseException) -> str:  # one line of at most 300 characters
@@ -102,25 +98,6 @@ def retarget(state: dict, uri: str) -> dict:
     kept = {k: v for k, v in state.items() if k not in ("run_id", "sent")}
     return {**kept, "tracking_uri": uri, "artifact_location": artifact_location(uri, state.get("experiment", "")),
             "artifacts": [{**a, "done": False} for a in state.get("artifacts", [])]}
-
-
-def append_journal(path: Path, step: int, values: dict[str, float]) -> int:
-    """Append one journal line (its timestamp in ms is what MLflow receives); returns the journal's size."""
-    with open(path, "a") as f:
-        f.write(json.dumps({"step": step, "ts": now_ms(), **values}) + "\n")
-        return f.tell()
-
-
-def read_journal(path: Path, start: int, end: int) -> list[dict]:
-    """The journal's records between bytes ``start`` and ``end``; a line torn by a kill is skipped."""
-    with open(path, "rb") as f:
-        f.seek(start)
-        lines = f.read(max(0, end - start)).splitlines()
-    records = []
-    for line in lines:
-        with contextlib.suppress(ValueError):
-            records.append(json.loads(line))
-    return [r for r in records if isinstance(r, dict) and isinstance(r.get("step"), int) and "ts" in r]
 
 
 def read_state(run_dir: Path) -> dict:

@@ -1,10 +1,11 @@
-"""The Tracker: one MLflow run fed from the training loop (rank 0), which it never blocks or fails.
+"""The Tracker: one MLflow run fed from the run's journal (rank 0), which it never blocks or fails.
 
-``log_metrics`` appends to the journal (:mod:`.store`) and returns; one background thread runs ``store.deliver``
-for what is new: the journal's new bytes in one ``log_batch``, and the run's params, tags, artifacts and final
-status when they change. A failed delivery is tried again every few seconds (what it delivered in part, the
-store keeps once). ``finish`` waits ``drain_timeout`` s at most; what is unconfirmed then, ``electra-kit sync``
-delivers.
+The Tracker is a sink of the run's :class:`~electra_kit.rundir.journal.Journal`: the trainer appends
+``metrics.jsonl`` whether or not anything tracks it, and tells the Tracker; one background thread runs
+``store.deliver`` for what is new: the journal's new bytes in one ``log_batch``, and the run's params, tags,
+artifacts and final status when they change. A failed delivery is tried again every few seconds (what it
+delivered in part, the store keeps once). ``finish`` waits ``drain_timeout`` s at most; what is unconfirmed then,
+``electra-kit sync`` delivers. Only the process that tracks (rank 0) makes a Tracker: there is no inactive one.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from pathlib import Path
 
 import gin
 
+from ..rundir.journal import JOURNAL, Journal, now_ms
 from . import store
 from .facts import system_tags
-from .store import logger, now_ms
+from .store import logger
 
 DEFAULT_EXPERIMENT = "electra-kit"
 RETRY_S = 5.0  # a store that failed is asked again after this, not for every record
@@ -57,32 +59,33 @@ def finish_when_done(tracker: "Tracker | None", killed: tuple[type[BaseException
 
 class Tracker:
     """One MLflow run: construction refuses a store MLflow won't accept (TrackingError); ``start``, then
-    ``log_metrics`` / ``log_artifact`` / ``set_tags``, then ``finish``. All no-ops unless ``enabled`` and rank 0."""
+    ``log_metrics`` / ``log_artifact`` / ``set_tags``, then ``finish``. ``journal``: the run directory's journal
+    object, where the run already has one (one per file and process); else the Tracker makes it."""
 
     def __init__(self, *, run_dir: str | Path, tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT,
-                 run_name: str | None = None, enabled: bool = True, rank: int = 0, system_metrics: bool = True,
+                 run_name: str | None = None, journal: Journal | None = None, system_metrics: bool = True,
                  drain_timeout: float = 30.0, start_timeout: float = 30.0,
                  system_metrics_interval: float | None = None):
-        self.active = bool(enabled) and rank == 0
         self.run_id: str | None = None  # MLflow's, once the store has the run
-        self._closed, self._thread = not self.active, None
-        if not self.active:
-            return
+        self._closed, self._thread = False, None
         store.http_defaults()
         self.tracking_uri = store.check_store(store.resolve_tracking_uri(tracking_uri))
         self.run_dir, self.experiment, self.run_name = Path(run_dir).resolve(), experiment, run_name
+        self.journal = journal or Journal(self.run_dir / JOURNAL)
+        if self.journal.path.resolve() != self.run_dir / JOURNAL:
+            raise ValueError(f"the journal {self.journal.path} is not {self.run_dir / JOURNAL}")
         self.drain_timeout, self.start_timeout = drain_timeout, start_timeout
         self.sysmon_interval = (system_metrics_interval or float(os.environ.get(
             "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL") or 10.0)) if system_metrics else None
-        self._lock = threading.Lock()  # the state file, the journal's end, _changed
+        self._lock = threading.Lock()  # the state file and _changed
         self._wake, self._stop, self._attempted = threading.Event(), threading.Event(), threading.Event()
         self._client, self._state = None, {"artifacts": [], "tags": {}}
-        self._end, self._changed, self._confirmed, self._last_step, self._deadline = 0, True, False, 0, float("inf")
+        self._changed, self._confirmed, self._last_step, self._deadline = True, False, 0, float("inf")
 
     def start(self, *, params: dict[str, object], tags: dict[str, str], resume: bool = False) -> str | None:
         """Record the run (with ``resume``, the one this run directory recorded before) and connect in the
         background; returns the MLflow run id, or None if the store did not answer within ``start_timeout``."""
-        if not self.active or self._thread is not None:
+        if self._closed or self._thread is not None:
             return self.run_id
         self.run_dir.mkdir(parents=True, exist_ok=True)
         old = store.read_state(self.run_dir) if resume else {}
@@ -104,12 +107,9 @@ class Tracker:
             "sent": old.get("sent", 0), "status": None, "end_time": None, "error": None,
         }
         self.run_id = self._state["run_id"]
-        with self._lock, open(self.run_dir / store.JOURNAL, "ab+") as f:
-            size = f.seek(0, os.SEEK_END)  # a line torn by a kill must not swallow the next one
-            if size and os.pread(f.fileno(), 1, size - 1) != b"\n":
-                f.write(b"\n")
-            self._end = f.tell()
+        with self._lock:
             store.write_state(self.run_dir, self._state)
+        self.journal.add_sink(self)
         self._thread = threading.Thread(target=self._loop, daemon=True, name="electra-kit-mlflow")
         self._thread.start()
         atexit.register(self._atexit)
@@ -119,15 +119,18 @@ class Tracker:
         return self.run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Journal ``metrics`` (numbers or 0-d tensors) for ``step``; the background thread sends them."""
+        """Journal ``metrics`` (numbers or 0-d tensors) for ``step``, as the trainer does; the thread sends them."""
         if self._closed:
             return
         values = {}
         for k, v in metrics.items():
             with contextlib.suppress(TypeError, ValueError, RuntimeError):
                 values[str(k)] = float(v)
-        with self._lock:
-            self._end, self._last_step = store.append_journal(self.run_dir / store.JOURNAL, step, values), step
+        self.journal.append(step, values)
+
+    def journaled(self, step: int) -> None:
+        """The journal's sink: lines up to ``step`` are on disk; the background thread delivers them."""
+        self._last_step = step
         self._wake.set()
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None, *, as_text: str | None = None) -> None:
@@ -158,7 +161,7 @@ class Tracker:
         if not self._confirmed:
             logger.warning("MLflow at %s did not confirm all of this run's records; they are on disk in %s (%s, %s): "
                            "deliver them with `electra-kit sync %s`", self.tracking_uri, self.run_dir,
-                           store.JOURNAL, store.STATE, self.run_dir)
+                           JOURNAL, store.STATE, self.run_dir)
 
     # ------------------------------------------------------------------------- background side
     def _update(self, **fields) -> None:
@@ -182,8 +185,9 @@ class Tracker:
         failing = False
         while not self._confirmed and not (self._stop.is_set() and time.monotonic() >= self._deadline):
             self._wake.clear()  # a record journaled from here on wakes the next round
+            end = self.journal.end()
             with self._lock:
-                end, full, final, self._changed = self._end, self._changed, self._stop.is_set(), False
+                full, final, self._changed = self._changed, self._stop.is_set(), False
             try:
                 if self._client is None:
                     from mlflow import MlflowClient
@@ -195,7 +199,7 @@ class Tracker:
                     logger.warning("MLflow at %s is reachable again: delivered what it missed", self.tracking_uri)
                 failing = False
                 with self._lock:
-                    self._confirmed = final and self._end == end and not self._changed
+                    self._confirmed = final and self.journal.end() == end and not self._changed
             except Exception as exc:  # noqa: BLE001 - never let the store stop training
                 if not failing:
                     logger.warning("MLflow at %s failed (%s); training goes on, records are kept in %s and retried",

@@ -21,7 +21,8 @@ that is trained, the model is evaluated on the split after every epoch, the best
 task's primary metric is kept (training stops after ``patience`` epochs without improvement, if
 given), and the evaluation file's metrics are those of that epoch. ``val_fraction = 0``: no
 selection, the last epoch's metrics. Training runs on the one training loop (trainer.py): bf16
-autocast on CUDA, a checkpoint per epoch, the progress bar, ``metrics.jsonl`` per seed.
+autocast on CUDA, a checkpoint per epoch, the progress bar; every seed's metrics go to the run's one journal,
+``run_dir/metrics.jsonl``, as ``seed_N/...`` (``seed_N/val/...`` for the validation split), tracked or not.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from ..modelfolder.pretrained import load_weights_into, read_config, resolve_mod
 from ..registry import create_backbone
 from ..rundir.atomic import atomic_write
 from ..rundir.directory import RunDir, default_run_dir
+from ..rundir.journal import JOURNAL, Journal
 from .classifier import encode_examples, load_tokenizer
 from .finetune_model import LabeledBatches, SequenceModel, eval_batches
 from .settings import TrainConfig, resolve_device
@@ -177,19 +179,9 @@ def _validation_split(n: int, cfg: FinetuneConfig, path) -> tuple[np.ndarray, np
     return train_ids.astype(np.int64), val_ids.astype(np.int64)
 
 
-class _SeedMetrics:
-    """Hands the trainer's metrics to the run's tracker under ``seed_N/`` (``eval/`` is the validation split)."""
-
-    def __init__(self, tracker, seed: int):
-        self.tracker, self.prefix = tracker, f"seed_{seed}/"
-
-    @property
-    def active(self) -> bool:  # then the run's own journal (RUN_DIR/metrics.jsonl) gets them, prefixed
-        return self.tracker.active
-
-    def log_metrics(self, metrics: dict, step: int) -> None:
-        renamed = {self.prefix + ("val/" + k[5:] if k.startswith("eval/") else k): v for k, v in metrics.items()}
-        self.tracker.log_metrics(renamed, step=step)
+def _seed_journal(journal: Journal, seed: int):
+    """A seed's view of the run's journal: its metrics under ``seed_N/`` (``eval/`` is the validation split)."""
+    return journal.prefixed(f"seed_{seed}/", lambda k: "val/" + k[5:] if k.startswith("eval/") else k)
 
 
 class _BestEpoch:
@@ -227,7 +219,7 @@ def _train_config(cfg: FinetuneConfig, seed: int, n_train: int) -> tuple[TrainCo
 
 
 def finetune_seed(model_dir, data: Prepared, cfg: FinetuneConfig, seed: int, device, *, run_dir: Path,
-                  tracker=None) -> tuple[dict, SequenceModel]:
+                  journal: Journal) -> tuple[dict, SequenceModel]:
     """Train one seed on the training loop; returns ``{seed, metrics (evaluation file, selected
     epoch), selected_epoch, epochs: [...], steps, ...}`` and the model with the selected epoch's weights."""
     start = time.perf_counter()
@@ -251,7 +243,7 @@ def finetune_seed(model_dir, data: Prepared, cfg: FinetuneConfig, seed: int, dev
     trainer = Trainer(model, train_cfg, train_batches=batches, device=device, run_dir=run_dir,
                       eval_batches=split(data.val_rows, data.y_val) if selecting else None,
                       on_eval=best if selecting else None, progress_desc=f"finetune seed {seed}",
-                      tracker=_SeedMetrics(tracker, seed) if tracker is not None else None)
+                      journal=_seed_journal(journal, seed))
     try:
         result = trainer.fit()
         if selecting:
@@ -266,8 +258,7 @@ def finetune_seed(model_dir, data: Prepared, cfg: FinetuneConfig, seed: int, dev
     for e in epochs:
         e["train_loss"] = train_losses.get(e["step"])
     chosen = best.best or epochs[-1]
-    if tracker is not None:
-        tracker.log_metrics({f"seed_{seed}/{k}": v for k, v in metrics.items()}, step=chosen["step"])
+    journal.append(chosen["step"], {f"seed_{seed}/{k}": v for k, v in metrics.items()})
     model.task_config["epoch"] = chosen["epoch"]
     return {"seed": seed, "metrics": metrics, "selected_epoch": chosen["epoch"], "selected_step": chosen["step"],
             "selected_by": f"val_{primary_metric(data.task)}" if selecting else "last epoch (no validation split)",
@@ -284,7 +275,8 @@ def median_metrics(per_seed: list[dict]) -> dict[str, float]:
 def finetune(model_dir, spec: TaskSpec, cfg: FinetuneConfig | None = None, *, tracker=None,
              run_dir: str | Path | None = None, keep_model: bool | None = None) -> dict:
     """Fine-tune ``cfg.seeds`` times; returns the results (per seed and median) as a dict. Each seed's
-    checkpoints and ``metrics.jsonl`` go to ``run_dir/seed_N`` (a temporary folder without ``run_dir``).
+    checkpoints go to ``run_dir/seed_N`` (a temporary folder without ``run_dir``), its metrics to the run's
+    journal ``run_dir/metrics.jsonl`` under ``seed_N/`` (the medians under ``median/``).
     ``keep_model`` (default: when ``run_dir`` is given) saves the model of the seed with the best validation
     score (the last seed without a validation split) as ``run_dir/model`` (see :func:`keep_seed`)."""
     if run_dir is None:
@@ -292,6 +284,8 @@ def finetune(model_dir, spec: TaskSpec, cfg: FinetuneConfig | None = None, *, tr
             return finetune(model_dir, spec, cfg, tracker=tracker, run_dir=tmp, keep_model=bool(keep_model))
     keep_model = True if keep_model is None else keep_model
     cfg = cfg or FinetuneConfig()
+    # the run's journal: every seed's metrics, tracked or not (a tracker is its sink)
+    journal = tracker.journal if tracker is not None else Journal(Path(run_dir) / JOURNAL)
     start = time.perf_counter()
     device = resolve_device(cfg.device)
     data = prepare(model_dir, spec, cfg)
@@ -313,14 +307,13 @@ def finetune(model_dir, spec: TaskSpec, cfg: FinetuneConfig | None = None, *, tr
     per_seed, kept = [], None
     for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
         result, model = finetune_seed(model_dir, data, cfg, seed, device, run_dir=Path(run_dir) / f"seed_{seed}",
-                                      tracker=tracker)
+                                      journal=journal)
         per_seed.append(result)
         if kept is None or keep_seed(result, kept[0], info["primary_metric"]):
             kept = (result, model.cpu())  # one kept model in memory at a time
         del model
     median = median_metrics(per_seed)
-    if tracker is not None:
-        tracker.log_metrics({f"median/{k}": v for k, v in median.items()}, step=per_seed[-1]["steps"])
+    journal.append(per_seed[-1]["steps"], {f"median/{k}": v for k, v in median.items()})
     results = {**info, "seeds": per_seed, "median": median}
     if keep_model:
         results["kept_model"] = save_kept_model(model_dir, kept[1], kept[0], Path(run_dir) / "model",
@@ -389,7 +382,7 @@ def _run_finetune(model_dir, spec, cfg, run_dir, tracking, tracking_uri, experim
 
     with finish_when_done(tracker):
         results = finetune(model_dir, spec, cfg, tracker=tracker, run_dir=run_dir)
-        if tracker is not None and tracker.active:
+        if tracker is not None:
             from ..serving.classifier import log_kept_model
 
             print("electra-kit: logging the kept model to MLflow", file=sys.stderr, flush=True)

@@ -107,15 +107,16 @@ def build_objective(data) -> torch.nn.Module:
     return model
 
 
-def _tracker(opts: RunOptions, run_dir: Path, rank: int):
+def _tracker(opts: RunOptions, run_dir: Path, dist):
+    """The run's Tracker on the rank that tracks (rank 0); None elsewhere and when tracking is off."""
     from ..tracking import Tracker, tracking
 
     configured = tracking()
-    if not (opts.tracking and configured["enabled"]):
+    if not (opts.tracking and configured["enabled"] and dist.is_main):
         return None
     experiment = opts.experiment or configured["experiment"] or Path(opts.config_files[-1]).stem
     return Tracker(run_dir=run_dir, tracking_uri=opts.tracking_uri or configured["uri"], experiment=experiment,
-                   run_name=run_dir.name, rank=rank)
+                   run_name=run_dir.name)
 
 
 def _params(model, operative: str, trainer: Trainer) -> dict:
@@ -182,7 +183,7 @@ def run(opts: RunOptions) -> dict:
 
 
 def _setup(opts, cfg, device, dist, run_dir, paths, resume_from):
-    tracker = _tracker(opts, run_dir, dist.rank)  # a store MLflow refuses fails here, before the data is built
+    tracker = _tracker(opts, run_dir, dist)  # a store MLflow refuses fails here, before the data is built
     with phase("reading the corpus, building the tokenizer and the token shards", dist.is_main):
         data = _build_data_once(dist, resume.checkpoint_tokenizer(resume_from) if resume_from else None)
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone
@@ -216,12 +217,12 @@ def _setup(opts, cfg, device, dist, run_dir, paths, resume_from):
     evaluating = dist.is_main or dist.sharded
     trainer = Trainer(model, cfg, train_batches=batches, eval_batches=eval_batches if evaluating else None,
                       run_dir=run_dir, device=device, dist=dist, operative_config=operative,
+                      journal=tracker.journal if tracker is not None else None,
                       extra_state={"config_files": [str(p) for p in paths], "data_identity": resume.data_record(data),
                                    "config_fingerprint": resume.config_fingerprint(operative)},
                       checkpoint_files={ckpt.TOKENIZER_FILE: data.tokenizer.to_str()})
     if resume_from is not None:
         trainer.resume(resume_from)
-    trainer.tracker = tracker
     if dist.is_main:
         atomic_write(run_dir / "operative_config.gin", operative)
     if tracker is not None:

@@ -29,7 +29,7 @@ from ..console import phase
 from ..objectives.metrics import MeanAccumulator
 from ..objectives.noise import Noise
 from ..rundir import checkpoint as ckpt
-from ..tracking import JOURNAL, append_journal
+from ..rundir.journal import JOURNAL, Journal
 from .distributed import DistContext, unwrap
 from .optim import make_optimizer, param_groups, warmup_linear_decay
 from .settings import TrainConfig, compile_wanted, native_bf16
@@ -76,7 +76,7 @@ class Trainer:
         run_dir: Path,
         device: torch.device,
         dist: DistContext | None = None,
-        tracker=None,
+        journal: Journal | None = None,
         operative_config: str = "",
         extra_state: dict | None = None,
         on_eval: Callable[[int, dict], bool] | None = None,
@@ -97,7 +97,9 @@ class Trainer:
         self.schedule = warmup_linear_decay(self.optimizer, steps=cfg.steps, warmup=cfg.effective_warmup)
         self.on_eval, self.progress_desc = on_eval, progress_desc
         self.train_batches, self.eval_batches = train_batches, eval_batches
-        self.run_dir, self.tracker = Path(run_dir), tracker
+        self.run_dir = Path(run_dir)
+        # rank 0 journals every logged value to the run directory, whatever tracks the run (its sinks hear of it)
+        self.journal = journal if journal is not None or not self.dist.is_main else Journal(self.run_dir / JOURNAL)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.operative_config = operative_config
         self.extra_state = extra_state or {}
@@ -381,10 +383,8 @@ class Trainer:
     def _log(self, metrics: dict[str, float], bar) -> None:
         metrics = {k: float(v) for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
         self.history.append({"step": self.step, **metrics})
-        if self.tracker is not None and self.tracker.active:  # journals to run_dir/metrics.jsonl, then MLflow
-            self.tracker.log_metrics(metrics, step=self.step)
-        elif self.dist.is_main:  # the run's journal alone: every logged value, whatever happens to MLflow
-            append_journal(self.run_dir / JOURNAL, self.step, metrics)
+        if self.journal is not None:
+            self.journal.append(self.step, metrics)
         if bar is not None and "train/loss" in metrics:
             self._show(bar, {k[len("train/"):]: v for k, v in metrics.items()})
 
