@@ -127,6 +127,27 @@ def _cmd_runs(args) -> int:
     return 0
 
 
+def _check_port_free(port: int) -> None:
+    """The UI's port, bound and let go: a taken port is said now, not after MLflow has started and died."""
+    import socket
+
+    from .tracking import TrackingError
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise TrackingError(f"--port {port}: 127.0.0.1:{port} is in use ({exc.strerror or exc}); choose "
+                                "another --port") from None
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port 1-65535, got {text}")
+    return value
+
+
 def _cmd_ui(args) -> int:
     import os
 
@@ -135,6 +156,7 @@ def _cmd_ui(args) -> int:
 
     try:
         argv = ui_command(tracking_uri=args.tracking_uri, port=args.port)
+        _check_port_free(args.port)
     except TrackingError as exc:
         print(f"electra-kit: {exc}", file=sys.stderr)
         return 2
@@ -262,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ui", help="open the MLflow UI on the store the runs went to")
     p.add_argument("--tracking-uri")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=_port, default=5000)
     p.set_defaults(fn=_cmd_ui)
 
     p = sub.add_parser("sync", help="deliver tracking records a run kept locally while MLflow was unreachable")

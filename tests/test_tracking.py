@@ -306,16 +306,56 @@ def test_a_hanging_store_leaves_every_record_on_disk_for_sync(store, tmp_path, m
     [
         ("foo://bar", "MLflow has no store for 'foo:'"),
         ("file:///tmp/electra-kit-test-mlruns", "maintenance mode"),
+        ("garbage", "maintenance mode.*give sqlite:///PATH.db"),  # a bare word is a local folder to MLflow
         ("sqlite:////proc/electra-kit-test.db", "cannot create /proc/electra-kit-test.db"),
         ("sqlite:////proc/electra-kit-test/sub/x.db", "cannot create"),
     ],
 )
 def test_a_store_mlflow_refuses_fails_at_construction(tmp_path, monkeypatch, uri, reason):
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(TrackingError, match=reason) as err:
         Tracker(run_dir=tmp_path, tracking_uri=uri)
     assert "\n" not in str(err.value) and uri in str(err.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sqlite_store_that_cannot_be_written_is_refused_at_construction(tmp_path):
+    """A read-only store (here an immutable file, which even root cannot write) is refused at once, not retried
+    with an MLflow traceback every second."""
+    import sqlite3
+    import subprocess
+
+    db = tmp_path / "mlflow.db"
+    sqlite3.connect(db).close()
+    if subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported on this file system")
+    try:
+        with pytest.raises(TrackingError, match=f"cannot write {db}"):
+            Tracker(run_dir=tmp_path / "r", tracking_uri=f"sqlite:///{db}")
+    finally:
+        subprocess.run(["chattr", "-i", str(db)], check=True)
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf", "soon"])
+def test_a_system_metrics_interval_that_would_spin_is_refused(tmp_path, monkeypatch, value):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", value)
+    with pytest.raises(TrackingError, match=f"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL='{value}'"):
+        Tracker(run_dir=tmp_path, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def test_ui_on_a_taken_or_impossible_port_says_so(tmp_path, capsys):
+    from electra_kit.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        assert main(["ui", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--port", str(port)]) == 2
+    assert capsys.readouterr().err == (f"electra-kit: --port {port}: 127.0.0.1:{port} is in use (Address already in "
+                                       "use); choose another --port\n")
+    with pytest.raises(SystemExit) as exited:
+        main(["ui", "--port", "99999"])
+    assert exited.value.code == 2 and "must be a TCP port 1-65535" in capsys.readouterr().err
 
 
 def test_a_refused_store_stops_the_run_before_anything_is_built(tmp_path, capsys):

@@ -61,9 +61,9 @@ def http_defaults() -> None:
 
 
 def check_store(uri: str) -> str:
-    """Refuse at once a store MLflow will never accept (unknown scheme; the file store MLflow 3 refuses) and a
-    SQLite file whose folder can't be created or written (MLflow would retry for ~100 s). A server that is
-    down is not an error here: the Tracker waits for it."""
+    """Refuse at once a store MLflow will never accept (unknown scheme; a bare word or path, which MLflow takes for
+    the file store MLflow 3 refuses) and a SQLite file that can't be created or written (MLflow would retry for
+    ~100 s, then fail every second). A server that is down is not an error here: the Tracker waits for it."""
     from mlflow.tracking._tracking_service.utils import _tracking_store_registry as registry
 
     scheme = uri.split(":", 1)[0] if ":" in uri else ""
@@ -71,17 +71,26 @@ def check_store(uri: str) -> str:
         known = ", ".join(sorted(s for s in registry._registry if s))
         raise TrackingError(f"tracking URI {uri}: MLflow has no store for '{scheme}:' (it has: {known})")
     try:
-        if uri.startswith(("file:", "/", ".", "~")):  # a local folder: refused unless MLFLOW_ALLOW_FILE_STORE=true
+        if scheme in ("", "file"):  # a local folder: refused unless MLFLOW_ALLOW_FILE_STORE=true
             registry.get_store_builder(uri)(uri)
     except Exception as exc:  # noqa: BLE001 - MLflow's reason, in one line
-        raise TrackingError(f"tracking URI {uri}: {describe(exc).split('. ')[0]}") from exc
-    if (db := sqlite_path(uri)) is not None and not db.exists():
-        try:
-            db.parent.mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=db.parent).close()
-        except OSError as exc:
-            raise TrackingError(f"tracking URI {uri}: cannot create {db} ({exc.strerror or exc})") from exc
+        raise TrackingError(f"tracking URI {uri}: {describe(exc).split('. ')[0]} (give sqlite:///PATH.db or "
+                            "http://HOST:PORT)") from exc
+    if (db := sqlite_path(uri)) is not None:
+        _check_sqlite_writable(uri, db)
     return uri
+
+
+def _check_sqlite_writable(uri: str, db: Path) -> None:
+    """The folder can take the file (and SQLite's journal beside it), and an existing file opens for writing."""
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=db.parent).close()
+        if db.exists():
+            os.close(os.open(db, os.O_RDWR))  # SQLite would quietly open it read-only and fail at each write
+    except OSError as exc:
+        raise TrackingError(f"tracking URI {uri}: cannot {'write' if db.exists() else 'create'} {db} "
+                            f"({exc.strerror or exc})") from exc
 
 
 def artifact_location(uri: str, experiment: str) -> str | None:

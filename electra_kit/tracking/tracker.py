@@ -57,6 +57,19 @@ def finish_when_done(tracker: "Tracker | None", killed: tuple[type[BaseException
             tracker.finish(status, error)
 
 
+def _sampling_interval() -> float:
+    """MLflow's $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL (default 10 s), refused unless a number >= 0.1."""
+    text = os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL") or "10"
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0.1 or value == float("inf"):
+        raise store.TrackingError(f"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL={text!r}: must be a number of seconds "
+                                  ">= 0.1 (MLflow's default is 10)")
+    return value
+
+
 class Tracker:
     """One MLflow run: construction refuses a store MLflow won't accept (TrackingError); ``start``, then
     ``log_metrics`` / ``log_artifact`` / ``set_tags``, then ``finish``. ``journal``: the run directory's journal
@@ -75,8 +88,7 @@ class Tracker:
         if self.journal.path.resolve() != self.run_dir / JOURNAL:
             raise ValueError(f"the journal {self.journal.path} is not {self.run_dir / JOURNAL}")
         self.drain_timeout, self.start_timeout = drain_timeout, start_timeout
-        self.sysmon_interval = (system_metrics_interval or float(os.environ.get(
-            "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL") or 10.0)) if system_metrics else None
+        self.sysmon_interval = (system_metrics_interval or _sampling_interval()) if system_metrics else None
         self._lock = threading.Lock()  # the state file and _changed
         self._wake, self._stop, self._attempted = threading.Event(), threading.Event(), threading.Event()
         self._client, self._state = None, {"artifacts": [], "tags": {}}
