@@ -52,21 +52,15 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_finetune(args) -> int:
-    from .config.checks import FINETUNE_FLAGS, check_flags
     from .registry import UnknownBackboneError
     from .rundir.directory import RunDirError
-    from .training.finetune import FinetuneConfig, TaskSpec, run_finetune
+    from .training.finetune import TaskSpec, run_finetune
+    from .training.finetune_config import from_flags
 
-    options = dict(lr=args.lr, layer_decay=args.layer_decay, warmup_fraction=args.warmup_fraction, epochs=args.epochs,
-                   batch_size=args.batch_size, weight_decay=args.weight_decay, dropout=args.dropout,
-                   max_seq_len=args.max_seq_len, seeds=args.seeds, first_seed=args.first_seed, device=args.device,
-                   val_fraction=args.val_fraction, patience=args.patience, threads=args.threads)
     spec = TaskSpec(train=args.train, eval=args.eval, text_column=args.text_column, pair_column=args.pair_column,
                     label_column=args.label_column, format=args.format, header=not args.no_header, task=args.task)
     try:
-        check_flags(options, FINETUNE_FLAGS)
-        cfg = FinetuneConfig(**{k: v for k, v in options.items() if v is not None},
-                             random_init=args.random_init, pooling=args.pooling, progress=not args.no_progress)
+        cfg = from_flags(args, progress=not args.no_progress)
         results, path = run_finetune(args.model, spec, cfg, run_dir=args.run_dir, tracking=not args.no_tracking,
                                      tracking_uri=args.tracking_uri, experiment=args.experiment)
     except (ValueError, FileNotFoundError, UnknownBackboneError, RunDirError) as exc:
@@ -204,6 +198,8 @@ def format_results(results: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .training.finetune_config import add_flags
+
     parser = argparse.ArgumentParser(prog="electra-kit", description="ELECTRA pretraining over pluggable backbones")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -230,23 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-header", action="store_true", help="CSV/TSV without a header row: columns are 0, 1, ...")
     p.add_argument("--task", choices=["auto", "classification", "regression"], default="auto",
                    help="auto: regression when every label is a number and some are written as reals")
-    p.add_argument("--seeds", type=int, help="fine-tune N times (seeds first-seed..), report each and the median (1)")
-    p.add_argument("--first-seed", type=int, help="(0)")
-    p.add_argument("--epochs", type=float, help="the most epochs trained; the best on --val-fraction is kept (20)")
-    p.add_argument("--val-fraction", type=float, help="of --train, held out (seeded) to choose the epoch; 0: last epoch (0.1)")
-    p.add_argument("--patience", type=int, help="stop after N epochs without a better validation score (3; 0: never)")
-    p.add_argument("--lr", type=float, help="peak learning rate of the head (3e-4, ELECTRA-Small)")
-    p.add_argument("--layer-decay", type=float, help="layer-wise learning-rate decay (0.8)")
-    p.add_argument("--warmup-fraction", type=float, help="(0.1)")
-    p.add_argument("--batch-size", type=int, help="(32)")
-    p.add_argument("--weight-decay", type=float, help="(0)")
-    p.add_argument("--dropout", type=float, help="(0.1)")
-    p.add_argument("--max-seq-len", type=int, help="(the model's)")
-    p.add_argument("--pooling", choices=("cls", "mean"), default="cls",
-                   help="what the classification head reads: the first token or the mean of all tokens (cls)")
-    p.add_argument("--random-init", action="store_true", help="same architecture and tokenizer, untrained weights")
-    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (auto)")
-    p.add_argument("--threads", type=_positive_int, help="CPU threads (default: $OMP_NUM_THREADS, else the idle cores)")
+    add_flags(p)  # one per FinetuneConfig setting, with its default
     p.add_argument("--run-dir", help="where results.json goes (default runs/finetune-TRAIN-TIME)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-tracking", action="store_true", help="do not record the run in MLflow")

@@ -93,3 +93,24 @@ def test_task_auto_warns_when_labels_that_are_mostly_numbers_become_classes():
         assert infer_task(["1.5", "2.0", "3.25", "n/a"]) == "classification"
     with pytest.warns(UserWarning, match="distinct whole-number labels"):
         assert infer_task([str(i) for i in range(30)]) == "classification"
+
+
+def test_every_setting_has_one_source_the_flags_come_from(capsys):
+    """The CLI's fine-tuning flags, their defaults and their checks are FinetuneConfig's fields: none is restated."""
+    from dataclasses import fields
+
+    from electra_kit.config.checks import ConfigValueError
+    from electra_kit.training.finetune_config import FinetuneConfig
+
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    offered = [f for f in fields(FinetuneConfig) if f.metadata["flag"]]
+    assert len(offered) >= 15
+    for f in offered:
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in help_text, flag
+        if f.default is not None and not isinstance(f.default, bool):
+            assert f"({f.default})" in help_text, (flag, f.default)
+    with pytest.raises(ConfigValueError, match="--dropout 1.5: must be a number in"):
+        FinetuneConfig(dropout=1.5)  # the API checks what the CLI checks

@@ -98,36 +98,11 @@ BUILD_DATA: dict[str, Check] = {
 }
 
 
-FINETUNE_FLAGS: dict[str, Check] = {
-    "lr": POSITIVE_NUMBER,
-    "layer_decay": ("a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1),
-    "warmup_fraction": ("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1),
-    "epochs": POSITIVE_NUMBER,
-    "batch_size": POSITIVE_INT,
-    "weight_decay": NON_NEGATIVE_NUMBER,
-    "dropout": ("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1),
-    "max_seq_len": ("an integer >= 5 (room for [CLS] text [SEP] pair [SEP])", lambda v: _int(v) and v >= 5),
-    "seeds": POSITIVE_INT,
-    "first_seed": NON_NEGATIVE_INT,
-    "val_fraction": ("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1),
-    "patience": ("an integer >= 0 (0: never stop early)", lambda v: _int(v) and v >= 0),
-    "threads": TRAIN["threads"],
-    "device": TRAIN["device"],
-}
-
-
 def check_values(configurable: str, values: dict, table: dict[str, Check]) -> None:
     """Raise :class:`ConfigValueError` for the first value in ``values`` that fails its ``table`` entry."""
     for name, (expected, ok) in table.items():
         if name in values and not ok(values[name]):
             raise ConfigValueError(f"{configurable}.{name}={values[name]!r}: must be {expected}")
-
-
-def check_flags(values: dict, table: dict[str, Check]) -> None:
-    """As :func:`check_values`, for command-line flags (``--max-seq-len``); ``None`` means not given."""
-    for name, (expected, ok) in table.items():
-        if values.get(name) is not None and not ok(values[name]):
-            raise ConfigValueError(f"--{name.replace('_', '-')} {values[name]!r}: must be {expected}")
 
 
 def check_writable_dir(path: str | os.PathLike, what: str) -> None:

@@ -48,46 +48,11 @@ from ..rundir.atomic import atomic_write
 from ..rundir.directory import RunDir, default_run_dir
 from ..rundir.journal import JOURNAL, Journal
 from .classifier import encode_examples, load_tokenizer
+from .finetune_config import FinetuneConfig
 from .finetune_model import LabeledBatches, SequenceModel, eval_batches
 from .settings import TrainConfig, resolve_device
 from .tasks import TaskError, encode_labels, infer_task, label_set, primary_metric, read_labeled
 from .trainer import Trainer, step_seed
-
-
-@dataclass
-class FinetuneConfig:
-    lr: float = 3e-4
-    layer_decay: float = 0.8
-    warmup_fraction: float = 0.1
-    epochs: float = 20.0  # the most; the best epoch on the validation split is kept (bench/RESULTS.md, issue 11 s. 8)
-    batch_size: int = 32
-    eval_batch_size: int = 128
-    weight_decay: float = 0.0
-    adam_eps: float = 1e-6
-    max_grad_norm: float = 1.0
-    dropout: float = 0.1
-    max_seq_len: int | None = None  # default: the model's
-    seeds: int = 1
-    first_seed: int = 0
-    threads: int | None = None  # CPU threads for the training loop (threads.py chooses when None)
-    pooling: str = "cls"  # cls | mean: what the head reads (see pool)
-    random_init: bool = False  # same architecture and tokenizer, fresh weights: the no-pretraining baseline
-    val_fraction: float = 0.1  # of the training file, held out to choose the epoch (0: no selection)
-    split_seed: int = 0  # the validation split's seed: the same split for every fine-tuning seed
-    patience: int | None = 3  # stop after this many epochs without a better validation score (None: never)
-    device: str = "auto"
-    progress: bool = True
-
-    def __post_init__(self):
-        if self.seeds < 1 or self.batch_size < 1 or self.epochs <= 0:
-            raise ValueError("seeds and batch size must be >= 1 and epochs > 0")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"--val-fraction must lie in [0, 1), got {self.val_fraction}")
-        if self.patience is not None and self.patience < 0:
-            raise ValueError(f"--patience must be >= 0 (0: never stop early), got {self.patience}")
-        if not 0 < self.layer_decay <= 1 or not 0 <= self.warmup_fraction < 1:
-            raise ValueError(f"layer decay must lie in (0, 1] and warmup fraction in [0, 1), got "
-                             f"{self.layer_decay} and {self.warmup_fraction}")
 
 
 @dataclass
