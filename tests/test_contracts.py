@@ -1,6 +1,8 @@
 """API contracts checked where they are crossed: a backbone's output entering an objective (shape, ids), and
 the part of a model folder ``load_pretrained`` is asked for."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -116,3 +118,15 @@ def test_an_unknown_part_is_refused_naming_the_parts_there(electra_folder, tmp_p
         load_pretrained(mlm, part="generator")
     with pytest.raises(ValueError, match="holds the parts 'encoder'$"):
         load_pretrained(mlm, part="discriminator")
+
+
+def test_a_generator_file_without_the_backbone_is_damaged_not_random_weights(electra_folder, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(shutil.copytree(electra_folder[0], tmp_path / "model"))
+    heads = {k: v for k, v in load_file(folder / "generator.safetensors").items() if k.startswith("head.")}
+    save_file(heads, folder / "generator.safetensors")
+    with pytest.raises(ValueError, match=r"generator\.safetensors: holds no weights for \d+ of the generator backbone"):
+        load_pretrained(folder, part="generator")

@@ -186,7 +186,7 @@ def load_pretrained(folder: str | Path, *, part: str = "encoder", map_location: 
         missing, _ = load_weights_into(wrapper, folder / "generator.safetensors", strict=False, device=map_location)
         if missing:  # strict=False skips the head; the backbone must be there whole
             raise ValueError(f"{folder / 'generator.safetensors'}: holds no weights for {len(missing)} of the generator "
-                             f"backbone's tensors (e.g. {missing[0]}); the model folder is damaged")
+                             f"backbone's tensors (e.g. {sorted(missing)[0]}); the model folder is damaged")
     tokenizer = None
     if (folder / "tokenizer.json").is_file():
         from tokenizers import Tokenizer
