@@ -130,3 +130,14 @@ def test_a_generator_file_without_the_backbone_is_damaged_not_random_weights(ele
     save_file(heads, folder / "generator.safetensors")
     with pytest.raises(ValueError, match=r"generator\.safetensors: holds no weights for \d+ of the generator backbone"):
         load_pretrained(folder, part="generator")
+
+
+def test_the_id_check_reads_no_value_off_an_accelerator_tensor():
+    """Off the CPU the ids are not read (that would be a host sync per step): a meta tensor, which has no values
+    to read, passes; build_objective checked the data's vocabulary against the backbones once instead."""
+    from electra_kit.objectives.contracts import check_input_ids
+
+    backbone = create_backbone("transformer", **TINY)
+    check_input_ids(torch.full((2, 12), 10_000, dtype=torch.long, device="meta"), TINY["num_tokens"], backbone, "encoder")
+    with pytest.raises(BackboneContractError):
+        check_input_ids(torch.full((2, 12), 10_000, dtype=torch.long), TINY["num_tokens"], backbone, "encoder")
