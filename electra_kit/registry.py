@@ -44,7 +44,7 @@ class BackboneEntry:  # the name predates objectives; the same record serves bot
         if self.builder is None:
             try:
                 self.builder = self.entry_point.load()
-            except (Exception, SystemExit) as exc:  # noqa: B902 - a plugin's sys.exit() must not end the kit
+            except (Exception, SystemExit) as exc:  # a plugin's sys.exit() must not end the kit
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 raise PluginLoadError(f"{kind} plugin '{self.name}' ({self.target}, from {self.source}) failed to "
                                       f"import: {type(exc).__name__}{': ' + reason[:300] if reason else ''}") from None

@@ -243,7 +243,11 @@ def _outside(path: Path, root: Path, seen: set[Path]) -> Path | None:
         return path
     if real.is_dir() and real not in seen:
         seen.add(real)
-        for child in sorted(path.iterdir()):
+        try:
+            children = sorted(path.iterdir())
+        except OSError:  # unreadable: nothing in it can be uploaded either
+            children = []
+        for child in children:
             if (bad := _outside(child, root, seen)) is not None:
                 return bad
     return None
