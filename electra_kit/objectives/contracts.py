@@ -21,8 +21,9 @@ class BackboneContractError(ValueError):
 
 
 def is_compiling() -> bool:
-    is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
-    return bool(is_compiling()) if is_compiling is not None else torch._dynamo.is_compiling()
+    """True while torch.compile traces (no tensor value may be read then)."""
+    compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
+    return bool(compiling()) if compiling is not None else torch._dynamo.is_compiling()
 
 
 def describe_backbone(module: nn.Module, role: str) -> str:
