@@ -34,6 +34,23 @@ def cache_dir(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def pretrained_model(tmp_path_factory, small_corpus, cache_dir) -> Path:
+    """A tiny ELECTRA pretrained through the CLI (10 steps of tiny.gin on ``small_corpus``), made ONCE for the whole
+    test run: pytest-xdist's workers share it through a file lock in their common temporary folder. Read it only."""
+    from filelock import FileLock
+
+    run_uid = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    root = tmp_path_factory.getbasetemp().parent / f"pretrained-{run_uid}" if run_uid else \
+        tmp_path_factory.getbasetemp() / "pretrained"
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / ".lock")):
+        if not (root / "run" / "model" / "config.json").is_file():
+            run_cli("run", "tiny.gin", "--no-tracking", "--gin", "train.progress = False", "--gin", "TRAIN_STEPS = 10",
+                    *corpus_gin(small_corpus), "--run-dir", "run", cwd=root)
+    return root / "run" / "model"
+
+
 # ---- the command line, the one way every test calls it ------------------------------------------------------------
 
 

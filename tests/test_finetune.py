@@ -42,12 +42,9 @@ def finetune_main(*args, cwd) -> int:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, small_corpus, cache_dir) -> Path:
-    """A tiny ELECTRA pretrained through the CLI (10 steps)."""
-    root = tmp_path_factory.mktemp("pretrained")
-    run_cli("run", "tiny.gin", "--no-tracking", "--gin", "train.progress = False", "--gin", "TRAIN_STEPS = 10",
-            "--gin", f"build_data.corpus = '{small_corpus}/*.txt'", "--run-dir", "run", cwd=root)
-    return root / "run" / "model"
+def model_dir(pretrained_model) -> Path:
+    """A tiny ELECTRA pretrained through the CLI (10 steps; conftest's, shared by the test run)."""
+    return pretrained_model
 
 
 @pytest.fixture(scope="module")

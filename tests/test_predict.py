@@ -38,19 +38,18 @@ def cli(*args, cwd):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, small_corpus, cache_dir) -> dict:
+def run(tmp_path_factory, pretrained_model) -> dict:
     root = tmp_path_factory.mktemp("predict")
-    cli("run", "tiny.gin", "--no-tracking", "--gin", "train.progress = False", "--gin", "TRAIN_STEPS = 10",
-        "--gin", f"build_data.corpus = '{small_corpus}/*.txt'", "--run-dir", "pre", cwd=root)
     lines = SLICE.read_text(encoding="utf-8").splitlines(keepends=True)
     (root / "train.tsv").write_text("".join(lines[:241]), encoding="utf-8")
     (root / "eval.tsv").write_text(lines[0] + "".join(lines[241:]), encoding="utf-8")
     uri = f"sqlite:///{root}/mlflow.db"
-    proc = cli("finetune", "--model", "pre/model", "--train", "train.tsv", "--eval", "eval.tsv", "--seeds", "2",
+    proc = cli("finetune", "--model", str(pretrained_model), "--train", "train.tsv", "--eval", "eval.tsv", "--seeds", "2",
                "--epochs", "1", "--no-progress", "--run-dir", "ft", "--tracking-uri", uri, cwd=root)
     results = json.loads((root / "ft" / "results.json").read_text())
     assert "Downloading artifacts" not in proc.stderr and "CloudPickle" not in proc.stderr  # MLflow's noise kept off
-    return {"root": root, "uri": uri, "results": results, "stdout": proc.stdout, "model": root / "ft" / "model"}
+    return {"root": root, "uri": uri, "results": results, "stdout": proc.stdout, "model": root / "ft" / "model",
+            "pretrained": pretrained_model}
 
 
 def test_finetune_keeps_the_seed_chosen_on_validation_as_a_model_folder(run):
@@ -105,7 +104,7 @@ def test_python_api(run):
     tuned = classifier.model.backbone.state_dict()
     assert all(torch.equal(v, tuned[k]) for k, v in encoder.backbone.state_dict().items())
     with pytest.raises(ValueError, match="not a fine-tuned model folder"):
-        load_classifier(run["root"] / "pre" / "model")
+        load_classifier(run["pretrained"])
 
 
 def test_predict_formats_and_errors(run, tmp_path, capsys):

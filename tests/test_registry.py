@@ -1,7 +1,7 @@
 """The backbone registry: entry points, plugins, errors, and the `electra-kit backbones` command."""
 
+import sys
 import warnings
-from importlib.metadata import EntryPoint
 
 import pytest
 import torch
@@ -48,26 +48,94 @@ def test_the_repo_plugin_is_installed_and_trains():
     assert losses[-1] < losses[0]
 
 
-def test_a_plugin_that_fails_to_import_is_a_warning_and_others_still_work(monkeypatch):
-    real = registry.entry_points
+def install_plugin(root, dist: str, modules: dict[str, str], **groups: dict[str, str]):
+    """A real distribution on ``sys.path`` (a dist-info with entry_points.txt) and its modules, in ``root``:
+    electra-kit finds it through importlib.metadata exactly as it finds a pip-installed plugin."""
+    info = root / f"{dist.replace('-', '_')}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("".join(
+        f"[electra_kit.{group}]\n" + "".join(f"{name} = {target}\n" for name, target in eps.items())
+        for group, eps in groups.items()))
+    for module, code in modules.items():
+        (root / f"{module}.py").write_text(code)
 
-    def with_broken(group):
-        broken = EntryPoint(name="broken", value="no_such_module_xyz:build", group=group)
-        return [*real(group=group), broken]
 
-    monkeypatch.setattr(registry, "entry_points", with_broken)
+@pytest.fixture
+def plugins(tmp_path, monkeypatch):
+    """Plugins that exit, raise, or take a built-in's name; the registry is read again around the test."""
+    install_plugin(tmp_path, "exiting-plugin", {"exits_on_import": "import sys\nsys.exit(3)\n"},
+                   backbones={"exits": "exits_on_import:build"})
+    install_plugin(tmp_path, "raising-plugin", {"raises_on_import": "raise RuntimeError('plugin is broken')\n"},
+                   backbones={"raises": "raises_on_import:build"}, objectives={"raising_obj": "raises_on_import:Obj"})
+    monkeypatch.syspath_prepend(str(tmp_path))
     registry.rediscover()
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            names = list_backbones()
-        assert "broken" not in names and "transformer" in names
-        text = " ".join(str(w.message) for w in caught)
-        assert "'broken'" in text and "no_such_module_xyz" in text
-        create_backbone("transformer", **TINY)
-    finally:
-        monkeypatch.undo()
-        registry.rediscover()
+    yield
+    monkeypatch.undo()
+    registry.rediscover()
+    for module in ("exits_on_import", "raises_on_import"):
+        sys.modules.pop(module, None)
+
+
+def test_listing_reads_entry_point_metadata_and_imports_no_plugin(plugins):
+    entries = {e.name: e for e in registry.backbone_entries()}
+    assert entries["exits"].source == "exiting-plugin 1.0" and entries["exits"].target == "exits_on_import:build"
+    assert {"raises", "transformer", "toyconv"} <= set(entries)
+    assert not {"exits_on_import", "raises_on_import"} & set(sys.modules), "listing imported a plugin"
+
+
+def test_cli_lists_backbones_although_a_plugin_exits_on_import(plugins, cli_main, tmp_path):
+    out = cli_main("backbones", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    names = [line.split()[0] for line in out.stdout.splitlines()[1:]]
+    assert {"exits", "raises", "transformer", "reformer"} <= set(names)
+
+
+def test_a_plugin_that_fails_to_import_is_named_when_used_and_others_still_work(plugins):
+    with pytest.raises(registry.PluginLoadError) as info:
+        create_backbone("exits", **TINY)  # sys.exit(3) in the plugin's import: an error, not the end of the process
+    message = str(info.value)
+    assert "'exits'" in message and "exiting-plugin 1.0" in message and "SystemExit: 3" in message
+    assert "\n" not in message
+    with pytest.raises(registry.PluginLoadError, match=r"'raises' .*raising-plugin 1\.0.*RuntimeError: plugin is broken"):
+        create_backbone("raises", **TINY)
+    create_backbone("toyconv", **TINY)
+
+
+def test_an_objective_plugin_that_fails_to_import_is_a_warning_and_the_others_load(plugins):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        names = [e.name for e in registry.objective_entries()]
+    assert "raising_obj" not in names and {"electra", "mlm", "random_rtd"} <= set(names)
+    text = " ".join(str(w.message) for w in caught)
+    assert "'raising_obj'" in text and "raising-plugin 1.0" in text and "RuntimeError: plugin is broken" in text
+
+
+@pytest.fixture(params=["before", "after"])
+def shadowing_plugin(request, tmp_path, monkeypatch):
+    """A plugin whose entry point takes the built-in name 'transformer', found before or after electra-kit."""
+    install_plugin(tmp_path, "shadow-plugin", {"shadows_builtin": "def build(**kw):\n    raise AssertionError('used')\n"},
+                   backbones={"transformer": "shadows_builtin:build"})
+    if request.param == "before":
+        monkeypatch.syspath_prepend(str(tmp_path))
+    else:
+        monkeypatch.setattr(sys, "path", [*sys.path, str(tmp_path)])
+    registry.rediscover()
+    yield
+    monkeypatch.undo()
+    registry.rediscover()
+    sys.modules.pop("shadows_builtin", None)
+
+
+def test_a_plugin_never_replaces_a_builtin(shadowing_plugin):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        entry = {e.name: e for e in registry.backbone_entries()}["transformer"]
+    assert entry.builtin and entry.target == "electra_kit.backbones.transformer:build_transformer"
+    text = " ".join(str(w.message) for w in caught)
+    assert "shadow-plugin 1.0" in text and "'transformer'" in text and "the built-in is used" in text
+    model = create_backbone("transformer", **TINY)
+    assert type(model).__module__ == "electra_kit.backbones.transformer" and "shadows_builtin" not in sys.modules
 
 
 def test_register_backbone_at_run_time():

@@ -144,11 +144,12 @@ def test_a_run_killed_during_a_server_outage_is_delivered_exactly_once_by_sync(t
         logged = [json.loads(line)["step"] for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
                   if "train/loss" in line]
         assert logged and logged[-1] >= 30
-        run_cli("sync", "r", cwd=tmp_path, timeout=120)
+        run_cli("sync", "r", "--tracking-uri", server.uri, cwd=tmp_path, timeout=120)  # never the file's store
         client = MlflowClient(server.uri)
         run = only_run(client)
         assert steps_of(client, run.info.run_id, "train/loss") == logged, "every journaled step once"
-        assert "sent 0 metric values" in run_cli("sync", "r", cwd=tmp_path, timeout=120).stdout
+        assert "sent 0 metric values" in run_cli("sync", "r", "--tracking-uri", server.uri, cwd=tmp_path,
+                                                 timeout=120).stdout
         assert steps_of(client, run.info.run_id, "train/loss") == logged
     finally:
         server.stop()

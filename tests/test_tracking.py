@@ -266,7 +266,7 @@ def test_sync_refuses_a_live_runs_directory_then_delivers_what_a_dead_store_miss
     # The state file as it was before the first sync (a crash right after delivery): the replay creates no
     # second run (found by its uid tag) and no second metric (MLflow's SQL store keeps a metric it holds once).
     (tmp_path / STATE).write_text(saved.replace(dead, store))
-    assert sync_run(tmp_path)["metrics"] == 30  # sent again
+    assert sync_run(tmp_path, tracking_uri=store)["metrics"] == 30  # sent again
     assert len(client.search_runs([run.info.experiment_id])) == 1
     assert steps_of(client, run_id, "train/loss") == list(range(30))
     # Another store has none of it: everything goes there, artifacts too.

@@ -90,6 +90,7 @@ def parse(config_files: list[str], bindings: list[str] = ()) -> list[Path]:
         for m in _INCLUDE.finditer(binding):  # an include on the command line may start a cycle too
             for candidate in (Path(m.group(2)), *(d / m.group(2) for d in search)):
                 if candidate.is_file():
+                    _refuse_non_gin(candidate, m.group(2), f"--gin binding {binding!r}")
                     _check_includes(candidate.resolve(), search, ())
                     break
         try:
@@ -116,8 +117,18 @@ def _check_includes(path: Path, search: list[Path], chain: tuple[Path, ...]) -> 
         name = m.group(2)
         for candidate in (Path(name), *(d / name for d in (path.parent, *search))):
             if candidate.is_file():
+                _refuse_non_gin(candidate, name, str(path))
                 _check_includes(candidate.resolve(), search, (*chain, path))
                 break
+
+
+def _refuse_non_gin(target: Path, name: str, where: str) -> None:
+    """gin parses an included file as gin and its errors quote the file: an include may name only a .gin file
+    (links resolved), so that a stray ``include '/etc/shadow'`` shows the file's name, never a word of it."""
+    if target.resolve().suffix != ".gin":
+        what = "a link to a file that is not a .gin file" if target.suffix == ".gin" else "not a .gin file"
+        raise ConfigError(f"{where}: include '{name}' refused: {what} (its content is not shown); "
+                          "include names gin files only")
 
 
 def _check_macros() -> None:

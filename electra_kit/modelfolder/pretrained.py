@@ -112,15 +112,16 @@ class Encoder(nn.Module):
         return self.forward(ids, mask), mask
 
 
-def load_weights_into(module: nn.Module, path: Path, **kwargs) -> None:
-    """``safetensors.load_model`` whose failures (truncated file, other shapes) name the file, in one line."""
+def load_weights_into(module: nn.Module, path: Path, **kwargs) -> tuple[list[str], list[str]]:
+    """``safetensors.load_model`` whose failures (truncated file, other shapes) name the file, in one line;
+    returns its (missing, unexpected) keys."""
     from safetensors import SafetensorError
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: the model folder is incomplete")
     try:
-        load_model(module, str(path), **kwargs)
+        return load_model(module, str(path), **kwargs)
     except (SafetensorError, RuntimeError, OSError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{path}: cannot be loaded ({reason[:300]}); the model folder is damaged or does not "
@@ -152,17 +153,40 @@ def read_config(folder: Path) -> dict:
     return config
 
 
+# The encoder's name in its objective, where that is not "encoder" (Electra.backbones()'s role names).
+_ENCODER_ROLES = {"Electra": "discriminator"}
+
+
+def folder_parts(config: dict) -> dict[str, str]:
+    """The backbones ``load_pretrained`` can load from a folder with this config: ``{part name: config key}``.
+    ``encoder`` is there under its role's name too (ELECTRA's ``discriminator``)."""
+    role = _ENCODER_ROLES.get(config.get("objective"), "encoder")
+    parts = {"encoder": "encoder", role: "encoder"}
+    if isinstance(config.get("generator"), dict) and {"name", "kwargs"} <= config["generator"].keys():
+        parts["generator"] = "generator"
+    return parts
+
+
 def load_pretrained(folder: str | Path, *, part: str = "encoder", map_location: str = "cpu") -> Encoder:
-    """Load the encoder (default) or the ``generator`` backbone from a model folder."""
+    """Load the encoder (default; ELECTRA's ``discriminator``) or the ``generator`` backbone from a model folder.
+    A part the folder does not hold is an error that lists the ones it does."""
     folder = Path(folder)
     config = read_config(folder)
-    spec = config["encoder"] if part == "encoder" else config["generator"]
+    parts = folder_parts(config)
+    if part not in parts:
+        raise ValueError(f"load_pretrained(part={part!r}): {folder} ({config.get('objective', 'model')} folder) "
+                         f"holds the parts {', '.join(repr(p) for p in parts)}")
+    part = parts[part]
+    spec = config[part]
     backbone = create_backbone(spec["name"], **spec["kwargs"])
     if part == "encoder":
         load_weights_into(backbone, folder / "encoder.safetensors", device=map_location)
     else:
         wrapper = nn.ModuleDict({"backbone": backbone})
-        load_weights_into(wrapper, folder / "generator.safetensors", strict=False, device=map_location)
+        missing, _ = load_weights_into(wrapper, folder / "generator.safetensors", strict=False, device=map_location)
+        if missing:  # strict=False skips the head; the backbone must be there whole
+            raise ValueError(f"{folder / 'generator.safetensors'}: holds no weights for {len(missing)} of the generator "
+                             f"backbone's tensors (e.g. {sorted(missing)[0]}); the model folder is damaged")
     tokenizer = None
     if (folder / "tokenizer.json").is_file():
         from tokenizers import Tokenizer

@@ -23,6 +23,7 @@ import gin
 
 from ..backbone import Backbone
 from .base import Objective
+from .contracts import check_hidden, check_input_ids, check_output, is_compiling
 from .heads import DiscriminatorHead, GDESEmbedding, GeneratorHead, HiddenLayerExtractor, init_embeddings, init_weights
 from .masking import MaskedPositions, check_token_ids, mask_tokens, sample_categorical, slot_count
 from .metrics import MeanAccumulator, roc_auc
@@ -73,11 +74,6 @@ class ElectraLoss(torch.Tensor):
     @property
     def loss(self) -> torch.Tensor:  # the original's namedtuple field, for ``results.loss.backward()``
         return self
-
-
-def _is_compiling() -> bool:
-    is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
-    return bool(is_compiling()) if is_compiling is not None else torch._dynamo.is_compiling()
 
 
 def _ends_in_sigmoid(module: nn.Module) -> bool:
@@ -260,7 +256,7 @@ class Electra(Objective):
         """What the backbones get: None (their no-padding path, e.g. SDPA without a mask) when no
         position is padding and that is known without a host-device sync: a CPU tensor, outside
         torch.compile. Otherwise the mask itself; the losses always use the mask."""
-        if attention_mask.device.type == "cpu" and not _is_compiling() and bool(attention_mask.all()):
+        if attention_mask.device.type == "cpu" and not is_compiling() and bool(attention_mask.all()):
             return None
         return attention_mask
 
@@ -268,24 +264,32 @@ class Electra(Objective):
         """Vocabulary logits at the masked slots only: (b, K, V)."""
         if self.native:
             hidden = self.generator(masked.corrupted, attention_mask=attention_mask)  # (b, n, d_g)
+            check_hidden(hidden, masked.corrupted, self.generator, "generator")
             index = masked.positions[..., None].expand(-1, -1, hidden.shape[-1])  # (b, K, d_g)
             return self.generator_head(hidden.gather(1, index))  # (b, K, V)
         logits = self.generator(masked.corrupted, **kwargs)  # (b, n, V): a raw LM computes all positions
+        check_output(logits, (*masked.corrupted.shape, self.num_tokens), self.generator, "generator",
+                     "vocabulary logits (batch, seq, num_tokens)")
         index = masked.positions[..., None].expand(-1, -1, logits.shape[-1])
         return logits.gather(1, index)
 
     def _discriminator_logits(self, disc_input, attention_mask, kwargs) -> torch.Tensor:
         if self.native:
             hidden = self.discriminator(disc_input, attention_mask=attention_mask)  # (b, n, d)
+            check_hidden(hidden, disc_input, self.discriminator, "discriminator")
             return self.discriminator_head(hidden)  # (b, n)
-        return self._disc_logits_net(disc_input, **kwargs).reshape(disc_input.shape)  # (b, n)
+        logits = self._disc_logits_net(disc_input, **kwargs)  # (b, n) or (b, n, 1)
+        if not isinstance(logits, torch.Tensor) or logits.numel() != disc_input.numel():
+            check_output(logits, (*disc_input.shape, 1), self.discriminator, "discriminator", "logits (batch, seq, 1)")
+        return logits.reshape(disc_input.shape)  # (b, n)
 
     def compute(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, noise: Noise | None = None, **kwargs
     ) -> ElectraOutput:
         """``noise``: where masking and sampling draw their randomness (default: torch's global RNG)."""
         noise = noise or GLOBAL_RNG
-        if noise.generator is not None and _is_compiling():
+        check_input_ids(input_ids, self.num_tokens, self.generator, "generator")
+        if noise.generator is not None and is_compiling():
             noise = draw_ahead(noise, self._noise_plan(*input_ids.shape), input_ids.device)
         if attention_mask is None:
             attention_mask = input_ids != self.pad_token_id

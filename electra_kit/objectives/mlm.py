@@ -17,6 +17,7 @@ import gin
 
 from ..backbone import Backbone
 from .base import Objective
+from .contracts import check_hidden, check_input_ids
 from .heads import GeneratorHead, init_embeddings, init_weights
 from .masking import check_token_ids, mask_tokens
 from .metrics import MeanAccumulator
@@ -78,6 +79,7 @@ class MaskedLM(Objective):
     def compute(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, noise: Noise | None = None
     ) -> MLMOutput:
+        check_input_ids(input_ids, self.encoder.num_tokens, self.encoder, "encoder")
         if attention_mask is None:
             attention_mask = input_ids != self.pad_token_id
         masked = mask_tokens(
@@ -92,6 +94,7 @@ class MaskedLM(Objective):
             noise=noise or GLOBAL_RNG,
         )
         hidden = self.encoder(masked.corrupted, attention_mask=attention_mask.bool())  # (b, n, d)
+        check_hidden(hidden, masked.corrupted, self.encoder, "encoder")
         index = masked.positions[..., None].expand(-1, -1, hidden.shape[-1])  # (b, K, d)
         logits = self.head(hidden.gather(1, index))  # (b, K, V)
         valid = masked.valid.float()

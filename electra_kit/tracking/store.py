@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ..rundir.atomic import atomic_write
 from ..rundir.directory import RunDir, RunDirError
@@ -96,7 +96,8 @@ def _check_sqlite_writable(uri: str, db: Path) -> None:
 def artifact_location(uri: str, experiment: str) -> str | None:
     """For a SQLite store: <db dir>/mlruns/<experiment>, so that artifacts stay beside the store."""
     db = sqlite_path(uri)
-    return (db.parent / "mlruns" / (re.sub(r"[^\w.-]+", "_", experiment) or "default")).as_uri() if db else None
+    name = re.sub(r"[^\w.-]+", "_", experiment)
+    return (db.parent / "mlruns" / (name if name not in ("", ".", "..") else "default")).as_uri() if db else None
 
 
 def retarget(state: dict, uri: str) -> dict:
@@ -200,7 +201,7 @@ def deliver(client, state: dict, run_dir: Path, *, end: int | None = None, full:
     if not run:
         return counts
     for art in [a for a in state.get("artifacts", []) if not a.get("done")]:
-        path, dest = Path(art["path"]), art.get("artifact_path")
+        path, dest = Path(run_dir) / art["path"], art.get("artifact_path")  # a relative path: in the run directory
         if art.get("as_text") and path.is_file():
             client.log_text(run_id, path.read_text(), "/".join(p for p in (dest, art["as_text"]) if p))
         elif path.is_dir():
@@ -220,9 +221,80 @@ def deliver(client, state: dict, run_dir: Path, *, end: int | None = None, full:
     return counts
 
 
+def _outside(path: Path, root: Path, seen: set[Path]) -> Path | None:
+    """The first of ``path`` and (a folder) everything in it that resolves, links followed as an upload follows
+    them, outside ``root``; None when all of it is inside."""
+    real = path.resolve()
+    if not real.is_relative_to(root):
+        return path
+    if real.is_dir() and real not in seen:
+        seen.add(real)
+        try:
+            children = sorted(path.iterdir())
+        except OSError:  # unreadable: nothing in it can be uploaded either
+            children = []
+        for child in children:
+            if (bad := _outside(child, root, seen)) is not None:
+                return bad
+    return None
+
+
+def _artifact_name_ok(name) -> bool:
+    """An artifact path in the run's artifact root: relative, no ``..``."""
+    return name is None or (isinstance(name, str) and "\\" not in name and not PurePosixPath(name).is_absolute()
+                            and ".." not in PurePosixPath(name).parts)
+
+
+def check_run_dir_files(run_dir: Path) -> None:
+    """Refuse a journal or state file that resolves (a link) outside the run directory, before either is read."""
+    for name in (STATE, JOURNAL):
+        if _outside(run_dir / name, run_dir.resolve(), set()) is not None:
+            raise TrackingError(f"{run_dir / name} is a link that leads outside the run directory {run_dir}; "
+                                "sync refuses it")
+
+
+def check_run_dir_records(run_dir: Path, state: dict) -> None:
+    """Refuse a state whose records lead outside the run directory: an artifact resolving (links too) elsewhere,
+    an artifact name climbing out of the run's artifacts, an odd uid. A run directory is data that may come from
+    anyone; ``sync`` reads only inside it and sends nothing when this fails."""
+    root = run_dir.resolve()
+    where = f"{run_dir / STATE}"
+    if not isinstance(state.get("uid"), str) or not re.fullmatch(r"[0-9a-f]{32}", state["uid"]):
+        raise TrackingError(f"{where}: its uid is not one electra-kit writes (32 hex digits); sync refuses it")
+    artifacts = state.get("artifacts", [])
+    if not isinstance(artifacts, list) or not all(isinstance(a, dict) and isinstance(a.get("path"), str)
+                                                  for a in artifacts):
+        raise TrackingError(f"{where}: 'artifacts' is not a list of records with a path; sync refuses it")
+    for art in artifacts:
+        bad = _outside(run_dir / art["path"], root, set())
+        if bad is not None:
+            how = "a link that leads" if bad.is_symlink() else "a path"
+            raise TrackingError(f"{where} names the artifact {bad}, {how} outside the run directory {run_dir}; "
+                                "sync uploads only files inside the run directory: nothing was sent")
+        for key in ("artifact_path", "as_text"):
+            if not _artifact_name_ok(art.get(key)):
+                raise TrackingError(f"{where}: an artifact's {key} {art.get(key)!r} is not a relative path inside "
+                                    "the run's artifacts; sync refuses it: nothing was sent")
+
+
+def sync_store(tracking_uri: str | None, recorded: str | None, run_dir: Path) -> str:
+    """Where ``sync`` delivers: ``tracking_uri`` (--tracking-uri), else $MLFLOW_TRACKING_URI, else ./mlflow.db,
+    as ``run`` chooses. Never the store mlflow_run.json names: that one is only compared, and when neither the
+    command line nor the environment names a store, a run recorded for another store is refused, not sent to
+    ./mlflow.db by surprise."""
+    named = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = resolve_tracking_uri(named)
+    if not named and recorded and recorded != uri:
+        raise TrackingError(f"{run_dir} was recorded for the store {recorded}, not {uri}: name the store with "
+                            f"--tracking-uri (or $MLFLOW_TRACKING_URI); sync never takes it from the run directory")
+    return check_store(uri)
+
+
 def sync_run(run_dir: str | Path, tracking_uri: str | None = None) -> dict:
-    """``electra-kit sync RUN_DIR``: deliver what the run recorded (to ``tracking_uri`` instead of the store it
-    recorded, if given: then all of it); returns counts. Raises TrackingError with the reason."""
+    """``electra-kit sync RUN_DIR``: deliver what the run recorded to the store named by ``tracking_uri``,
+    $MLFLOW_TRACKING_URI or the default (see :func:`sync_store`; one other than the run recorded gets all of it);
+    returns counts. Only files inside the run directory are read (:func:`check_run_dir_records`). Raises
+    TrackingError with the reason."""
     from mlflow import MlflowClient
 
     run_dir = Path(run_dir)
@@ -233,12 +305,15 @@ def sync_run(run_dir: str | Path, tracking_uri: str | None = None) -> dict:
     except RunDirError as exc:
         raise TrackingError(str(exc)) from None
     try:
+        check_run_dir_files(run_dir)
         state = read_state(run_dir)
         if not state.get("uid"):
             raise TrackingError(f"{run_dir} has no {STATE}: it is not a tracked run directory")
+        check_run_dir_records(run_dir, state)
         http_defaults()
-        uri = check_store(resolve_tracking_uri(tracking_uri or state.get("tracking_uri")))
-        state = retarget(state, uri)
+        uri = sync_store(tracking_uri, state.get("tracking_uri"), run_dir)
+        # the artifact root follows from the store, never from the file (it would say where artifacts are written)
+        state = {**retarget(state, uri), "artifact_location": artifact_location(uri, str(state.get("experiment", "")))}
         try:
             return {"tracking_uri": uri, **deliver(MlflowClient(uri), state, run_dir)}
         except Exception as exc:  # noqa: BLE001 - the store's failure, in one line

@@ -172,8 +172,8 @@ class Tracker:
         self._thread.join(self.drain_timeout + 1)
         if not self._confirmed:
             logger.warning("MLflow at %s did not confirm all of this run's records; they are on disk in %s (%s, %s): "
-                           "deliver them with `electra-kit sync %s`", self.tracking_uri, self.run_dir,
-                           JOURNAL, store.STATE, self.run_dir)
+                           "deliver them with `electra-kit sync %s --tracking-uri %s`", self.tracking_uri, self.run_dir,
+                           JOURNAL, store.STATE, self.run_dir, self.tracking_uri)
 
     # ------------------------------------------------------------------------- background side
     def _update(self, **fields) -> None:

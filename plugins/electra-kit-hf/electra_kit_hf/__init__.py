@@ -27,8 +27,8 @@ from torch import nn
 
 from electra_kit import Backbone
 
-# transformers is imported only when a backbone is built: electra-kit loads every plugin's entry
-# point to list the backbones, and a run on another backbone should not pay for the import.
+# transformers is imported only when a backbone is built: whatever imports this module (electra-kit
+# itself only when an hf-electra backbone is built) should not pay for the import.
 
 
 def build_hf_electra(*, num_tokens: int, dim: int, depth: int, heads: int, max_seq_len: int,
