@@ -99,8 +99,8 @@ def kit_batches(cfg, data):
 
     from electra_kit.data.build import BatchIterator, EvalIterator
 
-    train = BatchIterator(data.train, cfg.batch_size, seed=cfg.seed, pad_id=data.pad_id)
-    evaluator = EvalIterator(data.eval, max(1, min(cfg.batch_size, len(data.eval))), pad_id=data.pad_id)
+    train = BatchIterator(data.train, cfg.batch_size, seed=cfg.seed, pad_id=data.special.pad_id)
+    evaluator = EvalIterator(data.eval, max(1, min(cfg.batch_size, len(data.eval))), pad_id=data.special.pad_id)
     return train, list(itertools.islice(evaluator, cfg.eval_batches))
 
 

@@ -139,7 +139,7 @@ def build_reference(kit_model, data, cfg, *, dropout: float, bias_free: bool = F
             vocab_size=backbone.num_tokens, embedding_size=backbone.emb_dim, hidden_size=backbone.hidden_dim,
             num_hidden_layers=kw["depth"], num_attention_heads=kw["heads"],
             intermediate_size=kw.get("ff_mult", 4) * backbone.hidden_dim, max_position_embeddings=data.max_seq_len,
-            hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, pad_token_id=data.pad_id,
+            hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, pad_token_id=data.special.pad_id,
             hidden_act="gelu", attn_implementation="sdpa",
         )
 
@@ -155,7 +155,8 @@ def build_reference(kit_model, data, cfg, *, dropout: float, bias_free: bool = F
         freeze_x_transformers_biases(discriminator.electra)
     assert generator.generator_lm_head.weight is generator.electra.embeddings.word_embeddings.weight
     return ReferenceElectra(
-        generator, discriminator, mask_id=data.mask_id, special_ids=(data.cls_id, data.sep_id, data.pad_id),
+        generator, discriminator, mask_id=data.special.mask_id,
+        special_ids=(data.special.cls_id, data.special.sep_id, data.special.pad_id),
         mask_prob=kit_model.mask_prob, replace_prob=kit_model.replace_prob, disc_weight=kit_model.disc_weight,
         temperature=kit_model.temperature,
     )

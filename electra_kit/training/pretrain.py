@@ -90,7 +90,7 @@ def build_objective(data) -> torch.nn.Module:
     """The configured objective, built from the data's special tokens and checked against the data."""
     try:
         objective = resolve_objective(pretrain())
-        model = objective(**objective.special_token_kwargs(_special_ids(data)))
+        model = objective(**objective.special_token_kwargs(data.special.by_role()))
     except (KeyError, TypeError, ValueError) as exc:
         raise RunError(f"building the model failed: {exc.args[0] if exc.args else exc}") from exc
     for role, backbone in model.backbones().items():
@@ -206,8 +206,8 @@ def _setup(opts, cfg, device, dist, run_dir, paths, resume_from):
             f"batch of {micro}: add text, or lower BATCH_SIZE / MAX_SEQ_LEN"
         )
     batches = BatchIterator(data.train, micro, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size,
-                            pin_memory=device.type == "cuda", pad_id=data.pad_id)
-    evaluator = EvalIterator(data.eval, max(1, min(micro, len(data.eval))), pad_id=data.pad_id)
+                            pin_memory=device.type == "cuda", pad_id=data.special.pad_id)
+    evaluator = EvalIterator(data.eval, max(1, min(micro, len(data.eval))), pad_id=data.special.pad_id)
 
     def eval_batches():
         for batch in itertools.islice(evaluator, cfg.eval_batches):
@@ -249,7 +249,7 @@ def _train(trainer, data, model, tracker, dist, device, run_dir) -> dict:
                 with phase(f"saving the model folder {run_dir / 'model'}"):
                     model_dir = save_pretrained(
                         model.cpu() if device.type != "cpu" else model, run_dir / "model", tokenizer=data.tokenizer,
-                        special_ids=_special_ids(data), operative_config=trainer.operative_config,
+                        special_ids=data.special.by_role(), operative_config=trainer.operative_config,
                         max_seq_len=data.max_seq_len,
                     )
                 atomic_write(run_dir / "summary.json", json.dumps(_summary(trainer, result, model_dir), indent=2))
@@ -308,6 +308,3 @@ def _build_data_once(dist, tokenizer=None):
 
     return build_data(tokenizer=Tokenizer.from_str(tokenizer_json))
 
-
-def _special_ids(data) -> dict:
-    return {"pad": data.pad_id, "unk": data.unk_id, "mask": data.mask_id, "cls": data.cls_id, "sep": data.sep_id}
