@@ -125,31 +125,24 @@ class Electra(Objective):
         if weight_init not in WEIGHT_INITS:
             raise ValueError(f"weight_init={weight_init!r}; choose one of {WEIGHT_INITS}")
         if self.native:
-            # before sharing, so a shared table is drawn once
-            if weight_init == "electra":
-                init_weights(generator, embedding_init_std or 0.02)
-                init_weights(discriminator, embedding_init_std or 0.02)
-            elif embedding_init_std is not None:
-                init_embeddings(generator, embedding_init_std)
-                init_embeddings(discriminator, embedding_init_std)
-            num_tokens = self._setup_native(num_tokens, embedding_sharing, share_position_embedding)
-            if weight_init == "electra":
-                init_weights(self.generator_head, embedding_init_std or 0.02)
-                init_weights(self.discriminator_head, embedding_init_std or 0.02)
+            num_tokens = self._setup_native(num_tokens, embedding_sharing, share_position_embedding,
+                                            embedding_init_std)
         else:
             self._setup_raw(discr_dim, discr_layer)
         self.num_tokens = num_tokens
         check_token_ids(num_tokens, mask_token_id=mask_token_id, pad_token_id=pad_token_id,
                         mask_ignore_token_ids=tuple(mask_ignore_token_ids))
+        self._register_token_pools(sorted({*mask_ignore_token_ids, pad_token_id}))
 
-        ignore = sorted({*mask_ignore_token_ids, pad_token_id})
+    def _register_token_pools(self, ignore: list[int]) -> None:
+        """The ids masking never picks, and (``random_token_prob > 0``) the ids a random replacement draws from."""
         self.register_buffer("ignore_ids", torch.tensor(ignore, dtype=torch.long), persistent=False)
         pool = None
-        if random_token_prob > 0:
-            if num_tokens is None:
+        if self.random_token_prob > 0:
+            if self.num_tokens is None:
                 raise ValueError("random_token_prob > 0 needs num_tokens (the vocabulary size) to draw random tokens")
-            excluded = torch.tensor([*ignore, mask_token_id])
-            pool = torch.arange(num_tokens)[~torch.isin(torch.arange(num_tokens), excluded)]
+            every = torch.arange(self.num_tokens)
+            pool = every[~torch.isin(every, torch.tensor([*ignore, self.mask_token_id]))]
         self.register_buffer("random_token_pool", pool, persistent=False)
 
     @staticmethod
@@ -180,8 +173,16 @@ class Electra(Objective):
 
     # ---- construction -------------------------------------------------------------------------
 
-    def _setup_native(self, num_tokens, sharing, share_positions) -> int:
+    def _setup_native(self, num_tokens, sharing, share_positions, init_std) -> int:
+        """Initialise the registry backbones (before sharing, so a shared table is drawn once), share their
+        embeddings, add and initialise the heads; returns the vocabulary size."""
         gen, disc = self.generator, self.discriminator
+        if self.weight_init == "electra":
+            init_weights(gen, init_std or 0.02)
+            init_weights(disc, init_std or 0.02)
+        elif init_std is not None:
+            init_embeddings(gen, init_std)
+            init_embeddings(disc, init_std)
         if sharing not in SHARING_MODES:
             raise ValueError(f"embedding_sharing={sharing!r}; choose one of {SHARING_MODES}")
         if gen.num_tokens != disc.num_tokens:
@@ -209,6 +210,9 @@ class Electra(Objective):
                 disc.set_position_embedding(gen_pos)
         self.generator_head = GeneratorHead(gen)
         self.discriminator_head = DiscriminatorHead(disc.hidden_dim)
+        if self.weight_init == "electra":
+            init_weights(self.generator_head, init_std or 0.02)
+            init_weights(self.discriminator_head, init_std or 0.02)
         return gen.num_tokens
 
     def _setup_raw(self, discr_dim, discr_layer) -> None:
