@@ -5,7 +5,8 @@ column kept, then ``label`` and ``score`` (the label's probability; the predicte
 and the probability of each label, as ``score_<label>`` columns (CSV/TSV) or a ``scores`` object (JSONL).
 When the input already has one of these names (an evaluation file's gold ``label``), all of them are
 prefixed ``predicted_``.
-The output is written atomically (atomic.py) and is never the input file.
+The output is written atomically (atomic.py), and never replaces an input (the input file, anything in the
+model folder), a special file or a folder (guard.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..modelfolder.pretrained import resolve_model_dir
 from ..rundir.atomic import atomic_write
+from ..rundir.guard import check_output
 from .classifier import BATCH_SIZE, Classifier, load_classifier
 from .tasks import PAIR_COLUMNS, TEXT_COLUMNS, TaskError, _format, label_key, read_rows
 
@@ -62,11 +65,8 @@ def predict_file(model, input_path, output_path=None, *, text_column: str | None
                  header: bool = True) -> PredictResult:
     input_path = Path(input_path)
     output_path = Path(output_path) if output_path else default_output(input_path)
-    if output_path.resolve() == input_path.resolve() or (output_path.exists() and input_path.exists()
-                                                         and output_path.samefile(input_path)):
-        raise TaskError(f"--output {output_path} is the input file; predict never overwrites its input")
-    if output_path.is_dir():
-        raise TaskError(f"--output {output_path} is a folder; name a file")
+    models = [] if isinstance(model, Classifier) else [model, resolve_model_dir(model)]
+    check_output(output_path, inputs=[input_path, *models], kind="file")  # the write rule of every command
     classifier = model if isinstance(model, Classifier) else load_classifier(model)
     kind = _format(input_path, fmt)
     columns, rows = read_rows(input_path, kind, header)
