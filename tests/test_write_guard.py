@@ -109,6 +109,8 @@ def test_predict_never_writes_into_the_model_it_reads(tmp_path, model, capsys):
         assert len(err.splitlines()) == 1 and str(output) in err
     assert snapshot(model) == before
     load_pretrained(model)
+    assert predict(model, tmp_path, tmp_path / "in.jsonl" / "out.jsonl") == 2  # under a file: one line, no traceback
+    assert "which is a file" in error_lines(capsys.readouterr().err)
     (tmp_path / "hard.jsonl").hardlink_to(tmp_path / "in.jsonl")
     with pytest.raises(OutputError, match="is an input"):
         check_output(tmp_path / "hard.jsonl", inputs=[tmp_path / "in.jsonl"])

@@ -100,6 +100,9 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable = (), kind: str = 
             if any(fnmatch.fnmatchcase(top, pattern) for pattern in writes):
                 raise OutputError(f"{option} {out}: the run would write {dst / top}, which is the input {given}; "
                                   f"choose another run directory")
+    above = next((p for p in dst.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise OutputError(f"{option} {out} is under {above}, which is a file, not a folder; choose another path")
     owner = _kit_folder_above(dst)
     if owner is not None:
         folder, what = owner
