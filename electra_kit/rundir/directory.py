@@ -2,7 +2,10 @@
 
 - A new run gets a fresh directory: the default name is created exclusively (``-2``, ``-3`` ...
   when two runs start in the same second), and a named ``--run-dir`` that already holds a run
-  (or any file the run would write) is refused; ``--resume`` is the way to continue one.
+  (any file a pretraining or fine-tuning run writes, or the marker ``.electra-kit.json`` a run
+  directory gets when claimed, so one a killed run left is never taken for a new one) is refused;
+  ``--resume`` is the way to continue one. Where it may be at all is guard.py's rule (never in or
+  over an input of the command).
 - An OS lock (``fcntl.flock`` on ``.electra-kit.lock``) is held for the run's lifetime; the kernel
   drops it when the process dies, however it dies, so a lock file left by a killed run is stale
   and taken over with a note. A second process fails at once, naming the PID that holds it.
