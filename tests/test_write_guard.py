@@ -86,19 +86,32 @@ def test_predict_never_replaces_a_fifo_a_socket_or_a_device(tmp_path, model, cap
     os.mkfifo(fifo)
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(tmp_path / "sock.jsonl"))
-    device = tmp_path / "null.jsonl"
-    device.symlink_to(os.devnull)  # were it replaced, the link would go, never the system's /dev/null
+    device = tmp_path / "zero.jsonl"
+    device.symlink_to("/dev/zero")  # were it replaced, the link would go, never the system's device
     try:
         for path, what in ((fifo, "FIFO"), (tmp_path / "sock.jsonl", "socket"), (device, "device")):
             assert predict(model, tmp_path, path) == 2
             err = error_lines(capsys.readouterr().err)
             assert len(err.splitlines()) == 1 and str(path) in err and what in err
         assert stat.S_ISFIFO(os.stat(fifo).st_mode) and stat.S_ISSOCK(os.stat(tmp_path / "sock.jsonl").st_mode)
-        assert device.is_symlink() and stat.S_ISCHR(os.stat(os.devnull).st_mode)
+        assert device.is_symlink() and stat.S_ISCHR(os.stat("/dev/zero").st_mode)
     finally:
         sock.close()
     with pytest.raises(OutputError, match="device"):
         check_output(os.devnull, inputs=[tmp_path / "in.jsonl"])
+
+
+def test_predict_to_dev_null_writes_nothing_and_replaces_nothing(tmp_path):
+    from test_tabular_input import Echo
+
+    from electra_kit.training.predict import predict_file
+
+    (tmp_path / "in.jsonl").write_text('{"text": "the nation", "label": "a"}\n')
+    null = tmp_path / "null.jsonl"
+    null.symlink_to(os.devnull)  # were it replaced, the link would go, never the system's /dev/null
+    assert predict_file(Echo(), tmp_path / "in.jsonl", null).accuracy == 1.0
+    assert null.is_symlink() and stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "null.jsonl"]
 
 
 def test_predict_never_writes_into_the_model_it_reads(tmp_path, model, capsys):

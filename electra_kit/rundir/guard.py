@@ -61,6 +61,14 @@ def special_kind(path: Path) -> str | None:
     return None
 
 
+def is_devnull(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is (a link to) the null device: an output a command may write to, never replace."""
+    try:
+        return os.path.samefile(path, os.devnull)
+    except OSError:
+        return False
+
+
 def _same(a: Path, b: Path) -> bool:
     try:
         return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
@@ -69,15 +77,19 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def check_output(path: str | os.PathLike, *, inputs: Iterable = (), kind: str = "file", made: str | None = None,
-                 replace: bool = False, option: str = "--output", writes: Iterable[str] = ()) -> Path:
+                 replace: bool = False, option: str = "--output", writes: Iterable[str] = (),
+                 devnull: bool = False) -> Path:
     """Refuse ``path`` as an output of a command reading ``inputs``; returns it as a ``Path``.
 
     ``kind``: ``file`` (replaced whole), ``folder`` (replaced whole; ``made`` is the marker kind it
     may replace, and only with ``replace``) or ``run`` (a run directory written into: ``writes`` are
-    the names, glob patterns, the run writes at its top, none of which may be an input)."""
+    the names, glob patterns, the run writes at its top, none of which may be an input). ``devnull``:
+    the null device is allowed (the caller then writes nothing, see :func:`is_devnull`)."""
     if kind not in KINDS:
         raise ValueError(f"unknown output kind {kind!r}; one of {', '.join(KINDS)}")
     out = Path(path)
+    if devnull and kind == "file" and is_devnull(out):
+        return out
     dst = out.resolve()
     special = special_kind(out)
     if special is not None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..modelfolder.pretrained import resolve_model_dir
 from ..rundir.atomic import atomic_write
-from ..rundir.guard import check_output
+from ..rundir.guard import check_output, is_devnull
 from .classifier import BATCH_SIZE, Classifier, load_classifier
 from .tasks import (
     PAIR_COLUMNS,
@@ -77,7 +77,8 @@ def predict_file(model, input_path, output_path=None, *, text_column: str | None
     input_path = Path(input_path)
     output_path = Path(output_path) if output_path else default_output(input_path)
     models = [] if isinstance(model, Classifier) else [model, resolve_model_dir(model)]
-    check_output(output_path, inputs=[input_path, *models], kind="file")  # the write rule of every command
+    # the write rule of every command; /dev/null (the accuracy alone) is allowed, and then nothing is written
+    check_output(output_path, inputs=[input_path, *models], kind="file", devnull=True)
     classifier = model if isinstance(model, Classifier) else load_classifier(model)
     kind = _format(input_path, fmt)
     columns, rows = read_rows(input_path, kind, header)
@@ -101,7 +102,9 @@ def predict_file(model, input_path, output_path=None, *, text_column: str | None
         added = list(extra)
         out_rows.append({**row, **extra})
 
-    if kind == "jsonl":
+    if is_devnull(output_path):
+        pass  # never replaced: writing to it would be discarding
+    elif kind == "jsonl":
         data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out_rows)
         atomic_write(output_path, data)
     else:
