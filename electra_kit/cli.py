@@ -85,7 +85,7 @@ def _cmd_predict(args) -> int:
         result = predict_file(args.model, args.input, args.output, text_column=args.text_column,
                               pair_column=args.pair_column, batch_size=args.batch_size, fmt=args.format,
                               header=not args.no_header)
-    except (ValueError, FileNotFoundError, TypeError, UnknownBackboneError) as exc:
+    except (ValueError, OSError, TypeError, UnknownBackboneError) as exc:  # OSError: the output cannot be written
         print(f"electra-kit: error: {exc}", file=sys.stderr)
         return 2
     accuracy = f"; accuracy {result.accuracy:.4f} against the input's labels" if result.accuracy is not None else ""
@@ -179,7 +179,7 @@ def _cmd_export(args) -> int:
 
     try:
         result = export(args.model_dir, args.out_dir, format=args.format, overwrite=args.overwrite)
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError) as exc:  # OSError: the folder cannot be written (disk full ...)
         print(f"electra-kit: error: {exc}", file=sys.stderr)
         return 2
     code = EXIT_NOT_HF if args.format == "hf" and result.format != "hf" else 0

@@ -60,7 +60,7 @@ def test_finetune_keeps_the_seed_chosen_on_validation_as_a_model_folder(run):
     assert kept["chosen_by"] == "val_accuracy" and kept["val_accuracy"] == max(val)
     assert kept["path"] == str(folder.resolve()) and f"kept seed {kept['seed']}" in run["stdout"]
     assert {"config.json", "encoder.safetensors", "classifier_head.safetensors", "tokenizer.json",
-            "operative_config.gin"} == {p.name for p in folder.iterdir()}
+            "operative_config.gin", ".electra-kit.json"} == {p.name for p in folder.iterdir()}
     task = json.loads((folder / "config.json").read_text())["task"]
     assert task["type"] == "classification" and task["labels"] == results["task"]["labels"]
     assert task["columns"] == {"text": "text", "pair": None, "label": "label"} and task["pooling"] == "cls"
@@ -130,7 +130,7 @@ def test_predict_formats_and_errors(run, tmp_path, capsys):
     assert "q.jsonl: no text column among 'id', 'query'" in error("--input", str(tmp_path / "q.jsonl"))
     assert "no column 'nope' (--text-column)" in error("--input", str(tmp_path / "q.csv"), "--text-column", "nope")
     before = (tmp_path / "q.csv").read_bytes()
-    assert "never overwrites its input" in error("--input", str(tmp_path / "q.csv"), "--output", str(tmp_path / "q.csv"))
+    assert "is an input of this command" in error("--input", str(tmp_path / "q.csv"), "--output", str(tmp_path / "q.csv"))
     assert (tmp_path / "q.csv").read_bytes() == before
     (tmp_path / "gap.tsv").write_text("text\tid\nfine\t1\n\t2\n")
     assert "gap.tsv:3: no value in column 'text'" in error("--input", str(tmp_path / "gap.tsv"))

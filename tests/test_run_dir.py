@@ -96,7 +96,7 @@ def test_a_failed_start_removes_only_what_the_run_created(tmp_path):
 
 def test_a_run_directory_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "f").write_text("x")
-    with pytest.raises(RunDirError, match="not writable"):
+    with pytest.raises(RunDirError, match="is a file, not a folder"):
         RunDir(tmp_path / "f", resume=False)
 
 

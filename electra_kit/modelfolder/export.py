@@ -25,6 +25,7 @@ from pathlib import Path
 from ..backbone import Backbone
 from ..registry import UnknownBackboneError, create_backbone
 from ..rundir.atomic import staged_dir
+from ..rundir.guard import check_output, mark
 from .pretrained import MODEL_TYPE, read_config
 
 FORMATS = ("hf", "portable")
@@ -116,6 +117,7 @@ def export(model_dir: str | Path, out_dir: str | Path, *, format: str = "hf", ov
             written = "portable"
             message = (_not_hf_message(config["encoder"]["name"], out_dir) if format == "hf"
                        else f"electra-kit export: wrote the portable folder {out_dir}")
+        mark(tmp, "export")  # --overwrite replaces this folder later, and no folder without it (guard.py)
     return ExportResult(out_dir, written, message)
 
 
@@ -127,21 +129,7 @@ def _run_dir_of(model_dir: Path) -> Path | None:
 
 
 def _check_out_dir(model_dir: Path, out_dir: Path, overwrite: bool) -> None:
-    """Refuse an ``out_dir`` that would overwrite (or be written inside) what it is exported from."""
-    src, dst = model_dir.resolve(), out_dir.resolve()  # symlinks and ``..`` cannot hide an overlap
-    for owner, what in ((src, "the model folder"), (_run_dir_of(src), "the model's run directory")):
-        if owner is None:
-            continue
-        if dst == owner or dst.is_relative_to(owner) or owner.is_relative_to(dst):
-            raise ValueError(f"export OUT_DIR {out_dir} overlaps {what} {owner}: writing it would destroy the "
-                             f"source; choose a folder outside {owner}")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"export OUT_DIR {out_dir} is a file, not a folder; choose another path")
-    if dst == Path.cwd().resolve() or Path.cwd().resolve().is_relative_to(dst):
-        raise ValueError(f"export OUT_DIR {out_dir} is or contains the current folder; choose a new folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
-        if not (out_dir / "config.json").is_file():  # --overwrite replaces an export, never a user's other folder
-            raise FileExistsError(f"export OUT_DIR {out_dir} holds files that are not an exported model; --overwrite "
-                                  f"replaces only a previous export: choose a new or empty folder")
+    """The write rule of every command (guard.py): never the model folder, its run directory or anything
+    in them, never the current folder, and only an earlier export is replaced (with ``--overwrite``)."""
+    check_output(out_dir, inputs=[model_dir, _run_dir_of(model_dir.resolve())], kind="folder",
+                 made="export", replace=overwrite, option="export OUT_DIR")

@@ -25,6 +25,7 @@ from ..backbone import Backbone
 from ..objectives.heads import GDESEmbedding
 from ..registry import create_backbone
 from ..rundir.atomic import recover_dir, staged_dir
+from ..rundir.guard import mark
 
 FORMAT_VERSION = 1
 MODEL_TYPE = "electra-kit"  # config.json's key for transformers' AutoConfig (hf_auto.py registers it)
@@ -75,6 +76,7 @@ def save_pretrained(model: nn.Module, folder: Path, *, tokenizer=None, special_i
         if tokenizer is not None:
             tokenizer.save(str(tmp / "tokenizer.json"))
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        mark(tmp, "model")  # what --overwrite of another command must never replace (guard.py)
     return folder
 
 

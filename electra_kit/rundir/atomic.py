@@ -72,6 +72,28 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux says it (``os.umask`` both sets and gets)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_mode(path: Path, *, folder: bool = False) -> None:
+    """Give a temporary made by ``mkstemp`` (0600) or ``mkdtemp`` (0700), or a file a library wrote that way
+    (safetensors' ``save_file``), the mode a plain ``open``/``mkdir`` would: 0666 (0777 for a folder or an
+    executable) less the user's umask, so a folder shared with a team stays readable to it."""
+    executable = folder or os.stat(path).st_mode & 0o100
+    os.chmod(path, (0o777 if executable else 0o666) & ~_umask())
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -98,7 +120,7 @@ def atomic_write(path: str | os.PathLike, data: str | bytes | None = None, *,
                 f.write(data.encode("utf-8") if isinstance(data, str) else data)
         if writer is not None:
             writer(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a plain file is what a user expects
+        plain_mode(tmp)
         _fsync_file(tmp)
         os.replace(tmp, path)
         fsync_dir(path.parent)
@@ -118,7 +140,7 @@ def publish_file(path: str | os.PathLike, writer: Callable[[Path], object]) -> b
     tmp = Path(name)
     try:
         writer(tmp)
-        os.chmod(tmp, 0o644)
+        plain_mode(tmp)
         _fsync_file(tmp)
         try:
             os.link(tmp, path)  # atomic create-if-absent
@@ -189,10 +211,16 @@ def recover_all(folder: Path) -> None:
         recover_dir(folder / name)
 
 
-def _fsync_tree(folder: Path) -> None:
-    for root, _dirs, files in os.walk(folder):
+def _settle_tree(folder: Path) -> None:
+    """Plain modes (:func:`plain_mode`) and fsync for everything in a staged folder, before it is swapped in."""
+    for root, dirs, files in os.walk(folder):
         for name in files:
+            if not os.path.islink(os.path.join(root, name)):  # chmod would follow a link out of the folder
+                plain_mode(Path(root) / name)
             _fsync_file(Path(root) / name)
+        for name in dirs:
+            if not os.path.islink(os.path.join(root, name)):
+                plain_mode(Path(root) / name, folder=True)
         fsync_dir(Path(root))
 
 
@@ -208,8 +236,8 @@ def staged_dir(target: str | os.PathLike, *, replace: bool = True) -> Iterator[P
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=_temp_prefix(target, "tmp")))
     try:
         yield tmp
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700
-        _fsync_tree(tmp)
+        plain_mode(tmp, folder=True)
+        _settle_tree(tmp)
         swap_in(tmp, target, replace=replace)
     except BaseException:
         _remove(tmp)

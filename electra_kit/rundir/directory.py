@@ -2,7 +2,10 @@
 
 - A new run gets a fresh directory: the default name is created exclusively (``-2``, ``-3`` ...
   when two runs start in the same second), and a named ``--run-dir`` that already holds a run
-  (or any file the run would write) is refused; ``--resume`` is the way to continue one.
+  (any file a pretraining or fine-tuning run writes, or the marker ``.electra-kit.json`` a run
+  directory gets when claimed, so one a killed run left is never taken for a new one) is refused;
+  ``--resume`` is the way to continue one. Where it may be at all is guard.py's rule (never in or
+  over an input of the command).
 - An OS lock (``fcntl.flock`` on ``.electra-kit.lock``) is held for the run's lifetime; the kernel
   drops it when the process dies, however it dies, so a lock file left by a killed run is stale
   and taken over with a note. A second process fails at once, naming the PID that holds it.
@@ -13,15 +16,21 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import fnmatch
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
+from .guard import MARKER, OutputError, check_output, mark
+
 LOCK_FILE = ".electra-kit.lock"
 # what a run writes at the top of its directory (the last one: tracking's)
 RUN_FILES = ("checkpoints", "model", "metrics.jsonl", "operative_config.gin", "summary.json", "mlflow_run.json")
+# ... and a fine-tuning run's, the log, and the marker every run directory carries (guard.py): any of them
+# means the directory holds a run, finished or killed at any instruction
+RUN_WRITES = (*RUN_FILES, "results.json", "seed_*", "run.log", MARKER)
 
 
 class RunDirError(RuntimeError):
@@ -46,8 +55,17 @@ def default_run_dir(config_files: list[str], root: Path = Path("runs"), *, stem:
 class RunDir:
     """A claimed and locked run directory; ``release()`` on every exit, ``discard()`` on a failed start."""
 
-    def __init__(self, path: Path, *, resume: bool, created: bool = False):
+    def __init__(self, path: Path, *, resume: bool, created: bool = False, inputs=(), resumable: bool = True):
+        """``inputs``: what the command reads (none may be in the way of what the run writes: guard.py);
+        ``resumable``: whether the command has ``--resume`` (the refusal of a taken directory says so)."""
         self.path = Path(path)
+        try:
+            check_output(self.path, inputs=inputs, kind="run", writes=RUN_WRITES, option="--run-dir")
+        except OutputError as exc:
+            if created:  # made empty by default_run_dir a moment ago
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()
+            raise RunDirError(str(exc)) from None
         self.created = created or not self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -65,12 +83,16 @@ class RunDir:
             raise RunDirError(f"run directory {self.path} cannot be locked ({exc.strerror or exc}: "
                               f"{self.path / LOCK_FILE}); choose another --run-dir") from None
         if not resume:
-            taken = sorted(set(RUN_FILES) & self.before)
+            taken = sorted(n for n in self.before if any(fnmatch.fnmatchcase(n, p) for p in RUN_WRITES))
             if taken:
                 self.release()
-                raise RunDirError(
-                    f"run directory {self.path} already holds a run ({', '.join(taken)}); continue it with "
-                    f"--resume, or choose another --run-dir (nothing was changed)")
+                again = "continue it with --resume, or choose" if resumable else "choose"
+                raise RunDirError(f"run directory {self.path} already holds a run ({', '.join(taken)}); {again} "
+                                  f"another --run-dir (nothing was changed)")
+            mark(self.path, "run")
+        if self.stale:  # said only of a directory this run goes on to use
+            print(f"electra-kit: {self.path / LOCK_FILE}: stale lock of PID {self.stale} taken over (that process "
+                  f"is gone)", file=sys.stderr)
 
     # ---- the lock -------------------------------------------------------------------------------
 
@@ -94,9 +116,7 @@ class RunDir:
                 break
             os.close(fd)  # the holder removed the file between our open and flock: lock the new one
         previous = os.pread(fd, 64, 0).decode(errors="replace").strip()
-        if previous and previous != str(os.getpid()):
-            print(f"electra-kit: {lock}: stale lock of PID {previous} taken over (that process is gone)",
-                  file=sys.stderr)
+        self.stale = previous if previous and previous != str(os.getpid()) else None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         os.fsync(fd)
@@ -112,8 +132,13 @@ class RunDir:
         self._fd = None
 
     def close(self, *, failed: bool) -> None:
-        """Release the lock; after a failure, also remove the directory if this run made it and left it empty."""
+        """Release the lock; after a failure that left nothing but the run's marker, remove the marker too,
+        and the directory if this run made it."""
         self.release()
+        if failed and MARKER not in self.before and self.path.is_dir() \
+                and set(os.listdir(self.path)) - self.before == {MARKER}:
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / MARKER).unlink()
         if failed and self.created:
             with contextlib.suppress(OSError):
                 self.path.rmdir()

@@ -322,11 +322,13 @@ def run_finetune(model_dir, spec: TaskSpec, cfg: FinetuneConfig, *, run_dir: str
                  tracking: bool = True, tracking_uri: str | None = None,
                  experiment: str | None = None) -> tuple[dict, Path]:
     """The ``electra-kit finetune`` command: results to ``run_dir/results.json`` and to MLflow."""
-    model_dir = resolve_model_dir(model_dir)
+    given, model_dir = model_dir, resolve_model_dir(model_dir)
     read_config(model_dir)  # not a model folder: a clear error before a run directory is claimed
-    # claimed and locked like a pretraining run's; a failure leaves no empty directory behind
+    # claimed and locked like a pretraining run's (one holding another run, even a killed one, is refused);
+    # a failure leaves no empty directory behind
     owned = RunDir(Path(run_dir) if run_dir else default_run_dir([], stem=f"finetune-{Path(spec.train).stem}"),
-                   resume=False, created=run_dir is None)
+                   resume=False, created=run_dir is None, inputs=[given, model_dir, spec.train, spec.eval],
+                   resumable=False)
     try:
         return _run_finetune(model_dir, spec, cfg, owned.path, tracking, tracking_uri, experiment)
     except BaseException:

@@ -5,7 +5,8 @@ column kept, then ``label`` and ``score`` (the label's probability; the predicte
 and the probability of each label, as ``score_<label>`` columns (CSV/TSV) or a ``scores`` object (JSONL).
 When the input already has one of these names (an evaluation file's gold ``label``), all of them are
 prefixed ``predicted_``.
-The output is written atomically (atomic.py) and is never the input file.
+The output is written atomically (atomic.py), and never replaces an input (the input file, anything in the
+model folder), a special file or a folder (guard.py).
 """
 
 from __future__ import annotations
@@ -15,9 +16,21 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..modelfolder.pretrained import resolve_model_dir
 from ..rundir.atomic import atomic_write
+from ..rundir.guard import check_output, is_devnull
 from .classifier import BATCH_SIZE, Classifier, load_classifier
-from .tasks import PAIR_COLUMNS, TEXT_COLUMNS, TaskError, _format, label_key, read_rows
+from .tasks import (
+    PAIR_COLUMNS,
+    TEXT_COLUMNS,
+    TaskError,
+    _format,
+    distinct_columns,
+    label_key,
+    label_value,
+    read_rows,
+    text_value,
+)
 
 
 @dataclass
@@ -54,6 +67,7 @@ def _text_columns(classifier: Classifier, columns: list[str], path, text: str | 
                             f"{trained['pair']!r}) but no second text column is among {listed}; name it with --pair-column")
     if pair is not None and not trained.get("pair"):
         raise TaskError(f"--pair-column {pair!r}: the model was fine-tuned on single texts")
+    distinct_columns({"--text-column": text, "--pair-column": pair})
     return text, pair
 
 
@@ -62,22 +76,18 @@ def predict_file(model, input_path, output_path=None, *, text_column: str | None
                  header: bool = True) -> PredictResult:
     input_path = Path(input_path)
     output_path = Path(output_path) if output_path else default_output(input_path)
-    if output_path.resolve() == input_path.resolve() or (output_path.exists() and input_path.exists()
-                                                         and output_path.samefile(input_path)):
-        raise TaskError(f"--output {output_path} is the input file; predict never overwrites its input")
-    if output_path.is_dir():
-        raise TaskError(f"--output {output_path} is a folder; name a file")
+    models = [] if isinstance(model, Classifier) else [model, resolve_model_dir(model)]
+    # the write rule of every command; /dev/null (the accuracy alone) is allowed, and then nothing is written
+    check_output(output_path, inputs=[input_path, *models], kind="file", devnull=True)
     classifier = model if isinstance(model, Classifier) else load_classifier(model)
     kind = _format(input_path, fmt)
     columns, rows = read_rows(input_path, kind, header)
     text, pair = _text_columns(classifier, columns, input_path, text_column, pair_column)
-    for lineno, row in rows:
-        for name in filter(None, (text, pair)):
-            if row.get(name) is None or row.get(name) == "":
-                raise TaskError(f"{input_path}:{lineno}: no value in column {name!r}")
-    answers = classifier.predict([str(r[text]) for _, r in rows], [str(r[pair]) for _, r in rows] if pair else None,
-                                 batch_size=batch_size)
+    texts = [text_value(input_path, lineno, row, text) for lineno, row in rows]
+    pairs = [text_value(input_path, lineno, row, pair) for lineno, row in rows] if pair else None
+    answers = classifier.predict(texts, pairs, batch_size=batch_size)
 
+    accuracy = _accuracy(classifier, rows, answers, input_path)  # before writing: it checks the gold labels
     added, out_rows = [], []
     for (_, row), answer in zip(rows, answers, strict=True):
         extra = {"label": answer["label"]} if "label" in answer else {}
@@ -92,19 +102,22 @@ def predict_file(model, input_path, output_path=None, *, text_column: str | None
         added = list(extra)
         out_rows.append({**row, **extra})
 
-    if kind == "jsonl":
+    if is_devnull(output_path):
+        pass  # never replaced: writing to it would be discarding
+    elif kind == "jsonl":
         data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out_rows)
         atomic_write(output_path, data)
     else:
         _write_table(output_path, kind, columns + added, out_rows, header)
-    return PredictResult(output_path, len(rows), added, _accuracy(classifier, rows, answers))
+    return PredictResult(output_path, len(rows), added, accuracy)
 
 
 def _write_table(path: Path, kind: str, columns: list[str], rows: list[dict], header: bool) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             if kind == "tsv":  # as GLUE's files are read: no quoting, so no field may hold a tab or newline
-                writer = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar=None, lineterminator="\n")
+                writer = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None, escapechar=None,
+                                    lineterminator="\n")  # quotechar None: a text's " is written as it was read
             else:
                 writer = csv.writer(f, lineterminator="\n")
             if header:
@@ -115,14 +128,15 @@ def _write_table(path: Path, kind: str, columns: list[str], rows: list[dict], he
     try:
         atomic_write(path, writer=write)
     except csv.Error as exc:
-        raise TaskError(f"{path}: cannot be written as TSV ({exc}): a label holds a tab or newline; "
+        raise TaskError(f"{path}: cannot be written as TSV ({exc}): a value holds a tab or newline; "
                         "write CSV or JSONL instead") from None
 
 
-def _accuracy(classifier: Classifier, rows, answers) -> float | None:
+def _accuracy(classifier: Classifier, rows, answers, path) -> float | None:
     gold = (classifier.task.get("columns") or {}).get("label")
     if classifier.task["type"] == "regression" or not gold or any(gold not in r or r[gold] in (None, "")
                                                                    for _, r in rows):
         return None
-    hits = sum(label_key(r[gold]) == a["label"] for (_, r), a in zip(rows, answers, strict=True))
+    labels = [label_value(path, lineno, r, gold) for lineno, r in rows]  # a JSON list is no gold label
+    hits = sum(label_key(v) == a["label"] for v, a in zip(labels, answers, strict=True))
     return hits / len(rows)

@@ -150,7 +150,7 @@ def run(opts: RunOptions) -> dict:
     try:
         if dist.is_main:  # claimed and locked for the run's lifetime
             path = opts.run_dir or default_run_dir(opts.config_files)
-            owned = RunDir(path, resume=opts.resume, created=opts.run_dir is None)
+            owned = RunDir(path, resume=opts.resume, created=opts.run_dir is None, inputs=opts.config_files)
             run_dir = owned.path
         else:
             run_dir = opts.run_dir or Path(".")

@@ -4,7 +4,10 @@ Files. The format follows the suffix (``.jsonl``/``.json``: one JSON object a li
 ``.tsv``/``.txt``: tab-separated) unless given. TSV is read without quote processing, the way
 GLUE's files must be read (their sentences hold unmatched quotes). A header row names the
 columns; a file without one (GLUE's CoLA) is read with ``header=False`` and its columns are
-named ``0``, ``1``, ... . A UTF-8 byte-order mark is ignored.
+named ``0``, ``1``, ... . A UTF-8 byte-order mark is ignored. :func:`read_rows` is the one reader of
+these files (finetune and predict): a column named twice (a header, a JSON object), a byte that is not
+UTF-8, a non-finite JSON number and a JSON list, number or true/false where text belongs are refused,
+naming file, line and column.
 
 Columns. Named explicitly, or found among the usual names, pairs first: GLUE's ``sentence1`` /
 ``sentence2`` (RTE, MNLI, STS-B, WNLI), ``question1`` / ``question2`` (QQP), ``#1 String`` /
@@ -22,6 +25,7 @@ about.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import warnings
@@ -76,52 +80,134 @@ def _format(path: Path, fmt: str) -> str:
 
 
 def read_rows(path: str | Path, fmt: str = "auto", header: bool = True) -> tuple[list[str], list[tuple[int, dict]]]:
-    """``(column names, [(line number, {column: value})])`` of a JSONL, CSV or TSV file."""
+    """``(column names, [(line number, {column: value})])`` of a JSONL, CSV or TSV file: the one reader of
+    tabular input (finetune and predict). A column named twice, a byte that is not UTF-8 and a non-finite
+    JSON number (``NaN``, ``Infinity``, ``1e999``) are refused as :class:`TaskError` naming file and line."""
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"{path}: no such file")
     kind = _format(path, fmt)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise TaskError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                        "save the file as UTF-8") from None
     rows: list[tuple[int, dict]] = []
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        if kind == "jsonl":
-            columns: list[str] = []
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise TaskError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-                if not isinstance(obj, dict):
-                    raise TaskError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-                columns += [k for k in obj if k not in columns]
-                rows.append((lineno, obj))
+    f = io.StringIO(text, newline="")
+    if kind == "jsonl":
+        columns: list[str] = []
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            obj = _json_row(path, lineno, line)
+            columns += [k for k in obj if k not in columns]
+            rows.append((lineno, obj))
+    else:
+        if kind == "tsv":
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         else:
-            if kind == "tsv":
-                reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-            else:
-                reader = csv.reader(f)
-            limit = csv.field_size_limit(FIELD_LIMIT)  # long documents are fine; csv's default stops at 128 KiB
-            try:
-                records = [(reader.line_num, r) for r in reader if any(cell.strip() for cell in r)]
-            except csv.Error as exc:
-                raise TaskError(f"{path}:{reader.line_num + 1}: not valid {kind.upper()} ({exc})") from None
-            finally:
-                csv.field_size_limit(limit)
-            if not records:
-                raise TaskError(f"{path} is empty")
-            if header:
-                columns = [c.strip() for c in records[0][1]]
-                records = records[1:]
-            else:
-                columns = [str(i) for i in range(max(len(r) for _, r in records))]
-            for lineno, r in records:
-                if len(r) > len(columns):
-                    raise TaskError(f"{path}:{lineno}: {len(r)} fields but the header has {len(columns)}")
-                rows.append((lineno, dict(zip(columns, r, strict=False))))
+            reader = csv.reader(f)
+        limit = csv.field_size_limit(FIELD_LIMIT)  # long documents are fine; csv's default stops at 128 KiB
+        try:
+            records = [(reader.line_num, r) for r in reader if any(cell.strip() for cell in r)]
+        except csv.Error as exc:
+            raise TaskError(f"{path}:{reader.line_num + 1}: not valid {kind.upper()} ({exc})") from None
+        finally:
+            csv.field_size_limit(limit)
+        if not records:
+            raise TaskError(f"{path} is empty")
+        if header:
+            columns = [c.strip() for c in records[0][1]]
+            _check_header(path, records[0][0], columns)
+            records = records[1:]
+        else:
+            columns = [str(i) for i in range(max(len(r) for _, r in records))]
+        for lineno, r in records:
+            if len(r) > len(columns):
+                raise TaskError(f"{path}:{lineno}: {len(r)} fields but the header has {len(columns)}")
+            rows.append((lineno, dict(zip(columns, r, strict=False))))
     if not rows:
         raise TaskError(f"{path} is empty" if not columns else f"{path} has a header but no rows")
     return columns, rows
+
+
+def _check_header(path: Path, lineno: int, columns: list[str]) -> None:
+    first: dict[str, int] = {}
+    for i, name in enumerate(columns, 1):
+        if name in first:
+            raise TaskError(f"{path}:{lineno}: column {name!r} is named twice in the header (fields {first[name]} "
+                            f"and {i}); rename one")
+        first[name] = i
+
+
+class _NonFinite:
+    """A JSON ``NaN``/``Infinity``/``-Infinity`` (or a number too large for a float), kept to be refused by column."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+
+def _finite_float(text: str) -> float | _NonFinite:
+    value = float(text)
+    return value if math.isfinite(value) else _NonFinite(text)
+
+
+def _holds_non_finite(value) -> _NonFinite | None:
+    if isinstance(value, _NonFinite):
+        return value
+    inner = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return next(filter(None, map(_holds_non_finite, inner)), None)
+
+
+def _json_row(path: Path, lineno: int, line: str) -> dict:
+    """One JSONL line as an object: json with a hook that refuses a key given twice (a dict would keep the
+    last) and number hooks that mark a non-finite value (refused below, naming its column)."""
+    def unique(pairs: list[tuple[str, object]]) -> dict:
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise TaskError(f"{path}:{lineno}: key {key!r} is given twice in one object; name each column once")
+            seen.add(key)
+        return dict(pairs)
+
+    try:
+        obj = json.loads(line, object_pairs_hook=unique, parse_constant=_NonFinite, parse_float=_finite_float)
+    except json.JSONDecodeError as exc:
+        raise TaskError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(obj, dict):
+        raise TaskError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+    for key, value in obj.items():
+        bad = _holds_non_finite(value)
+        if bad is not None:
+            raise TaskError(f"{path}:{lineno}: column {key!r}: {bad.text} is not a finite number")
+    return obj
+
+
+_JSON_TYPES = {dict: "a JSON object", list: "a JSON list", bool: "true/false", int: "a number", float: "a number"}
+
+
+def text_value(path, lineno: int, row: dict, name: str) -> str:
+    """The text in column ``name``: a string that is not empty (a JSON number, list ... is refused, by name)."""
+    value = row.get(name)
+    if value is None or value == "":
+        raise TaskError(f"{path}:{lineno}: no value in column {name!r}")
+    if not isinstance(value, str):
+        raise TaskError(f"{path}:{lineno}: column {name!r} holds {_JSON_TYPES.get(type(value), type(value).__name__)}, "
+                        "not text; quote it as a JSON string")
+    return value
+
+
+def label_value(path, lineno: int, row: dict, name: str):
+    """The label in column ``name``: text, a (finite) number or true/false; not empty, a list or an object."""
+    value = row.get(name)
+    if value is None or value == "":
+        raise TaskError(f"{path}:{lineno}: no value in column {name!r}")
+    if isinstance(value, (dict, list)):
+        raise TaskError(f"{path}:{lineno}: column {name!r} holds {_JSON_TYPES[type(value)]}; a label is text, "
+                        "a number or true/false")
+    return value
 
 
 def resolve_columns(columns: list[str], path, *, text: str | None = None, pair: str | None = None,
@@ -141,10 +227,20 @@ def resolve_columns(columns: list[str], path, *, text: str | None = None, pair: 
             raise TaskError(f"{path}: no text column among {listed}; name it with --text-column"
                             " (a 0-based column number for a file read with --no-header)")
     if label is None:
-        label = next((c for c in LABEL_COLUMNS if c in columns), None)
+        label = next((c for c in LABEL_COLUMNS if c in columns and c not in (text, pair)), None)
         if label is None:
             raise TaskError(f"{path}: no label column among {listed}; name it with --label-column")
+    distinct_columns({"--text-column": text, "--pair-column": pair, "--label-column": label})
     return Columns(text, pair, label)
+
+
+def distinct_columns(roles: dict[str, str | None]) -> None:
+    """Refuse one column in two roles (a text that is also its label, a pair of one text twice)."""
+    named = [(option, name) for option, name in roles.items() if name is not None]
+    for i, (option, name) in enumerate(named):
+        for other, same in named[i + 1:]:
+            if same == name:
+                raise TaskError(f"{option} and {other} both name column {name!r}; each must be a different column")
 
 
 def read_labeled(path, *, fmt: str = "auto", header: bool = True, text: str | None = None,
@@ -153,13 +249,10 @@ def read_labeled(path, *, fmt: str = "auto", header: bool = True, text: str | No
     cols = resolve_columns(columns, path, text=text, pair=pair, label=label)
     texts, pairs, labels, lines = [], [] if cols.pair else None, [], []
     for lineno, row in rows:
-        for name in (cols.text, cols.pair, cols.label):
-            if name is not None and (name not in row or row[name] is None or row[name] == ""):
-                raise TaskError(f"{path}:{lineno}: no value in column {name!r}")
-        texts.append(str(row[cols.text]))
+        texts.append(text_value(path, lineno, row, cols.text))
         if pairs is not None:
-            pairs.append(str(row[cols.pair]))
-        labels.append(row[cols.label])
+            pairs.append(text_value(path, lineno, row, cols.pair))
+        labels.append(label_value(path, lineno, row, cols.label))
         lines.append(lineno)
     return LabeledTexts(str(path), texts, pairs, labels, lines), cols
 
