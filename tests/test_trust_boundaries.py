@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from electra_kit.tracking import JOURNAL, STATE, TrackingError, sync_run
+from electra_kit.rundir.journal import JOURNAL
+from electra_kit.tracking import STATE, TrackingError, sync_run
 
 UID = "0123456789abcdef0123456789abcdef"
 
