@@ -20,6 +20,7 @@ import torch
 from ..config import gin_config
 from ..console import phase, run_log, say
 from ..data.build import BatchIterator, EvalIterator, build_data
+from ..data.tokenizer import SPECIAL_TOKENS
 from ..modelfolder.pretrained import save_pretrained
 from ..objectives.base import pretrain, resolve_objective
 from ..rundir import checkpoint as ckpt
@@ -88,11 +89,24 @@ def _checkpoint_to_resume(opts: RunOptions) -> Path:
 
 def build_objective(data) -> torch.nn.Module:
     """The configured objective, built from the data's special tokens and checked against the data."""
+    return check_fits_data(_build(_special_ids(data)), data)
+
+
+def _build(special_ids: dict) -> torch.nn.Module:
     try:
         objective = resolve_objective(pretrain())
-        model = objective(**objective.special_token_kwargs(_special_ids(data)))
+        return objective(**objective.special_token_kwargs(special_ids))
     except (KeyError, TypeError, ValueError) as exc:
         raise RunError(f"building the model failed: {exc.args[0] if exc.args else exc}") from exc
+
+
+def _kit_special_ids() -> dict:
+    """The special ids of every vocabulary the kit trains ([PAD] [UNK] [MASK] [CLS] [SEP] are ids 0..4)."""
+    return dict(zip(("pad", "unk", "mask", "cls", "sep"), range(len(SPECIAL_TOKENS)), strict=True))
+
+
+def check_fits_data(model: torch.nn.Module, data) -> torch.nn.Module:
+    """``model`` when every backbone holds the data's vocabulary and sequence length; else a RunError."""
     for role, backbone in model.backbones().items():
         if data.vocab_size > backbone.num_tokens:
             raise RunError(
@@ -183,11 +197,18 @@ def run(opts: RunOptions) -> dict:
 
 def _setup(opts, cfg, device, dist, run_dir, paths, resume_from):
     tracker = _tracker(opts, run_dir, dist.rank)  # a store MLflow refuses fails here, before the data is built
-    with phase("reading the corpus, building the tokenizer and the token shards", dist.is_main):
-        data = _build_data_once(dist, resume.checkpoint_tokenizer(resume_from) if resume_from else None)
+    # the model first: a backbone that rejects its arguments stops the run before minutes of corpus work. It is
+    # built for the ids of the kit's own vocabularies and rebuilt only when the data's tokenizer has others
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone
     with phase("building the model", dist.is_main):
-        model = build_objective(data)
+        model = _build(_kit_special_ids())
+    with phase("reading the corpus, building the tokenizer and the token shards", dist.is_main):
+        data = _build_data_once(dist, resume.checkpoint_tokenizer(resume_from) if resume_from else None)
+    if _special_ids(data) != _kit_special_ids():
+        torch.manual_seed(cfg.seed)
+        with phase("building the model for the tokenizer's special tokens", dist.is_main):
+            model = _build(_special_ids(data))
+    check_fits_data(model, data)
     operative = gin_config.operative_config()
     if resume_from is not None:
         resume.check_same_run(resume_from, data, operative)
