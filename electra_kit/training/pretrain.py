@@ -29,7 +29,7 @@ from ..rundir.atomic import atomic_write
 from ..rundir.directory import RunDir, default_run_dir
 from .distributed import init_from_env
 from .settings import configured_train, resolve_device
-from .trainer import Interrupted, Trainer
+from .trainer import Interrupted, Trainer, duration
 
 
 class RunError(RuntimeError):
@@ -239,7 +239,8 @@ def _setup(opts, cfg, device, dist, run_dir, paths, resume_from):
                       run_dir=run_dir, device=device, dist=dist, operative_config=operative,
                       extra_state={"config_files": [str(p) for p in paths], "data_identity": resume.data_record(data),
                                    "config_fingerprint": resume.config_fingerprint(operative)},
-                      checkpoint_files={ckpt.TOKENIZER_FILE: data.tokenizer.to_str()})
+                      checkpoint_files={ckpt.TOKENIZER_FILE: data.tokenizer.to_str()},
+                      pace_advice=_cpu_advice(paths, device))
     if resume_from is not None:
         trainer.resume(resume_from)
     trainer.tracker = tracker
@@ -285,6 +286,24 @@ def _train(trainer, data, model, tracker, dist, device, run_dir) -> dict:
     finally:
         trainer.release()  # DDP's reducer must go before its process group (else gloo can deadlock at exit)
         dist.close()
+
+
+CPU_HOURS = 2.0  # a shipped GPU-sized config that would train longer than this on a CPU gets the CPU recipe's name
+
+
+def _cpu_advice(paths: list[Path], device: torch.device):
+    """The trainer's ``pace_advice``: on a CPU, a shipped ``*_small.gin`` run that would take hours names the
+    CPU recipe (gin/electra_cpu.gin) instead."""
+    shipped = [p.name for p in paths if p.name.endswith("_small.gin") and p.parent == gin_config.packaged_gin_dir()]
+
+    def advise(seconds_per_step: float, steps_to_go: int) -> str | None:
+        if device.type != "cpu" or not shipped or seconds_per_step * steps_to_go < CPU_HOURS * 3600:
+            return None
+        return (f"{shipped[-1]} is sized for a GPU: on this CPU it would take {duration(seconds_per_step * steps_to_go)}. "
+                f"electra_cpu.gin is the recipe sized for a CPU (about an hour on 2 cores): "
+                f"electra-kit run electra_cpu.gin; or shorten this run with --gin TRAIN_STEPS=N")
+
+    return advise
 
 
 def _tags(model) -> dict:
