@@ -52,6 +52,9 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_finetune(args) -> int:
+    from .console import say
+
+    say(f"fine-tuning {args.model} on {args.train}, evaluating on {args.eval} ...")  # before seconds of imports
     from .config.checks import FINETUNE_FLAGS, check_flags
     from .registry import UnknownBackboneError
     from .rundir.directory import RunDirError

@@ -69,7 +69,9 @@ _SHOW_EVERY_S = 1.0  # the progress bar shows the current step's values this oft
 
 
 def duration(seconds: float) -> str:
-    """``42 s``, ``12 min``, ``3.4 h``, ``2.1 days``."""
+    """``0.8 s``, ``42 s``, ``12 min``, ``3.4 h``, ``2.1 days``."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 90 * 60:
