@@ -3,7 +3,7 @@
 - ``--format auto`` (the default): ``hf`` where the backbone implements the hook below, else the
   portable folder; exit 0 either way, and the message says which was written. Every portable folder
   loads with ``transformers``' ``AutoModel.from_pretrained(OUT_DIR, trust_remote_code=True)`` too
-  (config.json's ``auto_map`` names the small modeling file beside it, hf_auto.py).
+  (config.json's ``auto_map`` names the small modeling file beside it, remote_code.py).
 - ``--format hf``: when the encoder's backbone class implements the optional hook
   ``Backbone.export_hf`` (the ``hf-electra`` backbone of ``plugins/electra-kit-hf`` does), that hook
   writes a folder ``transformers`` loads with ``from_pretrained``. No other backbone has a
@@ -29,8 +29,8 @@ from pathlib import Path
 from ..backbone import Backbone
 from ..registry import UnknownBackboneError, create_backbone
 from ..rundir.atomic import staged_dir
-from .hf_auto import MODELING_FILE, add_remote_code
 from .pretrained import MODEL_TYPE, read_config
+from .remote_code import MODELING_FILE, add_remote_code
 
 FORMATS = ("auto", "hf", "portable")
 EXIT_NOT_HF = 3  # --format hf asked, portable folder written

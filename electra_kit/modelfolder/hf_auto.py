@@ -1,5 +1,4 @@
-"""Register electra-kit's model folders with Hugging Face transformers' Auto classes, lazily; and the
-remote-code shim every model folder carries.
+"""Register electra-kit's model folders with Hugging Face transformers' Auto classes, lazily.
 
 After ``import electra_kit``, ``AutoConfig`` / ``AutoModel`` / ``AutoTokenizer.from_pretrained(MODEL_DIR)``
 and ``pipeline("feature-extraction", model=MODEL_DIR)`` load any electra-kit model folder (the classes
@@ -11,7 +10,7 @@ Without ``import electra_kit`` (a fresh process, a tool that only knows transfor
 ``AutoModel.from_pretrained(MODEL_DIR, trust_remote_code=True)`` loads the folder through config.json's
 ``auto_map``, which names the classes in ``modeling_electra_kit.py`` beside it: a few lines that import
 them from electra-kit (which must be installed, with the backbone's library; the file says so when it is
-not). :func:`add_remote_code` writes both.
+not). remote_code.py writes both.
 """
 
 from __future__ import annotations
@@ -19,39 +18,6 @@ from __future__ import annotations
 import importlib.util
 import sys
 import warnings
-from pathlib import Path
-
-MODELING_FILE = "modeling_electra_kit.py"
-AUTO_MAP = {
-    "AutoConfig": "modeling_electra_kit.ElectraKitConfig",
-    "AutoModel": "modeling_electra_kit.ElectraKitModel",
-    "AutoTokenizer": [None, "modeling_electra_kit.ElectraKitTokenizerFast"],
-}
-MODELING_CODE = '''"""An electra-kit model folder for Hugging Face transformers' ``trust_remote_code=True``.
-
-config.json's ``auto_map`` names the classes below, so that ``AutoConfig`` / ``AutoModel`` /
-``AutoTokenizer.from_pretrained(THIS_FOLDER, trust_remote_code=True)`` load the folder without an
-``import electra_kit`` first. The classes are electra-kit's own (electra_kit/modelfolder/hf_model.py):
-electra-kit and the backbone's library must be installed: pip install 'electra-kit[transformers]'.
-"""
-
-try:
-    from electra_kit.modelfolder.hf_model import ElectraKitConfig, ElectraKitModel, ElectraKitTokenizerFast
-except ImportError as exc:
-    raise ImportError(
-        "This model folder was written by electra-kit and loads only where electra-kit is installed, with its "
-        "backbone's library: pip install 'electra-kit[transformers]' (a plugin backbone needs its plugin too). "
-        f"The import failed: {exc}"
-    ) from exc
-
-__all__ = ["ElectraKitConfig", "ElectraKitModel", "ElectraKitTokenizerFast"]
-'''
-
-
-def add_remote_code(folder: Path, config: dict) -> dict:
-    """Write ``modeling_electra_kit.py`` into ``folder``; return ``config`` with its ``auto_map`` (config.json's)."""
-    (Path(folder) / MODELING_FILE).write_text(MODELING_CODE, encoding="utf-8")
-    return {**config, "auto_map": AUTO_MAP}
 
 
 def register() -> None:

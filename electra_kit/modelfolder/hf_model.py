@@ -27,8 +27,8 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from ..data.tokenizer import SPECIAL_TOKENS, special_ids
 from ..registry import create_backbone
-from .hf_auto import add_remote_code
 from .pretrained import MODEL_TYPE, load_pretrained, read_config
+from .remote_code import add_remote_code
 
 
 class ElectraKitConfig(PreTrainedConfig):

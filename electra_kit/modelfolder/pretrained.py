@@ -7,7 +7,7 @@
       generator.safetensors  ELECTRA's generator backbone and LM head
       tokenizer.json         Hugging Face tokenizers format
       operative_config.gin   what actually ran
-      modeling_electra_kit.py    transformers' trust_remote_code entry (config.json's auto_map; hf_auto.py)
+      modeling_electra_kit.py    transformers' trust_remote_code entry (config.json's auto_map; remote_code.py)
 
 ``load_pretrained(folder)`` rebuilds the encoder through the registry; no pickle is involved.
 """
@@ -26,7 +26,7 @@ from ..backbone import Backbone
 from ..objectives.heads import GDESEmbedding
 from ..registry import create_backbone
 from ..rundir.atomic import recover_dir, staged_dir
-from .hf_auto import add_remote_code
+from .remote_code import add_remote_code
 
 FORMAT_VERSION = 1
 MODEL_TYPE = "electra-kit"  # config.json's key for transformers' AutoConfig (hf_auto.py registers it)
