@@ -223,8 +223,7 @@ class _BestEpoch:
         if step < max_steps:
             return (f"seed {seed}: stopped early after epoch {last} of {math.ceil(max_steps / self.steps_per_epoch)}: "
                     f"val_{self.key} did not improve for {self.waited} epoch{'' if self.waited == 1 else 's'} "
-                    f"(--patience {self.patience}); "
-                    f"keeping {best}")
+                    f"(--patience {self.patience}); keeping {best}")
         return f"seed {seed}: trained all {last} epochs; keeping {best}"
 
 
