@@ -52,6 +52,9 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_finetune(args) -> int:
+    from .console import say
+
+    say(f"fine-tuning {args.model} on {args.train}, evaluating on {args.eval} ...")  # before seconds of imports
     from .registry import UnknownBackboneError
     from .rundir.directory import RunDirError
     from .training.finetune import TaskSpec, run_finetune
@@ -250,9 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a model folder for other tools (--format hf: transformers)")
     p.add_argument("model_dir", help="a finished model folder (RUN_DIR/model)")
-    p.add_argument("--format", choices=("hf", "portable"), default="hf",
-                   help="hf: a transformers folder where the backbone supports it (else the portable folder, "
-                        "exit 3); portable: safetensors + config + tokenizer")
+    p.add_argument("--format", choices=("auto", "hf", "portable"), default="auto",
+                   help="auto (default): hf where the backbone supports it, else portable, exit 0 and says which; "
+                        "hf: a transformers folder, or the portable folder with exit 3; portable: safetensors + "
+                        "config + tokenizer (AutoModel loads it with trust_remote_code=True)")
     p.add_argument("out_dir", help="the folder to write (must not exist or be empty)")
     p.add_argument("--overwrite", action="store_true", help="replace out_dir if it holds anything")
     p.set_defaults(fn=_cmd_export)

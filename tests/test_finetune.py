@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import error_lines, run_cli
 from tokenizers import Tokenizer
 
 from electra_kit.registry import create_backbone, list_backbones
@@ -218,7 +218,7 @@ def test_metrics():
 def error_of(capsys, tmp_path, *args):
     capsys.readouterr()
     code = finetune_main(*args, cwd=tmp_path)  # an unexpected exception fails the test with its traceback
-    err = capsys.readouterr().err
+    err = error_lines(capsys.readouterr().err)  # without the phase lines said before the error
     assert code == 2 and err.startswith("electra-kit: error: "), err
     return err
 

@@ -1,5 +1,6 @@
 """transformers' AutoConfig / AutoModel / AutoTokenizer and pipeline on electra-kit model folders
-(electra_kit/modelfolder/hf_auto.py, hf_model.py), for every built-in backbone and a plugin's.
+(electra_kit/modelfolder/hf_auto.py, hf_model.py), for every built-in backbone and a plugin's; with
+trust_remote_code=True from a fresh process that never imports electra_kit; export's default per backbone.
 
 Each folder is a fresh tiny Electra saved as a run saves it; the reference is the kit's own
 ``load_pretrained(folder).encode(texts)``. Reformer uses LSH attention (bucket 4), the case where the
@@ -116,6 +117,8 @@ def test_saved_by_transformers_loads_in_both(tokenizer, tmp_path):
 
     model = AutoModel.from_pretrained(save_tiny("transformer", tmp_path / "model", tokenizer))
     model.save_pretrained(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["auto_map"]["AutoModel"].endswith("ElectraKitModel")
+    assert (tmp_path / "again" / "modeling_electra_kit.py").is_file()  # trust_remote_code=True loads it too
     ids = torch.randint(5, 300, (2, 9))
     with torch.no_grad():
         want = model(ids).last_hidden_state
@@ -129,7 +132,7 @@ def test_a_folder_from_before_model_type_loads_after_a_portable_export(tokenizer
 
     old = save_tiny("transformer", tmp_path / "old", tokenizer)
     config = json.loads((old / "config.json").read_text())
-    del config["model_type"]
+    del config["model_type"], config["auto_map"]  # neither was written then
     (old / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="model_type"):  # transformers' own message names the missing key
         AutoConfig.from_pretrained(old)
@@ -152,3 +155,60 @@ def test_import_electra_kit_does_not_import_transformers_and_registers_when_it_i
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "ElectraKitModel"
+
+
+def test_export_by_default_writes_a_folder_and_exits_0_for_every_backbone(model_dir, tmp_path, capsys):
+    from electra_kit.cli import main
+
+    assert main(["export", str(model_dir), str(tmp_path / "out")]) == 0  # --format auto
+    out = capsys.readouterr().out
+    assert "wrote the portable folder" in out and "trust_remote_code=True" in out
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_electra_kit.ElectraKitModel"
+    assert (tmp_path / "out" / "modeling_electra_kit.py").is_file()
+
+
+def test_trust_remote_code_loads_every_backbone_in_a_fresh_process_without_import_electra_kit(tokenizer, tmp_path):
+    """config.json's auto_map names the classes of the folder's modeling_electra_kit.py, which imports them from
+    electra-kit: transformers alone finds them (saved and exported folders), and says what to install without it."""
+    folders = []
+    for name in ("transformer", "reformer", "performer"):
+        folders.append(save_tiny(name, tmp_path / name / "model", tokenizer))
+        folders.append(export(folders[-1], tmp_path / name / "exported").out_dir)
+    ids = torch.randint(5, 300, (2, 16))
+    code = (
+        "import sys, torch\n"
+        "sys.modules['electra_kit'] = None  # first as if electra-kit were not installed\n"
+        "from transformers import AutoModel, AutoTokenizer\n"
+        f"folders, ids = {[str(f) for f in folders]!r}, torch.tensor({ids.tolist()!r})\n"
+        "try:\n"
+        "    AutoModel.from_pretrained(folders[0], trust_remote_code=True)\n"
+        "except ImportError as exc:\n"
+        "    print('WITHOUT:', exc)\n"
+        "del sys.modules['electra_kit']\n"
+        "out = {}\n"
+        "for folder in folders:\n"
+        "    assert 'electra_kit' not in sys.modules or folder != folders[0]\n"
+        "    model = AutoModel.from_pretrained(folder, trust_remote_code=True)\n"
+        "    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)\n"
+        "    assert tok('Peace.')['input_ids'][0] == tok.cls_token_id\n"
+        "    torch.manual_seed(1)\n"
+        "    with torch.no_grad():\n"
+        "        out[folder] = model(ids).last_hidden_state\n"
+        f"torch.save(out, {str(tmp_path / 'hidden.pt')!r})\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_MODULES_CACHE": str(tmp_path / "hf_modules")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "WITHOUT: This model folder was written by electra-kit" in done.stdout
+    assert "pip install 'electra-kit[transformers]'" in done.stdout
+    hidden = torch.load(tmp_path / "hidden.pt", weights_only=True)
+    from transformers import AutoModel
+
+    for folder in folders:  # the model electra-kit's registration loads here (its hidden states: the tests above)
+        model = AutoModel.from_pretrained(folder)
+        torch.manual_seed(1)  # Reformer's hash rotations: the same draw on both sides
+        with torch.no_grad():
+            want = model(ids).last_hidden_state
+        assert hidden[str(folder)].shape == (2, 16, 32) and (hidden[str(folder)] - want).abs().max().item() < ATOL, folder

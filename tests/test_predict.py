@@ -60,7 +60,7 @@ def test_finetune_keeps_the_seed_chosen_on_validation_as_a_model_folder(run):
     assert kept["chosen_by"] == "val_accuracy" and kept["val_accuracy"] == max(val)
     assert kept["path"] == str(folder.resolve()) and f"kept seed {kept['seed']}" in run["stdout"]
     assert {"config.json", "encoder.safetensors", "classifier_head.safetensors", "tokenizer.json",
-            "operative_config.gin", ".electra-kit.json"} == {p.name for p in folder.iterdir()}
+            "operative_config.gin", ".electra-kit.json", "modeling_electra_kit.py"} == {p.name for p in folder.iterdir()}
     task = json.loads((folder / "config.json").read_text())["task"]
     assert task["type"] == "classification" and task["labels"] == results["task"]["labels"]
     assert task["columns"] == {"text": "text", "pair": None, "label": "label"} and task["pooling"] == "cls"

@@ -22,8 +22,27 @@ class ConfigError(ValueError):
 
 @gin.configurable
 def backbone(name: str = gin.REQUIRED, **kwargs):
-    """The gin face of the registry: ``generator/backbone.name = 'reformer'``."""
-    return create_backbone(name, **kwargs)
+    """The gin face of the registry: ``generator/backbone.name = 'reformer'``.
+
+    ``backbone.X`` reaches whichever backbone a scope names; options that only one adapter takes are bound
+    through :func:`backbone_options` in the scope of its name, and the ``backbone.X`` bindings win over them."""
+    return create_backbone(name, **{**adapter_options(name), **kwargs})
+
+
+@gin.configurable
+def backbone_options(**kwargs) -> dict:
+    """Keywords for one adapter alone, bound in the scope of its registry name (``-`` read as ``_``):
+    ``transformer/backbone_options.rotary_pos_emb = True`` reaches 'transformer' backbones and no other."""
+    return kwargs
+
+
+def adapter_options(name: str) -> dict:
+    """What ``NAME/backbone_options.*`` binds, whatever scope (generator, discriminator) is active."""
+    scope = re.sub(r"\W", "_", name)
+    if not re.fullmatch(r"[A-Za-z_]\w*", scope):
+        return {}
+    with gin.config_scope([scope]):  # a list replaces the active scopes: only NAME/... (and unscoped) bindings
+        return backbone_options()
 
 
 def packaged_gin_dir() -> Path:

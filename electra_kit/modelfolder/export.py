@@ -1,5 +1,9 @@
-"""``electra-kit export MODEL_DIR --format hf OUT_DIR``: a trained model folder for other tools.
+"""``electra-kit export MODEL_DIR [--format auto|hf|portable] OUT_DIR``: a trained model folder for other tools.
 
+- ``--format auto`` (the default): ``hf`` where the backbone implements the hook below, else the
+  portable folder; exit 0 either way, and the message says which was written. Every portable folder
+  loads with ``transformers``' ``AutoModel.from_pretrained(OUT_DIR, trust_remote_code=True)`` too
+  (config.json's ``auto_map`` names the small modeling file beside it, remote_code.py).
 - ``--format hf``: when the encoder's backbone class implements the optional hook
   ``Backbone.export_hf`` (the ``hf-electra`` backbone of ``plugins/electra-kit-hf`` does), that hook
   writes a folder ``transformers`` loads with ``from_pretrained``. No other backbone has a
@@ -27,8 +31,9 @@ from ..registry import UnknownBackboneError, create_backbone
 from ..rundir.atomic import staged_dir
 from ..rundir.guard import check_output, mark
 from .pretrained import MODEL_TYPE, read_config
+from .remote_code import MODELING_FILE, add_remote_code
 
-FORMATS = ("hf", "portable")
+FORMATS = ("auto", "hf", "portable")
 EXIT_NOT_HF = 3  # --format hf asked, portable folder written
 
 _SPECIAL = {"pad_token": "[PAD]", "unk_token": "[UNK]", "mask_token": "[MASK]", "cls_token": "[CLS]",
@@ -75,10 +80,11 @@ def _not_hf_message(name: str, out_dir: Path) -> str:
     return (
         f"electra-kit export: the '{name}' backbone has no Hugging Face transformers equivalent, so {out_dir} "
         "is NOT a folder transformers can load on its own (ElectraForPreTraining); with electra-kit installed, "
-        "AutoModel/AutoTokenizer/pipeline load it after `import electra_kit`.\n"
+        "AutoModel/AutoTokenizer/pipeline load it after `import electra_kit`, or with trust_remote_code=True.\n"
         f"Written instead: the portable folder: weights as safetensors (encoder.safetensors = the discriminator, "
         "encoder_head.safetensors, generator.safetensors), config.json (backbone names + arguments), "
-        "tokenizer.json + tokenizer_config.json (AutoTokenizer.from_pretrained loads these), operative_config.gin.\n"
+        "tokenizer.json + tokenizer_config.json (AutoTokenizer.from_pretrained loads these), operative_config.gin, "
+        f"{MODELING_FILE}.\n"
         f"Load it with electra_kit.load_pretrained('{out_dir}') (needs electra-kit and the backbone's library), "
         "or read the weights with safetensors in any framework.\n"
         "Only backbones that implement Backbone.export_hf export to transformers, e.g. 'hf-electra' "
@@ -86,7 +92,16 @@ def _not_hf_message(name: str, out_dir: Path) -> str:
     )
 
 
-def export(model_dir: str | Path, out_dir: str | Path, *, format: str = "hf", overwrite: bool = False) -> ExportResult:
+def _portable_message(name: str, out_dir: Path, format: str) -> str:
+    why = (f" (--format auto: the '{name}' backbone has no Hugging Face transformers architecture; "
+           "only backbones that implement Backbone.export_hf, e.g. 'hf-electra', export one)") if format == "auto" else ""
+    return (f"electra-kit export: wrote the portable folder {out_dir}{why}: safetensors weights, config.json, "
+            f"tokenizer.json + tokenizer_config.json, operative_config.gin and {MODELING_FILE}. Load it with "
+            f"electra_kit.load_pretrained('{out_dir}'), or with transformers: "
+            f"AutoModel.from_pretrained('{out_dir}', trust_remote_code=True) (needs electra-kit installed)")
+
+
+def export(model_dir: str | Path, out_dir: str | Path, *, format: str = "auto", overwrite: bool = False) -> ExportResult:
     """Export ``model_dir`` (a folder written by ``save_pretrained``) to ``out_dir``."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if format not in FORMATS:
@@ -94,7 +109,7 @@ def export(model_dir: str | Path, out_dir: str | Path, *, format: str = "hf", ov
     config = read_config(model_dir)  # FileNotFoundError naming the folder when it is not one
     _check_out_dir(model_dir, out_dir, overwrite)
     backbone = None
-    if format == "hf":
+    if format in ("hf", "auto"):
         spec = config["encoder"]
         try:
             backbone = create_backbone(spec["name"], **spec["kwargs"])
@@ -112,11 +127,12 @@ def export(model_dir: str | Path, out_dir: str | Path, *, format: str = "hf", ov
         else:
             shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
             write_hf_tokenizer(model_dir, tmp)
-            if "model_type" not in config:  # a folder saved before model_type: the copy loads in AutoModel
-                (tmp / "config.json").write_text(json.dumps({"model_type": MODEL_TYPE, **config}, indent=2))
+            # a folder saved before model_type or auto_map: the copy loads in AutoModel (with trust_remote_code too)
+            config = add_remote_code(tmp, {"model_type": MODEL_TYPE, **config})
+            (tmp / "config.json").write_text(json.dumps(config, indent=2))
             written = "portable"
             message = (_not_hf_message(config["encoder"]["name"], out_dir) if format == "hf"
-                       else f"electra-kit export: wrote the portable folder {out_dir}")
+                       else _portable_message(config["encoder"]["name"], out_dir, format))
         mark(tmp, "export")  # --overwrite replaces this folder later, and no folder without it (guard.py)
     return ExportResult(out_dir, written, message)
 

@@ -5,6 +5,12 @@ and ``pipeline("feature-extraction", model=MODEL_DIR)`` load any electra-kit mod
 are in hf_model.py). transformers' model classes take seconds to import, more than electra_kit
 itself, so ``import electra_kit`` does not import them: :func:`install` registers at once when
 transformers is already imported, and otherwise right after the first ``import transformers``.
+
+Without ``import electra_kit`` (a fresh process, a tool that only knows transformers),
+``AutoModel.from_pretrained(MODEL_DIR, trust_remote_code=True)`` loads the folder through config.json's
+``auto_map``, which names the classes in ``modeling_electra_kit.py`` beside it: a few lines that import
+them from electra-kit (which must be installed, with the backbone's library; the file says so when it is
+not). remote_code.py writes both.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from ..data.tokenizer import SPECIAL_TOKENS, special_ids
 from ..registry import create_backbone
 from .pretrained import MODEL_TYPE, load_pretrained, read_config
+from .remote_code import add_remote_code
 
 
 class ElectraKitConfig(PreTrainedConfig):
@@ -85,10 +86,11 @@ class ElectraKitModel(PreTrainedModel):
         return model.eval()
 
     def save_pretrained(self, save_directory, **kwargs) -> None:
-        """Write the kit's layout for the encoder (config.json + encoder.safetensors), which
+        """Write the kit's layout for the encoder (config.json + encoder.safetensors + the remote-code file), which
         ``from_pretrained`` and ``load_pretrained`` both read. transformers' saving options are not used."""
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
+        self.config.auto_map = add_remote_code(folder, {})["auto_map"]  # loads with trust_remote_code=True too
         self.config.save_pretrained(folder)
         save_model(self.backbone, str(folder / "encoder.safetensors"))
 

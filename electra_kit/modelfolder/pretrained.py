@@ -7,6 +7,7 @@
       generator.safetensors  ELECTRA's generator backbone and LM head
       tokenizer.json         Hugging Face tokenizers format
       operative_config.gin   what actually ran
+      modeling_electra_kit.py    transformers' trust_remote_code entry (config.json's auto_map; remote_code.py)
 
 ``load_pretrained(folder)`` rebuilds the encoder through the registry; no pickle is involved.
 """
@@ -26,6 +27,7 @@ from ..objectives.heads import GDESEmbedding
 from ..registry import create_backbone
 from ..rundir.atomic import recover_dir, staged_dir
 from ..rundir.guard import mark
+from .remote_code import add_remote_code
 
 FORMAT_VERSION = 1
 MODEL_TYPE = "electra-kit"  # config.json's key for transformers' AutoConfig (hf_auto.py registers it)
@@ -75,6 +77,7 @@ def save_pretrained(model: nn.Module, folder: Path, *, tokenizer=None, special_i
         (tmp / "operative_config.gin").write_text(operative_config)
         if tokenizer is not None:
             tokenizer.save(str(tmp / "tokenizer.json"))
+        config = add_remote_code(tmp, config)  # AutoModel.from_pretrained(folder, trust_remote_code=True)
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         mark(tmp, "model")  # what --overwrite of another command must never replace (guard.py)
     return folder

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..console import phase, say
 from ..data.batches import split_sequences
 from ..data.tokenizer import special_ids
 from ..modelfolder.pretrained import load_weights_into, read_config, resolve_model_dir, save_pretrained
@@ -165,8 +166,22 @@ class _BestEpoch:
         if self.best is None or metrics[self.key] > self.best[f"val_{self.key}"]:  # ties keep the earlier epoch
             self.best = epoch
             self.state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-        waited = len(self.epochs) - self.epochs.index(self.best) - 1
-        return bool(self.patience) and waited >= self.patience
+        return bool(self.patience) and self.waited >= self.patience
+
+    @property
+    def waited(self) -> int:
+        """Evaluations since the best one."""
+        return len(self.epochs) - self.epochs.index(self.best) - 1
+
+    def report(self, seed: int, step: int, max_steps: int) -> str:
+        """One line: why training stopped (early, or at the last step) and which epoch is kept."""
+        best = f"epoch {self.best['epoch']} (val_{self.key} {self.best[f'val_{self.key}']:.4f})"
+        last = math.ceil(step / self.steps_per_epoch)
+        if step < max_steps:
+            return (f"seed {seed}: stopped early after epoch {last} of {math.ceil(max_steps / self.steps_per_epoch)}: "
+                    f"val_{self.key} did not improve for {self.waited} epoch{'' if self.waited == 1 else 's'} "
+                    f"(--patience {self.patience}); keeping {best}")
+        return f"seed {seed}: trained all {last} epochs; keeping {best}"
 
 
 def _train_config(cfg: FinetuneConfig, seed: int, n_train: int) -> tuple[TrainConfig, int]:
@@ -190,7 +205,9 @@ def finetune_seed(model_dir, data: Prepared, cfg: FinetuneConfig, seed: int, dev
     start = time.perf_counter()
     torch.manual_seed(seed)
     np.random.seed(seed)
-    backbone = load_backbone(model_dir, dropout=cfg.dropout, random_init=cfg.random_init)
+    with phase(f"seed {seed}: {'building a randomly initialised' if cfg.random_init else 'loading the'} encoder "
+               f"of {model_dir}"):
+        backbone = load_backbone(model_dir, dropout=cfg.dropout, random_init=cfg.random_init)
     n_out = 1 if data.task == "regression" else len(data.classes)
     # what the model folder must say to use the model as it was scored (classifier.py)
     task_config = {"labels": data.classes, "columns": data.columns, "max_seq_len": data.max_seq_len, "seed": seed,
@@ -213,8 +230,13 @@ def finetune_seed(model_dir, data: Prepared, cfg: FinetuneConfig, seed: int, dev
         result = trainer.fit()
         if selecting:
             model.load_state_dict(best.state)
+            say(best.report(seed, result["step"], train_cfg.steps))
         trainer.eval_batches = split(data.eval_rows, data.y_eval)
-        metrics = trainer.evaluate()
+        chosen_epoch = best.best["epoch"] if best.best else math.ceil(result["step"] / steps_per_epoch)
+        with phase(f"seed {seed}: evaluating epoch {chosen_epoch} on {len(data.eval_rows)} examples of the "
+                   f"evaluation file") as said:
+            metrics = trainer.evaluate()
+            said["note"] = f"{trainer.eval_batch_count} batch{'' if trainer.eval_batch_count == 1 else 'es'}"
     finally:
         trainer.release()
     metrics["eval_loss"] = metrics.pop("loss")
@@ -253,7 +275,8 @@ def finetune(model_dir, spec: TaskSpec, cfg: FinetuneConfig | None = None, *, tr
     journal = tracker.journal if tracker is not None else Journal(Path(run_dir) / JOURNAL)
     start = time.perf_counter()
     device = resolve_device(cfg.device)
-    data = prepare(model_dir, spec, cfg)
+    with phase(f"reading and tokenizing {spec.train} and {spec.eval}"):
+        data = prepare(model_dir, spec, cfg)
     config = read_config(model_dir)
     info = {
         "model": str(Path(model_dir).resolve()), "backbone": config["encoder"]["name"],
@@ -267,7 +290,8 @@ def finetune(model_dir, spec: TaskSpec, cfg: FinetuneConfig | None = None, *, tr
     if tracker is not None:
         params = {"model": info["model"], "backbone": info["backbone"], "pretraining": info["pretraining"],
                   **{f"task.{k}": v for k, v in info["task"].items()}, **{f"finetune.{k}": v for k, v in asdict(cfg).items()}}
-        tracker.start(params=params, tags={"electra_kit.kind": "finetune"})
+        with phase(f"starting the MLflow run at {tracker.tracking_uri}"):
+            tracker.start(params=params, tags={"electra_kit.kind": "finetune"})
 
     per_seed, kept = [], None
     for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
@@ -281,8 +305,9 @@ def finetune(model_dir, spec: TaskSpec, cfg: FinetuneConfig | None = None, *, tr
     journal.append(per_seed[-1]["steps"], {f"median/{k}": v for k, v in median.items()})
     results = {**info, "seeds": per_seed, "median": median}
     if keep_model:
-        results["kept_model"] = save_kept_model(model_dir, kept[1], kept[0], Path(run_dir) / "model",
-                                                info["primary_metric"])
+        with phase(f"saving the kept model (seed {kept[0]['seed']}) to {Path(run_dir) / 'model'}"):
+            results["kept_model"] = save_kept_model(model_dir, kept[1], kept[0], Path(run_dir) / "model",
+                                                    info["primary_metric"])
     return {**results, "wall_s": time.perf_counter() - start}
 
 

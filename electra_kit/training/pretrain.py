@@ -20,6 +20,7 @@ import torch
 from ..config import gin_config
 from ..console import phase, run_log, say
 from ..data.build import BatchIterator, EvalIterator, build_data
+from ..data.tokenizer import SPECIAL_TOKENS
 from ..modelfolder.pretrained import save_pretrained
 from ..objectives.base import pretrain, resolve_objective
 from ..rundir import checkpoint as ckpt
@@ -28,7 +29,7 @@ from ..rundir.atomic import atomic_write
 from ..rundir.directory import RunDir, default_run_dir
 from .distributed import init_from_env
 from .settings import configured_train, resolve_device
-from .trainer import Interrupted, Trainer
+from .trainer import Interrupted, Trainer, duration
 
 
 class RunError(RuntimeError):
@@ -88,11 +89,24 @@ def _checkpoint_to_resume(opts: RunOptions) -> Path:
 
 def build_objective(data) -> torch.nn.Module:
     """The configured objective, built from the data's special tokens and checked against the data."""
+    return check_fits_data(_build(data.special.by_role()), data)
+
+
+def _build(special_ids: dict) -> torch.nn.Module:
     try:
         objective = resolve_objective(pretrain())
-        model = objective(**objective.special_token_kwargs(data.special.by_role()))
+        return objective(**objective.special_token_kwargs(special_ids))
     except (KeyError, TypeError, ValueError) as exc:
         raise RunError(f"building the model failed: {exc.args[0] if exc.args else exc}") from exc
+
+
+def _kit_special_ids() -> dict:
+    """The special ids of every vocabulary the kit trains ([PAD] [UNK] [MASK] [CLS] [SEP] are ids 0..4)."""
+    return dict(zip(("pad", "unk", "mask", "cls", "sep"), range(len(SPECIAL_TOKENS)), strict=True))
+
+
+def check_fits_data(model: torch.nn.Module, data) -> torch.nn.Module:
+    """``model`` when every backbone holds the data's vocabulary and sequence length; else a RunError."""
     for role, backbone in model.backbones().items():
         if data.vocab_size > backbone.num_tokens:
             raise RunError(
@@ -184,11 +198,18 @@ def run(opts: RunOptions) -> dict:
 
 def _setup(opts, cfg, device, dist, run_dir, paths, resume_from):
     tracker = _tracker(opts, run_dir, dist)  # a store MLflow refuses fails here, before the data is built
-    with phase("reading the corpus, building the tokenizer and the token shards", dist.is_main):
-        data = _build_data_once(dist, resume.checkpoint_tokenizer(resume_from) if resume_from else None)
+    # the model first: a backbone that rejects its arguments stops the run before minutes of corpus work. It is
+    # built for the ids of the kit's own vocabularies and rebuilt only when the data's tokenizer has others
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone
     with phase("building the model", dist.is_main):
-        model = build_objective(data)
+        model = _build(_kit_special_ids())
+    with phase("reading the corpus, building the tokenizer and the token shards", dist.is_main):
+        data = _build_data_once(dist, resume.checkpoint_tokenizer(resume_from) if resume_from else None)
+    if data.special.by_role() != _kit_special_ids():
+        torch.manual_seed(cfg.seed)
+        with phase("building the model for the tokenizer's special tokens", dist.is_main):
+            model = _build(data.special.by_role())
+    check_fits_data(model, data)
     operative = gin_config.operative_config()
     if resume_from is not None:
         resume.check_same_run(resume_from, data, operative)
@@ -220,7 +241,8 @@ def _setup(opts, cfg, device, dist, run_dir, paths, resume_from):
                       journal=tracker.journal if tracker is not None else None,
                       extra_state={"config_files": [str(p) for p in paths], "data_identity": resume.data_record(data),
                                    "config_fingerprint": resume.config_fingerprint(operative)},
-                      checkpoint_files={ckpt.TOKENIZER_FILE: data.tokenizer.to_str()})
+                      checkpoint_files={ckpt.TOKENIZER_FILE: data.tokenizer.to_str()},
+                      pace_advice=_cpu_advice(paths, device))
     if resume_from is not None:
         trainer.resume(resume_from)
     if dist.is_main:
@@ -265,6 +287,24 @@ def _train(trainer, data, model, tracker, dist, device, run_dir) -> dict:
     finally:
         trainer.release()  # DDP's reducer must go before its process group (else gloo can deadlock at exit)
         dist.close()
+
+
+CPU_HOURS = 2.0  # a shipped GPU-sized config that would train longer than this on a CPU gets the CPU recipe's name
+
+
+def _cpu_advice(paths: list[Path], device: torch.device):
+    """The trainer's ``pace_advice``: on a CPU, a shipped ``*_small.gin`` run that would take hours names the
+    CPU recipe (gin/electra_cpu.gin) instead."""
+    shipped = [p.name for p in paths if p.name.endswith("_small.gin") and p.parent == gin_config.packaged_gin_dir()]
+
+    def advise(seconds_per_step: float, steps_to_go: int) -> str | None:
+        if device.type != "cpu" or not shipped or seconds_per_step * steps_to_go < CPU_HOURS * 3600:
+            return None
+        return (f"{shipped[-1]} is sized for a GPU: on this CPU it would take {duration(seconds_per_step * steps_to_go)}. "
+                f"electra_cpu.gin is the recipe sized for a CPU (about an hour on 2 cores): "
+                f"electra-kit run electra_cpu.gin; or shorten this run with --gin TRAIN_STEPS=N")
+
+    return advise
 
 
 def _tags(model) -> dict:

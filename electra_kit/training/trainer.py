@@ -65,6 +65,50 @@ def _rng_state() -> dict:
     return state
 
 
+_SHOW_EVERY_S = 1.0  # the progress bar shows the current step's values this often at most
+
+
+def duration(seconds: float) -> str:
+    """``0.8 s``, ``42 s``, ``12 min``, ``3.4 h``, ``2.1 days``."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+class _Pace:
+    """Times the steps after the first of a fit (which compiles and warms caches): ``add`` says True once,
+    when ``STEPS`` of them are timed and steps remain, so that the run can say how long it will take."""
+
+    STEPS = 3
+
+    def __init__(self, step: int, total: int):
+        self.step, self.total, self.times, self.told, self.untimed = step, total, [], False, 1
+
+    def add(self, seconds: float) -> bool:
+        """One more finished step and its time."""
+        self.step += 1
+        if self.untimed or self.told:
+            self.untimed = 0
+            return False
+        self.times.append(seconds)
+        self.told = len(self.times) == self.STEPS
+        return self.told and self.to_go > 0
+
+    @property
+    def seconds(self) -> float:
+        return sorted(self.times)[len(self.times) // 2]  # the median step
+
+    @property
+    def to_go(self) -> int:
+        return self.total - self.step
+
+
 class Trainer:
     def __init__(
         self,
@@ -82,6 +126,7 @@ class Trainer:
         on_eval: Callable[[int, dict], bool] | None = None,
         progress_desc: str = "train",
         checkpoint_files: dict[str, str] | None = None,
+        pace_advice: Callable[[float, int], str | None] | None = None,
     ):
         self.cfg, self.device, self.dist = cfg, device, dist or DistContext()
         if device.type == "cpu":
@@ -96,6 +141,9 @@ class Trainer:
         self.optimizer = make_optimizer(groups, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, device=device)
         self.schedule = warmup_linear_decay(self.optimizer, steps=cfg.steps, warmup=cfg.effective_warmup)
         self.on_eval, self.progress_desc = on_eval, progress_desc
+        # (seconds per step, steps to go) -> a line of advice after the expected length, or None
+        self.pace_advice = pace_advice
+        self.eval_batch_count = 0  # batches in the last evaluation
         self.train_batches, self.eval_batches = train_batches, eval_batches
         self.run_dir = Path(run_dir)
         # rank 0 journals every logged value to the run directory, whatever tracks the run (its sinks hear of it)
@@ -201,15 +249,23 @@ class Trainer:
             bar = tqdm(total=cfg.steps, initial=self.step, desc=self.progress_desc, unit="step", dynamic_ncols=True)
         window, window_tokens, window_start = MeanAccumulator(), 0, time.perf_counter()
         last_ckpt, saved_step = None, None
+        pace = _Pace(self.step, cfg.steps)
+        shown_at = -math.inf
         while self.step < cfg.steps:
+            step_start = time.perf_counter()
             metrics, tokens = self._train_step()
             window.add(metrics)
             window_tokens += tokens
             self.step += 1
             if bar is not None:
-                if not bar.postfix:  # the first step's losses at once, not only after log_every steps
-                    self._show(bar, {k: float(v) for k, v in metrics.items()})
+                now = time.perf_counter()
+                if now - shown_at >= _SHOW_EVERY_S:  # this step's values (a host sync: at most once a second)
+                    rate = tokens * self.dist.world_size / max(now - step_start, 1e-9)
+                    self._show(bar, {**{k: float(v) for k, v in metrics.items()}, "tokens_per_s": rate})
+                    shown_at = now
                 bar.update(1)
+            if pace.add(time.perf_counter() - step_start) and self.dist.is_main:
+                self._say_pace(pace, bar)
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 self._check_bad_steps()
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
@@ -221,9 +277,11 @@ class Trainer:
             stop = False
             if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                 if self.eval_batches is not None:
-                    with phase(f"evaluating at step {self.step} ({cfg.eval_batches} batches)", bar is not None,
-                               say=lambda line: bar.write(f"electra-kit: {line}", file=sys.stderr)):
+                    with phase(f"evaluating at step {self.step}", bar is not None,
+                               say=lambda line: bar.write(f"electra-kit: {line}", file=sys.stderr)) as said:
                         metrics = self.evaluate()
+                        n = self.eval_batch_count
+                        said["note"] = f"{n} batch{'' if n == 1 else 'es'}"
                     self._log({f"eval/{k}": v for k, v in metrics.items()}, None)
                     stop = self.on_eval is not None and bool(self.on_eval(self.step, metrics))
                 if self.on_eval is not None:  # the same decision on every rank
@@ -369,9 +427,28 @@ class Trainer:
         self.model.eval()
         torch.manual_seed(step_seed(self.cfg.seed, 0, 0))  # the same masks at every evaluation
         with torch.no_grad():
-            result = unwrap(self.raw_model).evaluate(self.eval_batches())
+            result = unwrap(self.raw_model).evaluate(self._counted(self.eval_batches()))
         self.model.train()
         return result
+
+    def _counted(self, batches: Iterable[dict]) -> Iterator[dict]:
+        self.eval_batch_count = 0
+        for batch in batches:
+            self.eval_batch_count += 1
+            yield batch
+
+    def _say_pace(self, pace: _Pace, bar) -> None:
+        """The run's expected length, from the steps after the first; and the caller's advice on it."""
+        lines = [f"expected length: {pace.total} steps x {pace.seconds:.2f} s/step (the median of {len(pace.times)} "
+                 f"steps after the first) = about {duration(pace.seconds * pace.total)} of training; "
+                 f"{pace.to_go} steps to go, about {duration(pace.seconds * pace.to_go)}"]
+        advice = self.pace_advice(pace.seconds, pace.to_go) if self.pace_advice is not None else None
+        lines += [advice] if advice else []
+        for line in lines:
+            if bar is not None:
+                bar.write(f"electra-kit: {line}", file=sys.stderr)
+            else:
+                print(f"electra-kit: {line}", file=sys.stderr, flush=True)
 
     def _rank_mean(self, metrics: dict[str, float]) -> dict[str, float]:
         if not self.dist.enabled:
