@@ -169,7 +169,7 @@ def test_run_directory_that_is_not_writable(tmp_path, corpus, cache_dir, run):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     proc = run(tmp_path, corpus, run_dir=blocker / "run")
-    assert_clean_error(proc, tmp_path, "a_file/run", "not writable", "--run-dir", run_dir=blocker / "run")
+    assert_clean_error(proc, tmp_path, "a_file/run", "which is a file, not a folder", "--run-dir", run_dir=blocker / "run")
 
 
 def test_unknown_command_line_option(tmp_path, corpus, run):
