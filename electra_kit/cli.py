@@ -18,8 +18,8 @@ def _cmd_run(args) -> int:
     from .config.gin_config import ConfigError
     from .rundir.checkpoint import CheckpointError
     from .rundir.directory import RunDirError
-    from .rundir.resume import ResumeError, continue_command
     from .training.pretrain import RunError, RunOptions, StoppedBeforeTraining, run
+    from .training.resume import ResumeError, continue_command
     from .training.trainer import Interrupted, NonFiniteError
 
     opts = RunOptions(

@@ -1,12 +1,12 @@
 """The operative config flattened into run parameters by gin's own parser (config.gin_config.flatten_gin_config)."""
 
 import gin
-from electra_kit.config import gin_config as config
 from electra_kit.config.gin_config import flatten_gin_config
+from electra_kit.training.pretrain import parse_config
 
 
 def test_flattened_config_resolves_macros_keeps_gin_syntax_and_scopes():
-    config.parse(["tiny.gin"], ["Electra.temperature = 0.5"])
+    parse_config(["tiny.gin"], ["Electra.temperature = 0.5"])
     try:
         flat = flatten_gin_config(gin.config_str())
     finally:

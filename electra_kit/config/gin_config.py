@@ -60,21 +60,9 @@ class _QuietSearchPath(logging.Filter):
 logging.getLogger().addFilter(_QuietSearchPath())
 
 
-def _register_parts() -> None:
-    """Import every module that defines configurables, so any file can bind them: the objectives
-    (built-in and plugins) come through the registry, each configurable lives beside its code."""
-    from .. import tracking  # noqa: F401
-    from ..data import build as data  # noqa: F401
-    from ..objectives import base as objective  # noqa: F401
-    from ..registry import objective_entries
-    from ..training import settings  # noqa: F401  (train.*)
-
-    objective_entries()
-
-
 def parse(config_files: list[str], bindings: list[str] = ()) -> list[Path]:
-    """Parse files then bindings into gin's global config; return the resolved files."""
-    _register_parts()
+    """Parse files then bindings into gin's global config; return the resolved files. The configurables must be
+    registered first, by whoever composes the run (``training.pretrain.parse_config``): this layer imports none."""
     gin.clear_config()
     paths = [resolve_config(f) for f in config_files]
     for directory in dict.fromkeys([packaged_gin_dir(), *(p.parent for p in paths), Path.cwd()]):
@@ -161,10 +149,6 @@ def query(binding_key: str, default=None):
 
 def operative_config() -> str:
     return gin.operative_config_str()
-
-
-def full_config() -> str:
-    return gin.config_str()
 
 
 class _Ref:

@@ -22,10 +22,11 @@ from ..console import phase, run_log, say
 from ..data.build import BatchIterator, EvalIterator, build_data
 from ..modelfolder.pretrained import save_pretrained
 from ..objectives.base import pretrain, resolve_objective
+from ..registry import objective_entries
 from ..rundir import checkpoint as ckpt
-from ..rundir import resume
 from ..rundir.atomic import atomic_write
 from ..rundir.directory import RunDir, default_run_dir
+from . import resume
 from .distributed import init_from_env
 from .settings import configured_train, resolve_device
 from .trainer import Interrupted, Trainer
@@ -74,6 +75,22 @@ class RunOptions:
     tracking: bool = True
     tracking_uri: str | None = None
     experiment: str | None = None
+
+
+def register_configurables() -> None:
+    """Import every module that defines configurables, so that any gin file can bind them. This runner composes
+    a run, so it knows them all (``config`` below imports none): ``build_data.*``, ``train.*`` and ``pretrain.*``
+    come with this module's imports; ``tracking.*``, and the objectives (built-in and plugins) through the
+    registry, here."""
+    from .. import tracking  # noqa: F401  (tracking.*)
+
+    objective_entries()
+
+
+def parse_config(config_files: list[str], bindings: list[str] = ()) -> list[Path]:
+    """``gin_config.parse`` with every configurable registered: what ``electra-kit run`` parses with."""
+    register_configurables()
+    return gin_config.parse(config_files, bindings)
 
 
 def _checkpoint_to_resume(opts: RunOptions) -> Path:
@@ -133,6 +150,7 @@ def run(opts: RunOptions) -> dict:
     """Parse, check and build everything, then train; see the module docstring."""
     if not opts.resume and not opts.config_files:
         raise RunError("give at least one gin file (or continue a run with --run-dir DIR --resume)")
+    register_configurables()
     resume_from = _checkpoint_to_resume(opts) if opts.resume else None
     if resume_from is not None:  # the run's own config, plus only what a resume may change
         paths = resume.parse_run_config(opts.run_dir, resume_from, opts.config_files, opts.bindings)
