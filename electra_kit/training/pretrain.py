@@ -93,13 +93,20 @@ def parse_config(config_files: list[str], bindings: list[str] = ()) -> list[Path
     return gin_config.parse(config_files, bindings)
 
 
-def _checkpoint_to_resume(opts: RunOptions) -> Path:
+def _checkpoint_to_resume(opts: RunOptions) -> Path | None:
+    """The checkpoint a ``--resume`` continues from; None for a run stopped before its first checkpoint (one rule
+    for such a run: it holds its config, so ``--resume`` starts it again from step 0 with that config, and a new
+    run into its directory is refused)."""
     if opts.run_dir is None:
         raise RunError("--resume needs --run-dir naming the run to continue")
     found = ckpt.latest_valid_checkpoint(opts.run_dir / "checkpoints")
     if found is None:
-        raise RunError(f"--resume: nothing to resume in {opts.run_dir} (no intact checkpoint under "
-                       f"{opts.run_dir}/checkpoints)")
+        if not (opts.run_dir / resume.RUN_CONFIG).is_file():
+            raise RunError(f"--resume: nothing to resume in {opts.run_dir} (no intact checkpoint under "
+                           f"{opts.run_dir}/checkpoints, no {resume.RUN_CONFIG}): start it as a new run, "
+                           f"electra-kit run CONFIG --run-dir {opts.run_dir}")
+        say(f"--resume: {opts.run_dir} has no checkpoint yet (the run stopped before its first): it starts again "
+            f"from step 0 with its own config ({opts.run_dir / resume.RUN_CONFIG})")
     return found
 
 
@@ -124,13 +131,14 @@ def build_objective(data) -> torch.nn.Module:
     return model
 
 
-def _tracker(opts: RunOptions, run_dir: Path, rank: int):
-    from ..tracking import Tracker, tracking
+def _tracker(opts: RunOptions, run_dir: Path, rank: int, paths: list[Path]):
+    """``paths``: the run's config files (a resume names none: they come from its checkpoint)."""
+    from ..tracking import DEFAULT_EXPERIMENT, Tracker, tracking
 
     configured = tracking()
     if not (opts.tracking and configured["enabled"]):
         return None
-    experiment = opts.experiment or configured["experiment"] or Path(opts.config_files[-1]).stem
+    experiment = opts.experiment or configured["experiment"] or (Path(paths[-1]).stem if paths else DEFAULT_EXPERIMENT)
     return Tracker(run_dir=run_dir, tracking_uri=opts.tracking_uri or configured["uri"], experiment=experiment,
                    run_name=run_dir.name, rank=rank)
 
@@ -152,7 +160,7 @@ def run(opts: RunOptions) -> dict:
         raise RunError("give at least one gin file (or continue a run with --run-dir DIR --resume)")
     register_configurables()
     resume_from = _checkpoint_to_resume(opts) if opts.resume else None
-    if resume_from is not None:  # the run's own config, plus only what a resume may change
+    if opts.resume:  # the run's own config, plus only what a resume may change
         paths = resume.parse_run_config(opts.run_dir, resume_from, opts.config_files, opts.bindings)
     else:
         paths = gin_config.parse(opts.config_files, opts.bindings)
@@ -200,7 +208,7 @@ def run(opts: RunOptions) -> dict:
 
 
 def _setup(opts, cfg, device, dist, run_dir, paths, resume_from):
-    tracker = _tracker(opts, run_dir, dist.rank)  # a store MLflow refuses fails here, before the data is built
+    tracker = _tracker(opts, run_dir, dist.rank, paths)  # a store MLflow refuses fails here, before the data is built
     with phase("reading the corpus, building the tokenizer and the token shards", dist.is_main):
         data = _build_data_once(dist, resume.checkpoint_tokenizer(resume_from) if resume_from else None)
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone

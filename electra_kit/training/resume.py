@@ -54,14 +54,16 @@ def _differences(old: dict[str, str], new: dict[str, str]) -> list[str]:
     return [f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}" for k in keys]
 
 
-def run_config_file(run_dir: Path, checkpoint: Path) -> Path:
+def run_config_file(run_dir: Path, checkpoint: Path | None) -> Path:
     own = Path(run_dir) / RUN_CONFIG
-    return own if own.is_file() else checkpoint / RUN_CONFIG
+    return own if own.is_file() or checkpoint is None else checkpoint / RUN_CONFIG
 
 
-def parse_run_config(run_dir: Path, checkpoint: Path, config_files: list[str], bindings: list[str]) -> list[Path]:
-    """Parse the run's own config plus the ``RESUMABLE`` bindings; refuse other changes before anything is built."""
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
+def parse_run_config(run_dir: Path, checkpoint: Path | None, config_files: list[str], bindings: list[str]) -> list[Path]:
+    """Parse the run's own config plus the ``RESUMABLE`` bindings; refuse other changes before anything is built.
+    ``checkpoint`` None: a run stopped before its first checkpoint, restarted from its run directory's config.
+    Returns the config files the run was started from, as its checkpoint records them (none where it has none)."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text()) if checkpoint is not None else {}
     recorded = [Path(p) for p in state.get("config_files", [])]
     if config_files and recorded:
         given = [gin_config.resolve_config(f) for f in config_files]
@@ -83,7 +85,7 @@ def parse_run_config(run_dir: Path, checkpoint: Path, config_files: list[str], b
             f"On resume only {', '.join(RESUMABLE)} may change; start a new run for anything else")
     for change in changes:
         print(f"electra-kit: --resume: {change}", file=sys.stderr)
-    return recorded or [source]
+    return recorded
 
 
 def check_steps(checkpoint: Path, steps: int) -> None:
