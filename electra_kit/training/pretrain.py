@@ -215,6 +215,10 @@ def _setup(opts, cfg, device, dist, run_dir, paths, resume_from):
     with phase("building the model", dist.is_main):
         model = build_objective(data)
     operative = gin_config.operative_config()
+    unread = gin_config.unread_bindings()
+    if unread:
+        raise RunError(f"gin binding {', '.join(unread)}: the run never reads it, as electra-kit passes that parameter "
+                       f"itself (special token ids come from the tokenizer); remove it")
     if resume_from is not None:
         resume.check_same_run(resume_from, data, operative)
     if cfg.batch_size % (dist.world_size * cfg.grad_accum_steps):
