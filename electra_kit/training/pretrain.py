@@ -215,7 +215,7 @@ def _setup(opts, cfg, device, dist, run_dir, paths, resume_from):
     with phase("building the model", dist.is_main):
         model = build_objective(data)
     operative = gin_config.operative_config()
-    unread = gin_config.unread_bindings()
+    unread = [] if opts.resume else gin_config.unread_bindings()  # a resume passes the run's tokenizer itself
     if unread:
         raise RunError(f"gin binding {', '.join(unread)}: the run never reads it, as electra-kit passes that parameter "
                        f"itself (special token ids come from the tokenizer); remove it")
