@@ -215,7 +215,8 @@ class Trainer:
                     stop = self.dist.any_true(stop, self.device)
             if self.step % cfg.checkpoint_every == 0:
                 self._check_bad_steps()  # never a checkpoint after too many bad steps in a row
-                last_ckpt, saved_step = self.save(), self.step
+                # the run's last checkpoint is final: if it cannot be written, the run says so rather than ending without
+                last_ckpt, saved_step = self.save(final=stop or self.step >= cfg.steps), self.step
             if self.dist.any_true(self._signal is not None, self.device):
                 path = self.save(final=True)
                 raise Interrupted(self._signal or signal.SIGTERM, path)
