@@ -100,6 +100,10 @@ def _checkpoint_to_resume(opts: RunOptions) -> Path | None:
     if opts.run_dir is None:
         raise RunError("--resume needs --run-dir naming the run to continue")
     found = ckpt.latest_valid_checkpoint(opts.run_dir / "checkpoints")
+    if found is None and ckpt.list_checkpoints(opts.run_dir / "checkpoints"):
+        raise RunError(f"--resume: nothing to resume in {opts.run_dir} (no intact checkpoint under "
+                       f"{opts.run_dir}/checkpoints: each is damaged); remove them to start the run again from step 0, "
+                       f"or start a new run in another --run-dir")
     if found is None:
         if not (opts.run_dir / resume.RUN_CONFIG).is_file():
             raise RunError(f"--resume: nothing to resume in {opts.run_dir} (no intact checkpoint under "
