@@ -124,3 +124,34 @@ def test_a_writer_failing_in_rust_or_without_a_file_name_fails_as_an_os_error_na
     with pytest.raises(ValueError), staged_dir(tmp_path / "folder"):  # not a failure of the OS: as it was
         raise ValueError("a bug")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("failing", [1, 99])
+def test_safetensors_own_error_for_a_full_disk_is_the_promised_warning_or_a_final_error(tmp_path, monkeypatch,
+                                                                                        failing):
+    """The issue's SafetensorError, raised by the writer the checkpoint uses (pretraining and fine-tuning alike):
+    the first ``failing`` writes fail; a periodic one warns and training goes on, the run's last one is an error."""
+    from safetensors import SafetensorError
+    from test_training import CPU, classifier, labeled
+
+    from electra_kit.training.settings import TrainConfig
+    from electra_kit.training.trainer import Trainer
+
+    real, calls = ckpt.save_file, []
+
+    def save_file(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= failing:
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_file", save_file)
+    cfg = TrainConfig(steps=4, batch_size=8, progress=False, checkpoint_every=2, precision="fp32", compile=False)
+    trainer = Trainer(classifier(), cfg, train_batches=labeled(8), eval_batches=None, run_dir=tmp_path, device=CPU)
+    with pytest.warns(RuntimeWarning, match="checkpoint at step 2 could not be written .*No space left on device"):
+        if failing > 1:
+            with pytest.raises(ckpt.CheckpointError, match="checkpoint at step 4 could not be written"):
+                trainer.fit()
+        else:
+            assert trainer.fit()["checkpoint"].name == "step_00000004"
+    assert trainer.step == 4 and not leftovers(tmp_path)
