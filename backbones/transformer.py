@@ -14,7 +14,8 @@ Upstream: ``TransformerWrapper(attn_layers=Encoder(...))``. Quirks and what this
   module of that class can replace it, i.e. share it between x-transformers backbones.
 - Sub-module options are routed by name prefix (``attn_*``, ``ff_*``): our ``dim_head`` becomes
   ``attn_dim_head``, ``dropout`` becomes ``attn_dropout``/``ff_dropout``/``emb_dropout``. Any other
-  keyword goes to ``TransformerWrapper`` if it takes it, else to ``Encoder``.
+  keyword goes to ``TransformerWrapper`` if it takes it, else to ``Encoder``; one that neither takes
+  is refused here in one line (``Encoder`` would assert, deep inside, "unrecognized kwargs").
 - x-transformers multiplies its absolute positional embedding by ``emb_dim ** -0.5`` (it expects
   N(0, 1) tables); with ELECTRA's N(0, 0.02) tables that leaves positions ~11x weaker than tokens
   at emb_dim 128, and learning ~11x slower. ``position_scale=1.0`` adds them as BERT does.
@@ -28,16 +29,19 @@ Upstream: ``TransformerWrapper(attn_layers=Encoder(...))``. Quirks and what this
 
 from __future__ import annotations
 
+import difflib
 import inspect
 
 import torch
 from torch import nn
 from x_transformers import Encoder, TransformerWrapper
-from x_transformers.x_transformers import AbsolutePositionalEmbedding
+from x_transformers.x_transformers import AbsolutePositionalEmbedding, AttentionLayers
 
 from electra_kit.backbone import Backbone
 
 _WRAPPER_ARGS = set(inspect.signature(TransformerWrapper.__init__).parameters) - {"self"}
+_ENCODER_ARGS = set(inspect.signature(AttentionLayers.__init__).parameters) - {"self", "kwargs"}
+_ROUTED = ("attn_", "ff_", "cross_attn_")  # Encoder hands these on to its attention and feed-forward blocks
 
 
 def build_transformer(
@@ -55,6 +59,7 @@ def build_transformer(
     **library_kwargs,
 ) -> TransformerBackbone:
     """Encoder of ``depth`` pre-norm layers; extra keywords go to x-transformers unchanged."""
+    _check_keywords(library_kwargs)
     emb_dim = emb_dim or dim
     dim_head = dim_head or dim // heads
     kwargs = dict(attn_flash=True, attn_dropout=dropout, ff_dropout=dropout, emb_dropout=dropout)
@@ -78,6 +83,18 @@ def build_transformer(
     if position_scale is not None and isinstance(getattr(net, "pos_emb", None), AbsolutePositionalEmbedding):
         net.pos_emb.scale = position_scale
     return TransformerBackbone(net)
+
+
+def _check_keywords(library_kwargs: dict) -> None:
+    unknown = sorted(k for k in library_kwargs if k not in _WRAPPER_ARGS | _ENCODER_ARGS and not k.startswith(_ROUTED))
+    if not unknown:
+        return
+    own = [k for k in inspect.signature(build_transformer).parameters if k != "library_kwargs"]
+    close = difflib.get_close_matches(unknown[0], list(dict.fromkeys(own + sorted(_WRAPPER_ARGS | _ENCODER_ARGS))), n=3)
+    raise TypeError(f"backbone 'transformer' does not take {', '.join(repr(k) for k in unknown)}"
+                    f"{' (did you mean ' + ' or '.join(repr(c) for c in close) + '?)' if close else ''}; it takes "
+                    f"{', '.join(own)}, and any keyword of x-transformers' TransformerWrapper or Encoder "
+                    f"({_ROUTED[0]}*, {_ROUTED[1]}* and {len(_WRAPPER_ARGS | _ENCODER_ARGS)} others)")
 
 
 class TransformerBackbone(Backbone):

@@ -52,11 +52,11 @@ def step_flops(config_file: str, bindings: list[str]) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     import gin
-    from electra_kit.config import gin_config as config
     from electra_kit.objectives.base import pretrain, resolve_objective
+    from electra_kit.training.pretrain import parse_config
 
     gin.clear_config()
-    config.parse([config_file], [*bindings, "backbone.attn_flash = False"])
+    parse_config([config_file], [*bindings, "backbone.attn_flash = False"])
     batch, seq, vocab = (gin.query_parameter(f"%{m}") for m in ("BATCH_SIZE", "MAX_SEQ_LEN", "VOCAB_SIZE"))
     torch.manual_seed(0)
     model = resolve_objective(pretrain())(mask_token_id=2, pad_token_id=0, mask_ignore_token_ids=(3, 4))

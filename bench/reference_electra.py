@@ -74,12 +74,12 @@ def build_kit(args):
     from electra_kit.config import gin_config
     from electra_kit.data.build import build_data
     from electra_kit.objectives.electra import Electra
-    from electra_kit.training.pretrain import build_objective
+    from electra_kit.training.pretrain import build_objective, parse_config
     from electra_kit.training.settings import configured_train
 
     bindings = shape_bindings(args)
     try:
-        gin_config.parse([args.config], bindings)
+        parse_config([args.config], bindings)
         cfg = configured_train()
     except (ValueError, TypeError) as exc:
         raise SystemExit(f"reference_electra: bad --config/--kit-gin: {exc}") from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -18,8 +19,8 @@ def _cmd_run(args) -> int:
     from .config.gin_config import ConfigError
     from .rundir.checkpoint import CheckpointError
     from .rundir.directory import RunDirError
-    from .rundir.resume import ResumeError, continue_command
     from .training.pretrain import RunError, RunOptions, StoppedBeforeTraining, run
+    from .training.resume import ResumeError, continue_command
     from .training.trainer import Interrupted, NonFiniteError
 
     opts = RunOptions(
@@ -46,6 +47,9 @@ def _cmd_run(args) -> int:
             ValueError) as exc:
         print(f"electra-kit: error: {_without_gin_context(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, a folder made read-only: atomic writes left nothing half-made
+        print(f"electra-kit: error: {_os_error(exc)}", file=sys.stderr)
+        return 2
     if result["model_dir"] is not None:  # rank 0 of a multi-process run
         print(f"electra-kit: finished {result['step']} steps; model folder: {result['model_dir']}")
     return 0
@@ -56,6 +60,7 @@ def _cmd_finetune(args) -> int:
 
     say(f"fine-tuning {args.model} on {args.train}, evaluating on {args.eval} ...")  # before seconds of imports
     from .registry import UnknownBackboneError
+    from .rundir.checkpoint import CheckpointError
     from .rundir.directory import RunDirError
     from .training.finetune import TaskSpec, run_finetune
     from .training.finetune_config import from_flags
@@ -66,8 +71,11 @@ def _cmd_finetune(args) -> int:
         cfg = from_flags(args, progress=not args.no_progress)
         results, path = run_finetune(args.model, spec, cfg, run_dir=args.run_dir, tracking=not args.no_tracking,
                                      tracking_uri=args.tracking_uri, experiment=args.experiment)
-    except (ValueError, FileNotFoundError, UnknownBackboneError, RunDirError) as exc:
+    except (ValueError, FileNotFoundError, UnknownBackboneError, RunDirError, CheckpointError) as exc:
         print(f"electra-kit: error: {_without_gin_context(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"electra-kit: error: {_os_error(exc)}", file=sys.stderr)
         return 2
     print(format_results(results))
     print(f"electra-kit: {results['task']['type']} on {results['task']['n_train']} examples "
@@ -94,6 +102,15 @@ def _cmd_predict(args) -> int:
     accuracy = f"; accuracy {result.accuracy:.4f} against the input's labels" if result.accuracy is not None else ""
     print(f"electra-kit: {result.rows} predictions ({', '.join(result.columns)}) -> {result.output}{accuracy}")
     return 0
+
+
+def _os_error(exc: OSError) -> str:
+    """A read or write the OS refused, in one line: the file, what the OS said, what to do."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    # gin re-raises an error inside a configurable with its context appended, and with no errno, strerror or filename
+    said = re.sub(r"^\[Errno \d+\] ", "", _without_gin_context(exc.strerror or exc).strip())
+    return (f"{where}{said}: free space or make it writable, then run the command again (a run with "
+            f"a checkpoint continues with --resume)")
 
 
 def _without_gin_context(exc: BaseException) -> str:

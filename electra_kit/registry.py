@@ -194,6 +194,8 @@ def create_backbone(name: str, **kwargs) -> Backbone:
     try:
         model = builder(**kwargs)
     except TypeError as exc:
+        if str(exc).startswith(f"backbone '{name}' "):  # the adapter's own one-line refusal
+            raise
         raise TypeError(f"backbone '{name}' rejected its arguments {sorted(kwargs)}: {exc}") from exc
     if not isinstance(model, Backbone):
         raise TypeError(f"backbone '{name}' builder returned {type(model).__name__}, not an electra_kit Backbone")

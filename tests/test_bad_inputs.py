@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import corpus_gin
+from conftest import corpus_gin, error_lines
 
 TINY = ["tiny.gin", "--no-tracking", "--gin", "train.progress = False"]
 
@@ -57,6 +57,26 @@ def test_unknown_configurable(tmp_path, corpus, cache_dir, run):
 def test_binding_with_a_syntax_error(tmp_path, corpus, cache_dir, run):
     proc = run(tmp_path, corpus, "--gin", "train.steps = ")
     assert_clean_error(proc, tmp_path, "train.steps = ", "--gin")
+
+
+def test_macros_defined_by_each_other_in_a_circle(tmp_path, corpus, cache_dir, run):
+    """Issue 26.9: gin recursed until Python gave up (a 3,008-line RecursionError)."""
+    proc = run(tmp_path, corpus, "--gin", "A = [1, %B]", "--gin", "B = %A", "--gin", "train.steps = %A")
+    assert_clean_error(proc, tmp_path, "%A -> %B -> %A", "circle")
+    assert len(error_lines(proc.stderr).splitlines()) == 1
+
+
+def test_a_binding_the_kit_sets_itself_is_refused_by_name(tmp_path, corpus, cache_dir, run):
+    """Issue 26.9: ``Electra.mask_token_id`` (the kit passes the tokenizer's [MASK] id) was silently ignored."""
+    proc = run(tmp_path, corpus, "--gin", "Electra.mask_token_id = 5", "--gin", "train.steps = 1")
+    assert_clean_error(proc, tmp_path, "Electra.mask_token_id", "remove it")
+
+
+def test_an_unknown_backbone_keyword_names_what_the_backbone_takes(tmp_path, corpus, cache_dir, run):
+    """Issue 26.9: x-transformers asserted "unrecognized kwargs" 66 lines deep."""
+    proc = run(tmp_path, corpus, "--gin", "backbone.foo = 1", "--gin", "train.steps = 1")
+    assert_clean_error(proc, tmp_path, "backbone 'transformer' does not take 'foo'", "it takes num_tokens, dim, depth")
+    assert len(error_lines(proc.stderr).splitlines()) == 1
 
 
 def test_embedding_sizes_that_cannot_be_shared(tmp_path, corpus, cache_dir, run):

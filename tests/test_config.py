@@ -1,12 +1,14 @@
 """The operative config flattened into run parameters by gin's own parser (config.gin_config.flatten_gin_config)."""
 
+import pytest
+
 import gin
-from electra_kit.config import gin_config as config
-from electra_kit.config.gin_config import flatten_gin_config
+from electra_kit.config.gin_config import ConfigError, flatten_gin_config
+from electra_kit.training.pretrain import parse_config
 
 
 def test_flattened_config_resolves_macros_keeps_gin_syntax_and_scopes():
-    config.parse(["tiny.gin"], ["Electra.temperature = 0.5"])
+    parse_config(["tiny.gin"], ["Electra.temperature = 0.5"])
     try:
         flat = flatten_gin_config(gin.config_str())
     finally:
@@ -67,3 +69,14 @@ def test_gin_config_becomes_params_with_macros_resolved():
     assert flat["train.schedule"] == "{'extra': [1, 2, 3], 'kind': 'linear', 'warmup': 100}"
     assert flat["train.optimizer"] == "@torch.optim.AdamW" and flat["train.steps"] == "2000"
     assert not any("import" in k for k in flat)
+
+
+def test_macros_are_checked_by_their_whole_scoped_name_and_for_circles():
+    try:
+        parse_config(["tiny.gin"], ["generator/D = 3", "E = %generator/D"])  # a scoped macro is defined
+        with pytest.raises(ConfigError, match="the macro E uses the macro %generator/Q, which no gin file"):
+            parse_config(["tiny.gin"], ["E = %generator/Q"])
+        with pytest.raises(ConfigError, match="macros %E -> %generator/D -> %E are defined by each other in a circle"):
+            parse_config(["tiny.gin"], ["generator/D = [%E]", "E = %generator/D"])
+    finally:
+        gin.clear_config()

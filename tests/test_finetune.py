@@ -327,11 +327,11 @@ def test_fine_tuning_ignores_a_pretraining_config_parsed_earlier_in_the_process(
     """A script that pretrains and then fine-tunes: the pretraining's ``train.*`` bindings stay with pretraining
     (they once leaked into fine-tuning's TrainConfig, and a macro bound there broke it)."""
     import gin
-    from electra_kit.config import gin_config
     from electra_kit.training.finetune import _train_config
+    from electra_kit.training.pretrain import parse_config
     from electra_kit.training.settings import configured_train
 
-    gin_config.parse(["tiny.gin"], ["train.grad_accum_steps = 2", "train.max_bad_steps = 9"])
+    parse_config(["tiny.gin"], ["train.grad_accum_steps = 2", "train.max_bad_steps = 9"])
     try:
         assert configured_train().grad_accum_steps == 2  # pretraining reads them
         train, _ = _train_config(FinetuneConfig(progress=False), seed=0, n_train=64)

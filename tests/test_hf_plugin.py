@@ -96,9 +96,9 @@ def test_backbone_is_transformers_electra_with_the_shared_names():
 
 def test_hf_electra_small_gin_builds_googles_electra_small():
     import gin
-    from electra_kit.config import gin_config as config
+    from electra_kit.training.pretrain import parse_config
 
-    config.parse(["hf_electra_small.gin"], ["VOCAB_SIZE = 1000"])
+    parse_config(["hf_electra_small.gin"], ["VOCAB_SIZE = 1000"])
     try:
         model = Electra(mask_token_id=2, pad_token_id=0)
     finally:

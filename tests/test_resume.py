@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import cli_argv, cli_env, run_cli
+from conftest import cli_argv, cli_env, corpus_gin, run_cli
 from safetensors.torch import load_file
 
 from electra_kit.rundir import checkpoint as ckpt
@@ -145,3 +145,36 @@ def test_the_continue_line_printed_on_sigterm_resumes_exactly_that_run(tmp_path,
     a = load_file(tmp_path / "straight" / "checkpoints" / "step_00000040" / "model.safetensors")
     b = load_file(tmp_path / "stopped" / "checkpoints" / "step_00000040" / "model.safetensors")
     assert all((a[k] == b[k]).all() for k in a)
+
+
+def test_a_tracked_resume_names_no_config_and_tracks_into_the_runs_experiment(finished, tmp_path):
+    """Issue 26.8: the "Continue with" line of a tracked run (``--run-dir D --resume``, no config files) crashed
+    with IndexError: the experiment's default came from the config files given, now from those the run recorded."""
+    run = copy_run(finished, tmp_path)
+    proc = cli(tmp_path, "--run-dir", "r", "--resume", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+               "--gin", "train.steps = 11", cache=finished / "cache", check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((run / "mlflow_run.json").read_text())["experiment"] == "tiny"
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_0(tmp_path, small_corpus, cache_dir):
+    """Issue 26.8: after a SIGKILL before the first checkpoint, ``--resume`` said there was nothing to resume and a
+    new run into the directory said to use --resume. One rule now: the run holds its config, so --resume starts it
+    again from step 0 with that config; a new run into its directory is still refused."""
+    args = ["tiny.gin", *corpus_gin(small_corpus), *BASE, "--gin", "train.steps = 1000", "--gin",
+            "train.checkpoint_every = 1000", "--gin", "train.log_every = 1", "--gin", "Electra.mask_prob = 0.2"]
+    proc = subprocess.Popen(cli_argv("run", *args, "--run-dir", "r"), cwd=tmp_path,
+                            env=cli_env(ELECTRA_KIT_CACHE=str(cache_dir)), stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while proc.poll() is None and not (tmp_path / "r" / "metrics.jsonl").is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(timeout=60)
+    assert not list((tmp_path / "r").glob("checkpoints/step_*"))
+    again = cli(tmp_path, *args, "--run-dir", "r", cache=cache_dir, check=False)
+    assert again.returncode == 2 and "--resume" in again.stderr, again.stderr[-2000:]
+    resumed = cli(tmp_path, "--run-dir", "r", "--resume", "--no-tracking", "--gin", "train.steps = 3",
+                  cache=cache_dir, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "starts again from step 0" in resumed.stderr
+    assert "Electra.mask_prob = 0.2" in (tmp_path / "r" / "checkpoints" / "step_00000003" / "operative_config.gin").read_text()

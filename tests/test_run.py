@@ -123,13 +123,14 @@ def test_resume_with_nothing_to_resume(tmp_path, small_corpus, error_of):
 
 def test_every_shipped_gin_file_parses():
     from electra_kit.config import gin_config as config
+    from electra_kit.training.pretrain import parse_config
     from electra_kit.training.settings import configured_train
 
     shipped = sorted(config.packaged_gin_dir().glob("*.gin"))
     assert {"reformer_small.gin", "performer_small.gin", "transformer_small.gin", "tiny.gin", "mlm_small.gin",
             "performer_reformer_small.gin"} <= {p.name for p in shipped}
     for path in shipped:
-        config.parse([str(path)], ["TRAIN_STEPS = 7", "BACKBONE = 'transformer'"])  # tiny_backbone.gin needs BACKBONE
+        parse_config([str(path)], ["TRAIN_STEPS = 7", "BACKBONE = 'transformer'"])  # tiny_backbone.gin needs BACKBONE
         if path.name not in ("base.gin", "long.gin", "smoke.gin") and not path.name.startswith(("size_", "backbone_")):  # layers
             assert configured_train().steps == 7, f"{path.name} does not honour the TRAIN_STEPS macro"
 
@@ -138,10 +139,10 @@ def test_every_shipped_gin_file_parses():
 def test_transformer_configs_give_both_encoders_rotary_positions(name):
     """The learned absolute table learned word order ~11x too slowly under ELECTRA's init (bench/RESULTS.md,
     "Positions"): every shipped transformer config rotates queries and keys instead and has no table."""
-    from electra_kit.config import gin_config as config
     from electra_kit.objectives.base import pretrain, resolve_objective
+    from electra_kit.training.pretrain import parse_config
 
-    config.parse([name], ["VOCAB_SIZE = 1000"])
+    parse_config([name], ["VOCAB_SIZE = 1000"])
     model = resolve_objective(pretrain())(mask_token_id=2, pad_token_id=0)
     for role, backbone in model.backbones().items():
         layers = backbone.net.attn_layers
@@ -156,11 +157,11 @@ def test_transformer_configs_give_both_encoders_rotary_positions(name):
 @pytest.mark.parametrize("name", ["reformer_small.gin", "performer_small.gin", "transformer_small.gin"])
 def test_small_configs_build_the_published_electra_small_shape(name):
     import gin
-    from electra_kit.config import gin_config as config
     from electra_kit.objectives.electra import Electra
+    from electra_kit.training.pretrain import parse_config
     from electra_kit.training.settings import configured_train
 
-    config.parse([name], ["VOCAB_SIZE = 1000"])
+    parse_config([name], ["VOCAB_SIZE = 1000"])
     model = Electra(mask_token_id=2, pad_token_id=0)
     disc, gen = model.discriminator, model.generator
     assert (disc.hidden_dim, disc.emb_dim, gen.hidden_dim, gen.emb_dim) == (256, 128, 64, 128)

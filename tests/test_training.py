@@ -154,3 +154,32 @@ def test_the_trainer_prunes_to_keep_checkpoints(tmp_path):
     Trainer(classifier(), cfg, train_batches=labeled(8), eval_batches=None, run_dir=tmp_path, device=CPU).fit()
     kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert kept == ["step_00000008", "step_00000010"]
+
+
+def _schedule_run(run_dir, steps, *, resume_from=None, checkpoint_every=100):
+    cfg = TrainConfig(steps=steps, batch_size=8, lr=1e-2, warmup_steps=2, warmup_cap=None, max_grad_norm=1e9,
+                      progress=False, log_every=1, checkpoint_every=checkpoint_every, precision="fp32", compile=False)
+    model = classifier()
+    run_dir.mkdir(exist_ok=True)
+    trainer = Trainer(model, cfg, train_batches=labeled(8), eval_batches=None, run_dir=run_dir, device=CPU)
+    if resume_from is not None:
+        trainer.resume(resume_from)
+    trainer.fit()
+    lrs = {h["step"]: h["train/lr"] for h in trainer.history if "train/lr" in h}
+    return lrs, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("planned, resumed", [(8, 16), (16, 12)])
+def test_a_resume_follows_the_schedule_of_its_new_length(tmp_path, planned, resumed):
+    """Issue 26.1: a run trained to step 8 and resumed with another train.steps (longer than planned, or shorter
+    than planned but beyond what is trained) steps at the lr of an uninterrupted run of the new length, and its
+    weights move; the old schedule's length (lr 0 after step 8 for a run planned to end there) is not carried
+    over. (The weights differ from the uninterrupted run's: steps 1-8 had the first length's decay.)"""
+    _schedule_run(tmp_path / "first", planned, checkpoint_every=8)
+    checkpoint = tmp_path / "first" / "checkpoints" / "step_00000008"
+    lrs, weights = _schedule_run(tmp_path / "first", resumed, resume_from=checkpoint)
+    straight_lrs, _ = _schedule_run(tmp_path / "straight", resumed)
+    assert lrs == {s: straight_lrs[s] for s in range(9, resumed + 1)}
+    assert lrs[9] > 0 and lrs[resumed] == 0.0
+    at_8 = ckpt.load_weights(checkpoint / "model.safetensors")
+    assert not torch.equal(weights["head.out.weight"], at_8["head.out.weight"]), "the resumed steps must train"

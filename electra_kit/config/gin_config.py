@@ -79,21 +79,9 @@ class _QuietSearchPath(logging.Filter):
 logging.getLogger().addFilter(_QuietSearchPath())
 
 
-def _register_parts() -> None:
-    """Import every module that defines configurables, so any file can bind them: the objectives
-    (built-in and plugins) come through the registry, each configurable lives beside its code."""
-    from .. import tracking  # noqa: F401
-    from ..data import build as data  # noqa: F401
-    from ..objectives import base as objective  # noqa: F401
-    from ..registry import objective_entries
-    from ..training import settings  # noqa: F401  (train.*)
-
-    objective_entries()
-
-
 def parse(config_files: list[str], bindings: list[str] = ()) -> list[Path]:
-    """Parse files then bindings into gin's global config; return the resolved files."""
-    _register_parts()
+    """Parse files then bindings into gin's global config; return the resolved files. The configurables must be
+    registered first, by whoever composes the run (``training.pretrain.parse_config``): this layer imports none."""
     gin.clear_config()
     paths = [resolve_config(f) for f in config_files]
     for directory in dict.fromkeys([packaged_gin_dir(), *(p.parent for p in paths), Path.cwd()]):
@@ -158,11 +146,32 @@ def _check_macros() -> None:
     for (scope, selector), params in list(gin_internals._CONFIG.items()):
         for param, value in params.items():
             for ref in gin_internals.iterate_references(value, to=macro):
-                name = ref.scoped_selector.split("/")[0]
+                name = ref.scoped_selector.rsplit("/", 1)[0]  # "generator/DEPTH/gin.macro": a scoped macro
                 if "value" not in gin_internals._CONFIG.get((name, "gin.macro"), {}):
-                    where = f"{scope + '/' if scope else ''}{selector.rsplit('.', 1)[-1]}.{param}"
+                    where = (f"the macro {scope}" if selector == "gin.macro" else
+                             f"{scope + '/' if scope else ''}{selector.rsplit('.', 1)[-1]}.{param}")
                     raise ConfigError(f"{where} uses the macro %{name}, which no gin file or --gin binding "
                                       f"defines; define it (e.g. --gin \"{name} = ...\") or fix the name")
+    _check_macro_circles(gin_internals, macro)
+
+
+def _check_macro_circles(gin_internals, macro) -> None:
+    """Macros whose values name each other in a circle (``A = %B``, ``B = %A``) would recurse until Python gives up."""
+    names = {}  # macro -> the macros its value uses
+    for (scope, selector), params in gin_internals._CONFIG.items():
+        if selector == "gin.macro" and "value" in params:
+            names[scope] = [ref.scoped_selector.rsplit("/", 1)[0]
+                            for ref in gin_internals.iterate_references(params["value"], to=macro)]
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in path:
+            circle = " -> ".join(f"%{n}" for n in (*path[path.index(name):], name))
+            raise ConfigError(f"the gin macros {circle} are defined by each other in a circle; give one of them a value")
+        for used in names.get(name, ()):
+            visit(used, (*path, name))
+
+    for name in sorted(names):
+        visit(name, ())
 
 
 def _one_line(exc: BaseException) -> str:
@@ -193,8 +202,24 @@ def operative_config() -> str:
     return gin.operative_config_str()
 
 
-def full_config() -> str:
-    return gin.config_str()
+def unread_bindings() -> list[str]:
+    """Bindings of configurables this process called that gin never supplied, as ``scope/Configurable.param``: the
+    caller passed the parameter itself (``Electra.mask_token_id``: the kit sets it from the tokenizer), so the binding
+    changed nothing. Configurables never called (``Electra.*`` in a MaskedLM run: a shared base file) are not named."""
+    import gin.config as gin_internals
+
+    calls = list(gin_internals._OPERATIVE_CONFIG.items())
+    unread = []
+    for (scope, selector), params in gin_internals._CONFIG.items():
+        if selector == "gin.macro":
+            continue
+        parts = scope.split("/") if scope else []
+        read = [used for (call_scope, called), used in calls
+                if called == selector and all(p in call_scope.split("/") for p in parts)]
+        if read:
+            name = f"{scope + '/' if scope else ''}{selector.rsplit('.', 1)[-1]}"
+            unread += [f"{name}.{param}" for param in params if not any(param in used for used in read)]
+    return sorted(unread)
 
 
 class _Ref:

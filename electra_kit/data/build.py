@@ -155,8 +155,9 @@ def _tokenize_to_file(files, text_field, tok: Tokenizer, sep_id: int, dtype, pat
                 arrays.append(np.asarray(ids, dtype))
         if arrays:
             arr = np.concatenate(arrays)
-            arr.tofile(out)
-            stream.update(arr.tobytes())
+            data = arr.tobytes()
+            out.write(data)  # Python's write: a full disk is an OSError with its errno (numpy's tofile drops it)
+            stream.update(data)
             n_tokens += arr.size
         pieces.clear()
 

@@ -18,7 +18,7 @@ given as a gin reference: ``pretrain.objective = @MaskedLM`` or ``pretrain.objec
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -27,13 +27,6 @@ import gin
 
 from ..backbone import Backbone
 from .noise import Noise
-
-
-class ObjectiveOutput(Protocol):
-    loss: torch.Tensor
-    loss_terms: list  # [(weight, sum, count)]
-
-    def metrics(self) -> dict[str, torch.Tensor]: ...
 
 
 class Objective(nn.Module):

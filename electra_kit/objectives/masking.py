@@ -136,9 +136,3 @@ def sample_categorical(logits: torch.Tensor, temperature: float, noise: Noise = 
     # right=True: the first entry whose cumulative weight exceeds u (an empty interval is never hit)
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)  # (b, ...)
 
-
-def gumbel_max_sample(logits: torch.Tensor, temperature: float, noise: Noise = GLOBAL_RNG) -> torch.Tensor:
-    """One sample per row of ``logits`` (b, ..., V) from softmax(logits / temperature)."""
-    # -log(Exp(1)) is Gumbel(0, 1); this form never takes log(0)
-    gumbel = -noise.exponential(tuple(logits.shape), logits.device).log()
-    return (logits.float() / temperature + gumbel).argmax(dim=-1)

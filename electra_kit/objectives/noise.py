@@ -32,10 +32,6 @@ class Noise:
     def randint(self, high: int, shape: tuple[int, ...], device) -> torch.Tensor:
         return self._local(torch.randint(0, high, self._global(shape), generator=self.generator, device=device))
 
-    def exponential(self, shape: tuple[int, ...], device) -> torch.Tensor:
-        out = torch.empty(self._global(shape), device=device, dtype=torch.float32)
-        return self._local(out.exponential_(generator=self.generator))
-
 
 GLOBAL_RNG = Noise()
 
@@ -57,9 +53,6 @@ class DrawnNoise(Noise):
         return self._next(shape)
 
     def randint(self, high: int, shape: tuple[int, ...], device) -> torch.Tensor:
-        return self._next(shape)
-
-    def exponential(self, shape: tuple[int, ...], device) -> torch.Tensor:
         return self._next(shape)
 
 

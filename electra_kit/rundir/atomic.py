@@ -6,6 +6,10 @@ old one in a single ``renameat2(RENAME_EXCHANGE)`` (Linux), and the old one is d
 the new one is in place. Where the exchange is not available, the old folder is first renamed to
 a backup sibling and :func:`recover_dir` puts it back if the writer died between the two renames.
 
+A write that fails (a full disk, a folder made read-only) raises an ``OSError`` that names the target, whichever
+writer failed: Python's ``write`` and numpy's ``tofile`` name no file, and writers in Rust (safetensors,
+tokenizers) raise their own exceptions, which carry the OS's error code as ``(os error N)``.
+
 Temporary names are ``.<name>.tmp-<pid>-<random>`` beside the target (same filesystem, so the
 rename is atomic; unique, so two writers never share one). Ones left by a killed process (its
 PID no longer running) are removed the next time the same target is written.
@@ -25,6 +29,17 @@ from pathlib import Path
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
+
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def failed_write(exc: BaseException, target: Path) -> OSError | None:
+    """``exc`` as an ``OSError`` naming ``target``, if it is a failure of the OS (see the module docstring)."""
+    if isinstance(exc, OSError):
+        return exc if exc.filename is not None else OSError(exc.errno, exc.strerror or str(exc), str(target))
+    m = _OS_ERROR.search(str(exc)) if isinstance(exc, Exception) else None
+    return OSError(int(m[1]), os.strerror(int(m[1])), str(target)) if m else None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -124,8 +139,10 @@ def atomic_write(path: str | os.PathLike, data: str | bytes | None = None, *,
         _fsync_file(tmp)
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         _remove(tmp)
+        if (named := failed_write(exc, path)) not in (None, exc):
+            raise named from exc
         raise
     return path
 
@@ -152,6 +169,10 @@ def publish_file(path: str | os.PathLike, writer: Callable[[Path], object]) -> b
                 return False
             os.replace(tmp, path)
             return True
+    except Exception as exc:
+        if (named := failed_write(exc, path)) not in (None, exc):
+            raise named from exc
+        raise
     finally:
         _remove(tmp)
 
@@ -239,6 +260,8 @@ def staged_dir(target: str | os.PathLike, *, replace: bool = True) -> Iterator[P
         plain_mode(tmp, folder=True)
         _settle_tree(tmp)
         swap_in(tmp, target, replace=replace)
-    except BaseException:
+    except BaseException as exc:
         _remove(tmp)
+        if (named := failed_write(exc, target)) not in (None, exc):
+            raise named from exc
         raise

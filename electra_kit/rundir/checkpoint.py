@@ -59,6 +59,11 @@ def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
     save_file(unique, str(path), metadata={"aliases": json.dumps(aliases)})
 
 
+def _save_torch(state: dict, path: Path) -> None:
+    with open(path, "wb") as f:  # Python's file: a full disk is an OSError (torch's own writer: a RuntimeError)
+        torch.save(state, f)
+
+
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import safe_open
 
@@ -91,7 +96,7 @@ def save_checkpoint(
     # re-saving the same step (end of run right after a periodic save) swaps the folder whole
     with staged_dir(final) as tmp:
         _write_file(tmp / "model.safetensors", lambda p: save_weights(model_state, p))
-        _write_file(tmp / "state.pt", lambda p: torch.save(torch_state, p))
+        _write_file(tmp / "state.pt", lambda p: _save_torch(torch_state, p))
         _write_file(tmp / "trainer_state.json", lambda p: p.write_text(json.dumps(trainer_state, indent=1)))
         _write_file(tmp / "operative_config.gin", lambda p: p.write_text(operative_config))
         for name, text in (files or {}).items():

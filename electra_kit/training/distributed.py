@@ -114,14 +114,6 @@ class DistContext:
         if self.enabled:
             dist.barrier()
 
-    def all_true(self, flag: bool, device: torch.device) -> bool:
-        """True only if ``flag`` holds on every rank (e.g. "stop now" after a signal on one)."""
-        if not self.enabled:
-            return flag
-        t = torch.tensor([0 if flag else 1], device=device)
-        dist.all_reduce(t)
-        return int(t.item()) == 0
-
     def any_true(self, flag: bool, device: torch.device) -> bool:
         if not self.enabled:
             return flag

@@ -4,8 +4,9 @@
 - Layer-wise learning-rate decay (ELECTRA's ``_get_layer_lrs``): a model that lists its parameters
   by depth (``layer_groups()``: embeddings first, the head last) trains depth ``i`` of ``D`` at
   ``lr * layer_decay ** (D - 1 - i)``. With ``layer_decay = 1`` there is no decay and no need for layers.
-- Linear warmup then linear decay to zero, built from ``torch.optim.lr_scheduler.LinearLR`` pieces.
-  The warmup is ``min(warmup_steps, warmup_cap * steps)`` (at least 1): ``warmup_cap`` lets a short
+- Linear warmup then linear decay to zero: a ``torch.optim.lr_scheduler.LambdaLR`` whose factor is a
+  function of the step and the run's length alone, so a resumed run that was given another
+  ``train.steps`` follows the schedule of that length (nothing of the schedule is stored). The warmup is ``min(warmup_steps, warmup_cap * steps)`` (at least 1): ``warmup_cap`` lets a short
   run still reach the peak learning rate (pretraining caps at 10 %; fine-tuning gives its warmup as
   a fraction of its steps and sets no cap).
 """
@@ -16,7 +17,7 @@ import math
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import LinearLR, SequentialLR
+from torch.optim.lr_scheduler import LambdaLR
 
 
 def param_groups(model: nn.Module, *, lr: float, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
@@ -59,9 +60,14 @@ def warmup_steps(steps: int, warmup: int, cap: float | None) -> int:
     return max(1, min(warmup, steps))
 
 
-def warmup_linear_decay(optimizer: torch.optim.Optimizer, *, steps: int, warmup: int) -> SequentialLR:
+def warmup_linear_decay(optimizer: torch.optim.Optimizer, *, steps: int, warmup: int, start: int = 0) -> LambdaLR:
     """Step ``t`` runs at ``(t + 1) / warmup`` of the peak while ``t < warmup``, then at
-    ``(steps - t) / (steps - warmup)``, reaching zero at ``steps``."""
-    rise = LinearLR(optimizer, start_factor=1.0 / warmup, end_factor=1.0, total_iters=max(1, warmup - 1))
-    fall = LinearLR(optimizer, start_factor=1.0, end_factor=0.0, total_iters=max(1, steps - warmup))
-    return SequentialLR(optimizer, [rise, fall], milestones=[warmup])
+    ``(steps - t) / (steps - warmup)``, reaching zero at ``steps``. ``start``: the step a resumed run
+    continues from (the optimizer's groups then carry ``initial_lr`` from the first schedule)."""
+
+    def factor(t: int) -> float:
+        if t < warmup:
+            return (t + 1) / warmup
+        return max(0.0, (steps - t) / max(1, steps - warmup))
+
+    return LambdaLR(optimizer, factor, last_epoch=start - 1)

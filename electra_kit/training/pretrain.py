@@ -23,10 +23,11 @@ from ..data.build import BatchIterator, EvalIterator, build_data
 from ..data.tokenizer import SPECIAL_TOKENS
 from ..modelfolder.pretrained import save_pretrained
 from ..objectives.base import pretrain, resolve_objective
+from ..registry import objective_entries
 from ..rundir import checkpoint as ckpt
-from ..rundir import resume
 from ..rundir.atomic import atomic_write
 from ..rundir.directory import RunDir, default_run_dir
+from . import resume
 from .distributed import init_from_env
 from .settings import configured_train, resolve_device
 from .trainer import Interrupted, Trainer, duration
@@ -77,13 +78,40 @@ class RunOptions:
     experiment: str | None = None
 
 
-def _checkpoint_to_resume(opts: RunOptions) -> Path:
+def register_configurables() -> None:
+    """Import every module that defines configurables, so that any gin file can bind them. This runner composes
+    a run, so it knows them all (``config`` below imports none): ``build_data.*``, ``train.*`` and ``pretrain.*``
+    come with this module's imports; ``tracking.*``, and the objectives (built-in and plugins) through the
+    registry, here."""
+    from .. import tracking  # noqa: F401  (tracking.*)
+
+    objective_entries()
+
+
+def parse_config(config_files: list[str], bindings: list[str] = ()) -> list[Path]:
+    """``gin_config.parse`` with every configurable registered: what ``electra-kit run`` parses with."""
+    register_configurables()
+    return gin_config.parse(config_files, bindings)
+
+
+def _checkpoint_to_resume(opts: RunOptions) -> Path | None:
+    """The checkpoint a ``--resume`` continues from; None for a run stopped before its first checkpoint (one rule
+    for such a run: it holds its config, so ``--resume`` starts it again from step 0 with that config, and a new
+    run into its directory is refused)."""
     if opts.run_dir is None:
         raise RunError("--resume needs --run-dir naming the run to continue")
     found = ckpt.latest_valid_checkpoint(opts.run_dir / "checkpoints")
-    if found is None:
+    if found is None and ckpt.list_checkpoints(opts.run_dir / "checkpoints"):
         raise RunError(f"--resume: nothing to resume in {opts.run_dir} (no intact checkpoint under "
-                       f"{opts.run_dir}/checkpoints)")
+                       f"{opts.run_dir}/checkpoints: each is damaged); remove them to start the run again from step 0, "
+                       f"or start a new run in another --run-dir")
+    if found is None:
+        if not (opts.run_dir / resume.RUN_CONFIG).is_file():
+            raise RunError(f"--resume: nothing to resume in {opts.run_dir} (no intact checkpoint under "
+                           f"{opts.run_dir}/checkpoints, no {resume.RUN_CONFIG}): start it as a new run, "
+                           f"electra-kit run CONFIG --run-dir {opts.run_dir}")
+        say(f"--resume: {opts.run_dir} has no checkpoint yet (the run stopped before its first): it starts again "
+            f"from step 0 with its own config ({opts.run_dir / resume.RUN_CONFIG})")
     return found
 
 
@@ -121,14 +149,15 @@ def check_fits_data(model: torch.nn.Module, data) -> torch.nn.Module:
     return model
 
 
-def _tracker(opts: RunOptions, run_dir: Path, dist):
-    """The run's Tracker on the rank that tracks (rank 0); None elsewhere and when tracking is off."""
-    from ..tracking import Tracker, tracking
+def _tracker(opts: RunOptions, run_dir: Path, dist, paths: list[Path]):
+    """The run's Tracker on the rank that tracks (rank 0); None elsewhere and when tracking is off. ``paths``: the
+    run's config files (a resume names none: they come from its checkpoint)."""
+    from ..tracking import DEFAULT_EXPERIMENT, Tracker, tracking
 
     configured = tracking()
     if not (opts.tracking and configured["enabled"] and dist.is_main):
         return None
-    experiment = opts.experiment or configured["experiment"] or Path(opts.config_files[-1]).stem
+    experiment = opts.experiment or configured["experiment"] or (Path(paths[-1]).stem if paths else DEFAULT_EXPERIMENT)
     return Tracker(run_dir=run_dir, tracking_uri=opts.tracking_uri or configured["uri"], experiment=experiment,
                    run_name=run_dir.name)
 
@@ -148,8 +177,9 @@ def run(opts: RunOptions) -> dict:
     """Parse, check and build everything, then train; see the module docstring."""
     if not opts.resume and not opts.config_files:
         raise RunError("give at least one gin file (or continue a run with --run-dir DIR --resume)")
+    register_configurables()
     resume_from = _checkpoint_to_resume(opts) if opts.resume else None
-    if resume_from is not None:  # the run's own config, plus only what a resume may change
+    if opts.resume:  # the run's own config, plus only what a resume may change
         paths = resume.parse_run_config(opts.run_dir, resume_from, opts.config_files, opts.bindings)
     else:
         paths = gin_config.parse(opts.config_files, opts.bindings)
@@ -197,7 +227,7 @@ def run(opts: RunOptions) -> dict:
 
 
 def _setup(opts, cfg, device, dist, run_dir, paths, resume_from):
-    tracker = _tracker(opts, run_dir, dist)  # a store MLflow refuses fails here, before the data is built
+    tracker = _tracker(opts, run_dir, dist, paths)  # a store MLflow refuses fails here, before the data is built
     # the model first: a backbone that rejects its arguments stops the run before minutes of corpus work. It is
     # built for the ids of the kit's own vocabularies and rebuilt only when the data's tokenizer has others
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone
@@ -211,6 +241,10 @@ def _setup(opts, cfg, device, dist, run_dir, paths, resume_from):
             model = _build(data.special.by_role())
     check_fits_data(model, data)
     operative = gin_config.operative_config()
+    unread = [] if opts.resume else gin_config.unread_bindings()  # a resume passes the run's tokenizer itself
+    if unread:
+        raise RunError(f"gin binding {', '.join(unread)}: the run never reads it, as electra-kit passes that parameter "
+                       f"itself (special token ids come from the tokenizer); remove it")
     if resume_from is not None:
         resume.check_same_run(resume_from, data, operative)
     if cfg.batch_size % (dist.world_size * cfg.grad_accum_steps):

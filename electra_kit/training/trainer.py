@@ -12,7 +12,6 @@ the run after an evaluation (early stopping).
 from __future__ import annotations
 
 import math
-import random
 import signal
 import sys
 import time
@@ -21,7 +20,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -50,19 +48,6 @@ class Interrupted(Exception):
 
 def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**63)
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_pos": int(np_state[2]),
-        "python": str(random.getstate()),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
 
 
 _SHOW_EVERY_S = 1.0  # the progress bar shows the current step's values this often at most
@@ -191,7 +176,7 @@ class Trainer:
         if not self.dist.is_main:
             self.dist.barrier()
             return None
-        torch_state = {"optimizer": optimizer_state, "schedule": self.schedule.state_dict(), "rng": _rng_state()}
+        torch_state = {"optimizer": optimizer_state}  # the schedule is a function of the step: not stored
         trainer_state = {
             "step": self.step,
             "tokens_seen": self.tokens_seen,
@@ -213,8 +198,10 @@ class Trainer:
         ckpt.check_fits(path, model_state, self.raw_model)
         self.dist.load_model_state(self.raw_model, model_state)
         self.dist.load_optimizer_state(self.raw_model, self.optimizer, torch_state["optimizer"])
-        self.schedule.load_state_dict(torch_state["schedule"])
         self.step, self.tokens_seen = trainer_state["step"], trainer_state.get("tokens_seen", 0)
+        # the schedule of this run's train.steps at the checkpoint's step (a resume may lengthen the run)
+        self.schedule = warmup_linear_decay(self.optimizer, steps=self.cfg.steps, warmup=self.cfg.effective_warmup,
+                                            start=self.step)
         self.train_batches.load_state_dict(trainer_state["data"])
 
     def release(self) -> None:
@@ -288,7 +275,8 @@ class Trainer:
                     stop = self.dist.any_true(stop, self.device)
             if self.step % cfg.checkpoint_every == 0:
                 self._check_bad_steps()  # never a checkpoint after too many bad steps in a row
-                last_ckpt, saved_step = self.save(), self.step
+                # the run's last checkpoint is final: if it cannot be written, the run says so rather than ending without
+                last_ckpt, saved_step = self.save(final=stop or self.step >= cfg.steps), self.step
             if self.dist.any_true(self._signal is not None, self.device):
                 path = self.save(final=True)
                 raise Interrupted(self._signal or signal.SIGTERM, path)

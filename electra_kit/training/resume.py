@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import sys
 from pathlib import Path
 
 import gin
 
 from ..config import gin_config
-from . import checkpoint as ckpt
+from ..rundir import checkpoint as ckpt
 
 # bindings a resumed run may change: the length of the run, logging, evaluation and checkpoint cadence
 RESUMABLE = ("train.steps", "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
@@ -34,30 +33,10 @@ class ResumeError(RuntimeError):
 
 
 def flatten(config_text: str) -> dict[str, str]:
-    """``{binding: value}`` of a gin config string, with ``%MACRO`` references replaced by their values."""
-    entries: dict[str, str] = {}
-    key = None
-    for line in config_text.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        m = re.match(r"^([A-Za-z_][\w./]*)\s*=\s*(.*)$", line)
-        if m and not line[0].isspace():
-            key = m.group(1)
-            entries[key] = m.group(2).strip()
-        elif key is not None:  # gin wraps long values onto indented lines
-            entries[key] += " " + line.strip()
-    macros = {k: v for k, v in entries.items() if "." not in k and "/" not in k}
-    resolved = {}
-    for k, v in entries.items():
-        if k in macros:
-            continue
-        for _ in range(10):  # macros may name macros
-            ref = re.fullmatch(r"%([A-Za-z_]\w*)", v)
-            if not ref or ref.group(1) not in macros:
-                break
-            v = macros[ref.group(1)]
-        resolved[k] = v
-    return resolved
+    """``{binding: value}`` of a gin config string, macros resolved into the values that use them (gin's own
+    parser: :func:`~electra_kit.config.gin_config.flatten_gin_config`); the macros themselves are left out, so
+    ``TRAIN_STEPS = 16`` reads as the change of ``train.steps`` it makes."""
+    return {k: v for k, v in gin_config.flatten_gin_config(config_text).items() if "." in k}
 
 
 def _fixed(entries: dict[str, str]) -> dict[str, str]:
@@ -75,14 +54,16 @@ def _differences(old: dict[str, str], new: dict[str, str]) -> list[str]:
     return [f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}" for k in keys]
 
 
-def run_config_file(run_dir: Path, checkpoint: Path) -> Path:
+def run_config_file(run_dir: Path, checkpoint: Path | None) -> Path:
     own = Path(run_dir) / RUN_CONFIG
-    return own if own.is_file() else checkpoint / RUN_CONFIG
+    return own if own.is_file() or checkpoint is None else checkpoint / RUN_CONFIG
 
 
-def parse_run_config(run_dir: Path, checkpoint: Path, config_files: list[str], bindings: list[str]) -> list[Path]:
-    """Parse the run's own config plus the ``RESUMABLE`` bindings; refuse other changes before anything is built."""
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
+def parse_run_config(run_dir: Path, checkpoint: Path | None, config_files: list[str], bindings: list[str]) -> list[Path]:
+    """Parse the run's own config plus the ``RESUMABLE`` bindings; refuse other changes before anything is built.
+    ``checkpoint`` None: a run stopped before its first checkpoint, restarted from its run directory's config.
+    Returns the config files the run was started from, as its checkpoint records them (none where it has none)."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text()) if checkpoint is not None else {}
     recorded = [Path(p) for p in state.get("config_files", [])]
     if config_files and recorded:
         given = [gin_config.resolve_config(f) for f in config_files]
@@ -104,7 +85,7 @@ def parse_run_config(run_dir: Path, checkpoint: Path, config_files: list[str], b
             f"On resume only {', '.join(RESUMABLE)} may change; start a new run for anything else")
     for change in changes:
         print(f"electra-kit: --resume: {change}", file=sys.stderr)
-    return recorded or [source]
+    return recorded
 
 
 def check_steps(checkpoint: Path, steps: int) -> None:
