@@ -3,7 +3,7 @@
 People run two experiments at once, or train while the machine does other work. With OpenMP's
 default *active* wait, a torch thread spins at every barrier while the core its partner needs is
 held by the other process; electra-kit now asks for a *passive* wait and sizes its thread pool to
-the idle cores (electra_kit/training/threads.py). This benchmark runs ``electra-kit run`` (``--config``,
+the idle cores (electra_kit/threads.py). This benchmark runs ``electra-kit run`` (``--config``,
 default the smoke config stretched to ``--steps``) in four ways:
 
 - ``alone``: one run, electra-kit's defaults;

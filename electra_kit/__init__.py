@@ -1,6 +1,6 @@
 """electra-kit: fast ELECTRA pretraining of text encoders over pluggable backbones."""
 
-from .training.threads import set_wait_policy
+from .threads import set_wait_policy
 
 set_wait_policy()  # before anything imports torch: OpenMP reads its wait policy once, at load
 
@@ -34,7 +34,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     if name == "load_classifier":  # on first use: fine-tuning's imports (scikit-learn, SciPy) cost seconds
-        from .training.classifier import load_classifier
+        from .finetune.classifier import load_classifier
 
         return load_classifier
     raise AttributeError(f"module 'electra_kit' has no attribute {name!r}")

@@ -59,11 +59,11 @@ def _cmd_finetune(args) -> int:
     from .console import say
 
     say(f"fine-tuning {args.model} on {args.train}, evaluating on {args.eval} ...")  # before seconds of imports
+    from .finetune.config import from_flags
+    from .finetune.runner import TaskSpec, run_finetune
     from .registry import UnknownBackboneError
     from .rundir.checkpoint import CheckpointError
     from .rundir.directory import RunDirError
-    from .training.finetune import TaskSpec, run_finetune
-    from .training.finetune_config import from_flags
 
     spec = TaskSpec(train=args.train, eval=args.eval, text_column=args.text_column, pair_column=args.pair_column,
                     label_column=args.label_column, format=args.format, header=not args.no_header, task=args.task)
@@ -89,8 +89,8 @@ def _cmd_finetune(args) -> int:
 
 
 def _cmd_predict(args) -> int:
+    from .finetune.predict import predict_file
     from .registry import UnknownBackboneError
-    from .training.predict import predict_file
 
     try:
         result = predict_file(args.model, args.input, args.output, text_column=args.text_column,
@@ -218,7 +218,7 @@ def format_results(results: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .training.finetune_config import add_flags
+    from .finetune.config import add_flags
 
     parser = argparse.ArgumentParser(prog="electra-kit", description="ELECTRA pretraining over pluggable backbones")
     sub = parser.add_subparsers(dest="command", required=True)

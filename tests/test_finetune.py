@@ -19,11 +19,11 @@ import torch
 from conftest import error_lines, run_cli
 from tokenizers import Tokenizer
 
+from electra_kit.finetune.model import SequenceModel
+from electra_kit.finetune.runner import FinetuneConfig, TaskSpec, encode_examples, finetune
+from electra_kit.finetune.tasks import TaskError, read_labeled, spearman, task_metrics
 from electra_kit.registry import create_backbone, list_backbones
-from electra_kit.training.finetune import FinetuneConfig, TaskSpec, encode_examples, finetune
-from electra_kit.training.finetune_model import SequenceModel
 from electra_kit.training.optim import param_groups
-from electra_kit.training.tasks import TaskError, read_labeled, spearman, task_metrics
 
 SLICE = Path(__file__).parent / "data" / "trec_slice.tsv"
 CLASSES = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
@@ -156,7 +156,7 @@ def test_every_registered_backbone_fine_tunes(tmp_path, model_dir, trec, name):
     # the saved weights load into the backbone rebuilt with fine-tuning dropout
     from safetensors.torch import load_file
 
-    from electra_kit.training.finetune import load_backbone
+    from electra_kit.finetune.runner import load_backbone
 
     state = load_backbone(folder, dropout=0.1, random_init=False).state_dict()
     for key, tensor in load_file(folder / "encoder.safetensors").items():
@@ -290,7 +290,7 @@ def test_the_epoch_is_chosen_on_a_seeded_split_of_the_training_file(tmp_path, mo
         assert seed["selected_epoch"] == 1 + val.index(max(val))
         assert not any(k.startswith("test") or k == "accuracy" for e in seed["epochs"] for k in e)  # no test peeking
     # the same split every time (seeded): a second run holds out the same rows
-    from electra_kit.training.finetune import prepare
+    from electra_kit.finetune.runner import prepare
 
     a, b = prepare(model_dir, TaskSpec(train=str(train), eval=str(test)), cfg), prepare(
         model_dir, TaskSpec(train=str(train), eval=str(test)), cfg)
@@ -299,7 +299,7 @@ def test_the_epoch_is_chosen_on_a_seeded_split_of_the_training_file(tmp_path, mo
 
 
 def test_patience_stops_after_epochs_without_improvement(tmp_path, model_dir):
-    from electra_kit.training.finetune import _BestEpoch
+    from electra_kit.finetune.runner import _BestEpoch
 
     best = _BestEpoch(torch.nn.Linear(1, 1), "accuracy", steps_per_epoch=10, patience=2)
     stops = [best(step, {"accuracy": acc}) for step, acc in [(10, 0.5), (20, 0.6), (30, 0.6), (40, 0.55)]]
@@ -327,7 +327,7 @@ def test_fine_tuning_ignores_a_pretraining_config_parsed_earlier_in_the_process(
     """A script that pretrains and then fine-tunes: the pretraining's ``train.*`` bindings stay with pretraining
     (they once leaked into fine-tuning's TrainConfig, and a macro bound there broke it)."""
     import gin
-    from electra_kit.training.finetune import _train_config
+    from electra_kit.finetune.runner import _train_config
     from electra_kit.training.pretrain import parse_config
     from electra_kit.training.settings import configured_train
 

@@ -8,8 +8,8 @@ from conftest import error_lines
 
 from electra_kit.cli import main
 from electra_kit.data.tokenizer import train_wordpiece
+from electra_kit.finetune.tasks import FIELD_LIMIT, infer_task, read_labeled
 from electra_kit.modelfolder.pretrained import save_pretrained
-from electra_kit.training.tasks import FIELD_LIMIT, infer_task, read_labeled
 
 
 @pytest.fixture
@@ -85,7 +85,8 @@ def test_a_run_dir_that_is_a_file_is_one_line(tmp_path, model_dir, pairs, capsys
     (tmp_path / "afile").write_text("mine")
     code = main(["finetune", "--model", str(model_dir), "--train", str(pairs), "--eval", str(pairs), "--no-tracking",
                  "--run-dir", str(tmp_path / "afile" / "ft")])
-    assert code == 2 and "not writable" in capsys.readouterr().err
+    err = error_lines(capsys.readouterr().err)
+    assert code == 2 and err.count("\n") == 0 and "afile, which is a file, not a folder" in err, err
 
 
 def test_task_auto_warns_when_labels_that_are_mostly_numbers_become_classes():
@@ -100,7 +101,7 @@ def test_every_setting_has_one_source_the_flags_come_from(capsys):
     from dataclasses import fields
 
     from electra_kit.config.checks import ConfigValueError
-    from electra_kit.training.finetune_config import FinetuneConfig
+    from electra_kit.finetune.config import FinetuneConfig
 
     with pytest.raises(SystemExit):
         main(["finetune", "--help"])

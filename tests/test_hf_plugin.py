@@ -212,7 +212,7 @@ def test_a_fine_tuned_folder_exports_as_electra_for_sequence_classification(tmp_
     from transformers import ElectraForSequenceClassification
 
     from electra_kit import load_classifier
-    from electra_kit.training.finetune_model import SequenceModel
+    from electra_kit.finetune.model import SequenceModel
 
     torch.manual_seed(0)
     backbone = create_backbone("hf-electra", num_tokens=tokenizer.get_vocab_size(), dim=32, depth=2, heads=2,
@@ -240,7 +240,7 @@ def test_a_fine_tuned_folder_exports_as_electra_for_sequence_classification(tmp_
 
 
 def test_a_mean_pooled_fine_tuned_folder_is_refused_by_name(tmp_path, tokenizer, capsys):
-    from electra_kit.training.finetune_model import SequenceModel
+    from electra_kit.finetune.model import SequenceModel
 
     backbone = create_backbone("hf-electra", num_tokens=tokenizer.get_vocab_size(), dim=16, depth=1, heads=2,
                                max_seq_len=32)

@@ -78,7 +78,7 @@ def test_the_import_graph_sees_real_edges():
     files = module_files()
     graph = {name: imports_of(name, path, set(files)) for name, path in files.items()}
     assert "electra_kit.objectives.base" in graph["electra_kit.objectives.electra"]
-    assert "electra_kit.training.trainer" in graph["electra_kit.training.finetune"]
+    assert "electra_kit.training.trainer" in graph["electra_kit.finetune.runner"]
     assert "electra_kit.backbone" in graph["electra_kit.backbones.transformer"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
@@ -96,9 +96,10 @@ def package_of(module: str) -> str:
 
 # Package-level circles kept on purpose, each with its reason; anything else is a new circle to break.
 PACKAGE_CIRCLES_ALLOWED = {
-    frozenset({"electra_kit", "electra_kit.serving", "electra_kit.training"}):
+    frozenset({"electra_kit", "electra_kit.serving", "electra_kit.finetune", "electra_kit.training"}):
         "serving's MLflow pyfuncs load their model through the public face (load_context: `from electra_kit import "
-        "load_classifier`), as MLflow's loader does in a serving process; fine-tuning logs that pyfunc",
+        "load_classifier`), as MLflow's loader does in a serving process; pretraining and fine-tuning log those "
+        "pyfuncs, and the face sets the thread policy from training before torch loads",
 }
 
 
@@ -139,8 +140,9 @@ FORBIDDEN = [
      ("electra_kit.training", "electra_kit.tracking", "electra_kit.rundir.checkpoint", "electra_kit.cli")),
     (("electra_kit.data",), ("electra_kit.objectives", "electra_kit.training", "electra_kit.tracking",
                              "electra_kit.modelfolder", "electra_kit.cli")),
-    (("electra_kit.tracking", "electra_kit.rundir", "electra_kit.modelfolder", "electra_kit.training"),
-     ("electra_kit.cli",)),
+    (("electra_kit.tracking", "electra_kit.rundir", "electra_kit.modelfolder", "electra_kit.training",
+      "electra_kit.finetune"), ("electra_kit.cli",)),
+    (("electra_kit.training",), ("electra_kit.finetune",)),  # the engine knows nothing of the application on it
     (("electra_kit.training.trainer",), ("electra_kit.objectives.electra", "electra_kit.objectives.mlm")),
 ]
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from electra_kit.finetune.model import LabeledBatches, SequenceModel, eval_batches
 from electra_kit.registry import create_backbone
-from electra_kit.training.finetune_model import LabeledBatches, SequenceModel, eval_batches
 from electra_kit.training.settings import TrainConfig
 from electra_kit.training.trainer import Trainer
 
@@ -89,7 +89,7 @@ def model_dir(tmp_path_factory, small_corpus):
 
 
 def test_fine_tuning_announces_its_phases_and_its_early_stop(tmp_path, model_dir, capsys):
-    from electra_kit.training.finetune import FinetuneConfig, TaskSpec, finetune
+    from electra_kit.finetune.runner import FinetuneConfig, TaskSpec, finetune
 
     lines = ["text\tlabel"] + [f"{'good fine great' if i % 2 else 'bad awful poor'} words {i}\t{i % 2}" for i in range(80)]
     (tmp_path / "train.tsv").write_text("\n".join(lines) + "\n")

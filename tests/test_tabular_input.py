@@ -12,9 +12,9 @@ import torch
 from conftest import error_lines
 
 from electra_kit.cli import main
-from electra_kit.training.classifier import Classifier
-from electra_kit.training.predict import predict_file
-from electra_kit.training.tasks import TaskError, read_labeled
+from electra_kit.finetune.classifier import Classifier
+from electra_kit.finetune.predict import predict_file
+from electra_kit.finetune.tasks import TaskError, read_labeled
 
 
 class Echo(Classifier):

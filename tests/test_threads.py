@@ -1,4 +1,4 @@
-"""CPU threading defaults (electra_kit/training/threads.py): passive OpenMP wait and an idle-core thread count."""
+"""CPU threading defaults (electra_kit/threads.py): passive OpenMP wait and an idle-core thread count."""
 
 import os
 import subprocess
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from electra_kit.training import threads
+from electra_kit import threads
 
 
 def test_default_threads_leaves_busy_cores_to_their_owners():
@@ -72,7 +72,7 @@ def test_a_wait_policy_the_user_set_is_kept():
 
 def test_finetune_threads_reach_the_training_loop():
     """--threads is applied by the one loop (Trainer), not overridden there by the default."""
-    from electra_kit.training.finetune import FinetuneConfig, _train_config
+    from electra_kit.finetune.runner import FinetuneConfig, _train_config
 
     train_cfg, _ = _train_config(FinetuneConfig(threads=1, progress=False), seed=0, n_train=64)
     assert train_cfg.threads == 1

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from electra_kit.finetune.model import LabeledBatches, SequenceModel
 from electra_kit.registry import create_backbone
 from electra_kit.rundir import checkpoint as ckpt
-from electra_kit.training.finetune_model import LabeledBatches, SequenceModel
 from electra_kit.training.optim import param_groups, warmup_linear_decay, warmup_steps
 from electra_kit.training.settings import TrainConfig
 from electra_kit.training.trainer import Trainer

@@ -104,7 +104,7 @@ def test_predict_never_replaces_a_fifo_a_socket_or_a_device(tmp_path, model, cap
 def test_predict_to_dev_null_writes_nothing_and_replaces_nothing(tmp_path):
     from test_tabular_input import Echo
 
-    from electra_kit.training.predict import predict_file
+    from electra_kit.finetune.predict import predict_file
 
     (tmp_path / "in.jsonl").write_text('{"text": "the nation", "label": "a"}\n')
     null = tmp_path / "null.jsonl"

@@ -1,6 +1,6 @@
 """The fine-tuned classifier as an MLflow model.
 
-:class:`ClassifierPyfunc` is an ``mlflow.pyfunc.PythonModel`` over a kept model folder (training/classifier.py): it
+:class:`ClassifierPyfunc` is an ``mlflow.pyfunc.PythonModel`` over a kept model folder (finetune/classifier.py): it
 answers a DataFrame with a ``text`` column (and ``text_pair`` for a pair task) with one row per text,
 ``label``, ``score`` and ``scores`` (label -> probability); ``score`` alone for regression.
 :func:`log_classifier` logs a folder as an MLflow 3 Logged Model of the fine-tuning run, with the kept seed's

@@ -1,3 +1,3 @@
-"""The one training loop (pretraining and fine-tuning), its optimizer and schedule, threads,
-data parallelism, and the two runners that wire a run together; the fine-tuned model in use
-(``classifier``, ``predict``; its MLflow model is in ``serving``)."""
+"""The training engine: the one training loop (pretraining and fine-tuning), its optimizer and schedule,
+threads, data parallelism, resume, and the pretraining runner that wires a run together. Fine-tuning, the
+application on top of it, is its own package (``electra_kit.finetune``)."""

@@ -28,10 +28,10 @@ from ..objectives.metrics import MeanAccumulator
 from ..objectives.noise import Noise
 from ..rundir import checkpoint as ckpt
 from ..rundir.journal import JOURNAL, Journal
+from ..threads import configure_threads
 from .distributed import DistContext, unwrap
 from .optim import make_optimizer, param_groups, warmup_linear_decay
 from .settings import TrainConfig, compile_wanted, native_bf16
-from .threads import configure_threads
 
 
 class NonFiniteError(RuntimeError):

@@ -48,12 +48,12 @@ from ..registry import create_backbone
 from ..rundir.atomic import atomic_write
 from ..rundir.directory import RunDir, default_run_dir
 from ..rundir.journal import JOURNAL, Journal
+from ..training.settings import TrainConfig, resolve_device
+from ..training.trainer import Trainer, step_seed
 from .classifier import encode_examples, load_tokenizer
-from .finetune_config import FinetuneConfig
-from .finetune_model import LabeledBatches, SequenceModel, eval_batches
-from .settings import TrainConfig, resolve_device
+from .config import FinetuneConfig
+from .model import LabeledBatches, SequenceModel, eval_batches
 from .tasks import TaskError, encode_labels, infer_task, label_set, primary_metric, read_labeled
-from .trainer import Trainer, step_seed
 
 
 @dataclass

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..data.tokenizer import special_ids
 from ..modelfolder.pretrained import load_pretrained, load_weights_into, read_config, resolve_model_dir
-from .finetune_model import SequenceModel, collate, length_ordered
+from .model import SequenceModel, collate, length_ordered
 
 HEAD_FILE = "classifier_head.safetensors"
 BATCH_SIZE = 128  # finetune's evaluation batch: the same batches give the same numbers
