@@ -217,12 +217,7 @@ def format_results(results: dict) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .finetune.config import add_flags
-
-    parser = argparse.ArgumentParser(prog="electra-kit", description="ELECTRA pretraining over pluggable backbones")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_run(sub) -> None:
     p = sub.add_parser("run", help="pretrain from gin config files")
     p.add_argument("configs", nargs="*", help="gin files (working directory first, then the packaged configs); "
                                               "a --resume takes the run's own config and needs none")
@@ -234,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow store or server (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--experiment", help="MLflow experiment name (default: the last gin file's name)")
     p.set_defaults(fn=_cmd_run)
+
+
+def _add_finetune(sub) -> None:
+    from .finetune.config import add_flags
 
     p = sub.add_parser("finetune", help="fine-tune a model folder on labeled text (JSONL, CSV, TSV); seeds + median")
     p.add_argument("--model", required=True, help="a finished run's model folder (or its run directory)")
@@ -254,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", help="MLflow experiment name (default: finetune-TRAIN)")
     p.set_defaults(fn=_cmd_finetune)
 
+
+def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="labels and scores of a fine-tuned model for a file of texts (JSONL, CSV, TSV)")
     p.add_argument("model", help="a fine-tuned model folder (FINETUNE_RUN_DIR/model) or its run directory")
     p.add_argument("--input", required=True, help="texts: .jsonl, .csv or .tsv; every column is kept in the output")
@@ -265,9 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=128, help="(128, as finetune evaluates)")
     p.set_defaults(fn=_cmd_predict)
 
+
+def _add_backbones(sub) -> None:
     p = sub.add_parser("backbones", help="list the registered backbones and where they come from")
     p.set_defaults(fn=_cmd_backbones)
 
+
+def _add_export(sub) -> None:
     p = sub.add_parser("export", help="write a model folder for other tools (--format hf: transformers)")
     p.add_argument("model_dir", help="a finished model folder (RUN_DIR/model)")
     p.add_argument("--format", choices=("auto", "hf", "portable"), default="auto",
@@ -278,20 +283,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace out_dir if it holds anything")
     p.set_defaults(fn=_cmd_export)
 
+
+def _add_runs(sub) -> None:
     p = sub.add_parser("runs", help="table of tracked runs")
     p.add_argument("--experiment")
     p.add_argument("--tracking-uri")
     p.set_defaults(fn=_cmd_runs)
 
+
+def _add_ui(sub) -> None:
     p = sub.add_parser("ui", help="open the MLflow UI on the store the runs went to")
     p.add_argument("--tracking-uri")
     p.add_argument("--port", type=_port, default=5000)
     p.set_defaults(fn=_cmd_ui)
 
+
+def _add_sync(sub) -> None:
     p = sub.add_parser("sync", help="deliver tracking records a run kept locally while MLflow was unreachable")
     p.add_argument("run_dir")
     p.add_argument("--tracking-uri")
     p.set_defaults(fn=_cmd_sync)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="electra-kit", description="ELECTRA pretraining over pluggable backbones")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_run, _add_finetune, _add_predict, _add_backbones, _add_export, _add_runs, _add_ui, _add_sync):
+        add(sub)
     return parser
 
 

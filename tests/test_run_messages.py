@@ -43,11 +43,11 @@ def test_the_expected_length_is_said_after_the_first_steps_with_the_callers_advi
 
 
 def test_the_progress_bar_shows_each_steps_values_between_log_steps(tmp_path, monkeypatch):
-    from electra_kit.training import trainer as trainer_module
+    from electra_kit.training import progress as progress_module
 
     shown = []
-    monkeypatch.setattr(trainer_module, "_SHOW_EVERY_S", 0.0)  # every step (a host sync: at most 1/s otherwise)
-    monkeypatch.setattr(Trainer, "_show", staticmethod(lambda bar, metrics: shown.append(metrics)))
+    monkeypatch.setattr(progress_module, "SHOW_EVERY_S", 0.0)  # every step (a host sync: at most 1/s otherwise)
+    monkeypatch.setattr(progress_module.Progress, "show", lambda self, metrics: shown.append(metrics))
     t = trainer(tmp_path, steps=6, progress=True)
     t.fit()
     steps = shown[:5]  # log_every = 100: only the last step logs (and shows the window's mean after its own values)

@@ -96,22 +96,8 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable = (), kind: str = 
         raise OutputError(f"{option} {out} is a {special}, not a regular {'file' if kind == 'file' else 'folder'}: "
                           f"electra-kit never replaces a special file; name a new path")
     for given in inputs:
-        if given is None:
-            continue
-        src = Path(given).resolve()
-        if _same(out, Path(given)):
-            raise OutputError(f"{option} {out} is an input of this command ({given}); choose another path")
-        if src.is_dir() and dst.is_relative_to(src):
-            raise OutputError(f"{option} {out} is inside the input folder {given}: writing it would change "
-                              f"that input; choose a path outside {given}")
-        if src.is_relative_to(dst) and kind != "run":
-            raise OutputError(f"{option} {out} holds the input {given}: replacing it would destroy that input; "
-                              f"choose another path")
-        if kind == "run" and src.is_relative_to(dst):
-            top = src.relative_to(dst).parts[0]
-            if any(fnmatch.fnmatchcase(top, pattern) for pattern in writes):
-                raise OutputError(f"{option} {out}: the run would write {dst / top}, which is the input {given}; "
-                                  f"choose another run directory")
+        if given is not None:
+            _check_not_input(out, dst, Path(given), kind, option, writes)
     above = next((p for p in dst.parents if p.exists()), None)
     if above is not None and not above.is_dir():
         raise OutputError(f"{option} {out} is under {above}, which is a file, not a folder; choose another path")
@@ -139,6 +125,25 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable = (), kind: str = 
         if not replace:
             raise OutputError(f"{option} {out} exists and is not empty; pass --overwrite to replace it")
     return out
+
+
+def _check_not_input(out: Path, dst: Path, given: Path, kind: str, option: str, writes: Iterable[str]) -> None:
+    """``out`` (resolved: ``dst``) is not the input ``given``, inside it, or (unless a run directory that writes
+    none of it) around it."""
+    src = given.resolve()
+    if _same(out, given):
+        raise OutputError(f"{option} {out} is an input of this command ({given}); choose another path")
+    if src.is_dir() and dst.is_relative_to(src):
+        raise OutputError(f"{option} {out} is inside the input folder {given}: writing it would change "
+                          f"that input; choose a path outside {given}")
+    if src.is_relative_to(dst) and kind != "run":
+        raise OutputError(f"{option} {out} holds the input {given}: replacing it would destroy that input; "
+                          f"choose another path")
+    if kind == "run" and src.is_relative_to(dst):
+        top = src.relative_to(dst).parts[0]
+        if any(fnmatch.fnmatchcase(top, pattern) for pattern in writes):
+            raise OutputError(f"{option} {out}: the run would write {dst / top}, which is the input {given}; "
+                              f"choose another run directory")
 
 
 def _article(word: str | None) -> str:

@@ -30,6 +30,9 @@ _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 @dataclass
 class DistContext:
+    """This process's place in a torchrun job (a single process: rank 0 of 1) and the only door to
+    torch.distributed: wrapping the model (DDP or FSDP), collectives, whole state dicts for checkpoints."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0

@@ -29,8 +29,9 @@ from ..rundir.atomic import atomic_write
 from ..rundir.directory import RunDir, default_run_dir
 from . import resume
 from .distributed import init_from_env
+from .progress import duration
 from .settings import configured_train, resolve_device
-from .trainer import Interrupted, Trainer, duration
+from .trainer import Interrupted, Trainer
 
 
 class RunError(RuntimeError):
@@ -226,10 +227,9 @@ def run(opts: RunOptions) -> dict:
             owned.release()
 
 
-def _setup(opts, cfg, device, dist, run_dir, paths, resume_from):
-    tracker = _tracker(opts, run_dir, dist, paths)  # a store MLflow refuses fails here, before the data is built
-    # the model first: a backbone that rejects its arguments stops the run before minutes of corpus work. It is
-    # built for the ids of the kit's own vocabularies and rebuilt only when the data's tokenizer has others
+def _model_and_data(cfg, dist, resume_from):
+    """The model first: a backbone that rejects its arguments stops the run before minutes of corpus work. It is
+    built for the ids of the kit's own vocabularies and rebuilt only when the data's tokenizer has others."""
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone
     with phase("building the model", dist.is_main):
         model = _build(_kit_special_ids())
@@ -239,7 +239,29 @@ def _setup(opts, cfg, device, dist, run_dir, paths, resume_from):
         torch.manual_seed(cfg.seed)
         with phase("building the model for the tokenizer's special tokens", dist.is_main):
             model = _build(data.special.by_role())
-    check_fits_data(model, data)
+    return check_fits_data(model, data), data
+
+
+def _micro_batch(cfg, dist, data) -> int:
+    """Each micro-step consumes a "micro batch" of batch_size / grad_accum_steps sequences, split over the ranks:
+    N processes see exactly the sequences one process would."""
+    if cfg.batch_size % (dist.world_size * cfg.grad_accum_steps):
+        raise RunError(
+            f"train.batch_size={cfg.batch_size} is not divisible by world size {dist.world_size} x "
+            f"train.grad_accum_steps={cfg.grad_accum_steps}: choose a batch size that is"
+        )
+    micro = cfg.batch_size // cfg.grad_accum_steps
+    if len(data.train) < micro:
+        raise RunError(
+            f"the corpus makes {len(data.train)} training sequences of {data.max_seq_len} tokens, fewer than one "
+            f"batch of {micro}: add text, or lower BATCH_SIZE / MAX_SEQ_LEN"
+        )
+    return micro
+
+
+def _setup(opts, cfg, device, dist, run_dir, paths, resume_from):
+    tracker = _tracker(opts, run_dir, dist, paths)  # a store MLflow refuses fails here, before the data is built
+    model, data = _model_and_data(cfg, dist, resume_from)
     operative = gin_config.operative_config()
     unread = [] if opts.resume else gin_config.unread_bindings()  # a resume passes the run's tokenizer itself
     if unread:
@@ -247,19 +269,7 @@ def _setup(opts, cfg, device, dist, run_dir, paths, resume_from):
                        f"itself (special token ids come from the tokenizer); remove it")
     if resume_from is not None:
         resume.check_same_run(resume_from, data, operative)
-    if cfg.batch_size % (dist.world_size * cfg.grad_accum_steps):
-        raise RunError(
-            f"train.batch_size={cfg.batch_size} is not divisible by world size {dist.world_size} x "
-            f"train.grad_accum_steps={cfg.grad_accum_steps}: choose a batch size that is"
-        )
-    # Each micro-step consumes a "micro batch" of batch_size / grad_accum_steps sequences,
-    # split over the ranks: N processes see exactly the sequences one process would.
-    micro = cfg.batch_size // cfg.grad_accum_steps
-    if len(data.train) < micro:
-        raise RunError(
-            f"the corpus makes {len(data.train)} training sequences of {data.max_seq_len} tokens, fewer than one "
-            f"batch of {micro}: add text, or lower BATCH_SIZE / MAX_SEQ_LEN"
-        )
+    micro = _micro_batch(cfg, dist, data)
     batches = BatchIterator(data.train, micro, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size,
                             pin_memory=device.type == "cuda", pad_id=data.special.pad_id)
     evaluator = EvalIterator(data.eval, max(1, min(micro, len(data.eval))), pad_id=data.special.pad_id)

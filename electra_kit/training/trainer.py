@@ -29,13 +29,11 @@ from ..objectives.noise import Noise
 from ..rundir import checkpoint as ckpt
 from ..rundir.journal import JOURNAL, Journal
 from ..threads import configure_threads
+from .bad_steps import BadSteps, NonFiniteError  # noqa: F401 - NonFiniteError: raised through fit()
 from .distributed import DistContext, unwrap
 from .optim import make_optimizer, param_groups, warmup_linear_decay
+from .progress import Progress
 from .settings import TrainConfig, compile_wanted, native_bf16
-
-
-class NonFiniteError(RuntimeError):
-    pass
 
 
 class Interrupted(Exception):
@@ -50,51 +48,13 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**63)
 
 
-_SHOW_EVERY_S = 1.0  # the progress bar shows the current step's values this often at most
-
-
-def duration(seconds: float) -> str:
-    """``0.8 s``, ``42 s``, ``12 min``, ``3.4 h``, ``2.1 days``."""
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 48 * 3600:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
-
-
-class _Pace:
-    """Times the steps after the first of a fit (which compiles and warms caches): ``add`` says True once,
-    when ``STEPS`` of them are timed and steps remain, so that the run can say how long it will take."""
-
-    STEPS = 3
-
-    def __init__(self, step: int, total: int):
-        self.step, self.total, self.times, self.told, self.untimed = step, total, [], False, 1
-
-    def add(self, seconds: float) -> bool:
-        """One more finished step and its time."""
-        self.step += 1
-        if self.untimed or self.told:
-            self.untimed = 0
-            return False
-        self.times.append(seconds)
-        self.told = len(self.times) == self.STEPS
-        return self.told and self.to_go > 0
-
-    @property
-    def seconds(self) -> float:
-        return sorted(self.times)[len(self.times) // 2]  # the median step
-
-    @property
-    def to_go(self) -> int:
-        return self.total - self.step
-
-
 class Trainer:
+    """The one training loop, for pretraining and fine-tuning: ``fit`` runs ``cfg.steps`` optimizer steps of
+    ``train_batches`` (accumulation, clipping, the schedule, skipped non-finite steps), evaluates on
+    ``eval_batches()`` every ``cfg.eval_every`` steps, checkpoints (rank 0) every ``cfg.checkpoint_every``, and
+    appends every logged value to ``journal`` (rank 0's ``run_dir/metrics.jsonl`` by default). ``resume(path)``
+    continues from a checkpoint; ``history`` keeps what was logged."""
+
     def __init__(
         self,
         model: nn.Module,
@@ -137,11 +97,8 @@ class Trainer:
         self.operative_config = operative_config
         self.extra_state = extra_state or {}
         self.checkpoint_files = checkpoint_files or {}  # carried in every checkpoint (the tokenizer)
-        self.step, self.tokens_seen, self.bad_in_row = 0, 0, 0
-        # Non-finite steps, counted on the device so the fused kernel can skip them without a host
-        # sync; read at the next log step: [in a row now, worst run in a row, skipped, last bad step]
-        self._bad = torch.zeros(4, dtype=torch.long, device=self.device)
-        self._bad_seen = 0  # skipped steps already reported
+        self.step, self.tokens_seen = 0, 0
+        self.bad_steps = BadSteps(cfg.max_bad_steps, self.device, self.ckpt_dir)
         self.history: list[dict] = []  # logged metrics, for the caller's summary
         self._signal: int | None = None
         self.noise_generator = torch.Generator(device=device)  # masking/sampling: seeded alike on every rank
@@ -220,6 +177,8 @@ class Trainer:
         self._signal = signum
 
     def fit(self) -> dict:
+        """Train to ``cfg.steps`` (or until ``on_eval`` says stop); returns ``{step, tokens_seen, checkpoint}``.
+        SIGTERM/SIGINT finish the step, write a checkpoint and raise :class:`Interrupted`."""
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             return self._fit()
@@ -229,52 +188,29 @@ class Trainer:
 
     def _fit(self) -> dict:
         cfg = self.cfg
-        bar = None
-        if cfg.progress and self.dist.is_main:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=cfg.steps, initial=self.step, desc=self.progress_desc, unit="step", dynamic_ncols=True)
+        progress = Progress(step=self.step, total=cfg.steps, desc=self.progress_desc, speaking=self.dist.is_main,
+                            enabled=cfg.progress and self.dist.is_main, advice=self.pace_advice)
         window, window_tokens, window_start = MeanAccumulator(), 0, time.perf_counter()
         last_ckpt, saved_step = None, None
-        pace = _Pace(self.step, cfg.steps)
-        shown_at = -math.inf
         while self.step < cfg.steps:
             step_start = time.perf_counter()
             metrics, tokens = self._train_step()
             window.add(metrics)
             window_tokens += tokens
             self.step += 1
-            if bar is not None:
-                now = time.perf_counter()
-                if now - shown_at >= _SHOW_EVERY_S:  # this step's values (a host sync: at most once a second)
-                    rate = tokens * self.dist.world_size / max(now - step_start, 1e-9)
-                    self._show(bar, {**{k: float(v) for k, v in metrics.items()}, "tokens_per_s": rate})
-                    shown_at = now
-                bar.update(1)
-            if pace.add(time.perf_counter() - step_start) and self.dist.is_main:
-                self._say_pace(pace, bar)
+            seconds = time.perf_counter() - step_start
+            progress.step_done(metrics, tokens * self.dist.world_size / max(seconds, 1e-9), seconds)
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                self._check_bad_steps()
+                self.bad_steps.check(self.step)
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
                 logged = {f"train/{k}": v for k, v in self._rank_mean(window.result()).items()}  # one sync per log
                 logged["train/lr"] = self.schedule.get_last_lr()[0]
                 logged["train/tokens_per_s"] = window_tokens * self.dist.world_size / elapsed
-                self._log(logged, bar)
+                self._log(logged, progress)
                 window, window_tokens, window_start = MeanAccumulator(), 0, time.perf_counter()
-            stop = False
-            if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                if self.eval_batches is not None:
-                    with phase(f"evaluating at step {self.step}", bar is not None,
-                               say=lambda line: bar.write(f"electra-kit: {line}", file=sys.stderr)) as said:
-                        metrics = self.evaluate()
-                        n = self.eval_batch_count
-                        said["note"] = f"{n} batch{'' if n == 1 else 'es'}"
-                    self._log({f"eval/{k}": v for k, v in metrics.items()}, None)
-                    stop = self.on_eval is not None and bool(self.on_eval(self.step, metrics))
-                if self.on_eval is not None:  # the same decision on every rank
-                    stop = self.dist.any_true(stop, self.device)
+            stop = self._maybe_evaluate(progress) if self.step % cfg.eval_every == 0 or self.step == cfg.steps else False
             if self.step % cfg.checkpoint_every == 0:
-                self._check_bad_steps()  # never a checkpoint after too many bad steps in a row
+                self.bad_steps.check(self.step)  # never a checkpoint after too many bad steps in a row
                 # the run's last checkpoint is final: if it cannot be written, the run says so rather than ending without
                 last_ckpt, saved_step = self.save(final=stop or self.step >= cfg.steps), self.step
             if self.dist.any_true(self._signal is not None, self.device):
@@ -282,12 +218,25 @@ class Trainer:
                 raise Interrupted(self._signal or signal.SIGTERM, path)
             if stop:
                 break
-        if bar is not None:
-            bar.close()
+        progress.close()
         if saved_step != self.step:  # the same decision on every rank: save() has a barrier
-            with phase(f"writing the checkpoint of step {self.step}", bar is not None):
+            with phase(f"writing the checkpoint of step {self.step}", progress.bar is not None):
                 last_ckpt = self.save(final=True)
         return {"step": self.step, "tokens_seen": self.tokens_seen, "checkpoint": last_ckpt}
+
+    def _maybe_evaluate(self, progress: Progress) -> bool:
+        """Evaluate (where this rank does) and log it; True when ``on_eval`` says stop, decided alike on every rank."""
+        stop = False
+        if self.eval_batches is not None:
+            with phase(f"evaluating at step {self.step}", progress.bar is not None, say=progress.say) as said:
+                metrics = self.evaluate()
+                n = self.eval_batch_count
+                said["note"] = f"{n} batch{'' if n == 1 else 'es'}"
+            self._log({f"eval/{k}": v for k, v in metrics.items()}, None)
+            stop = self.on_eval is not None and bool(self.on_eval(self.step, metrics))
+        if self.on_eval is not None:
+            stop = self.dist.any_true(stop, self.device)
+        return stop
 
     def _forward_backward(self, batches: list[dict]) -> dict[str, torch.Tensor]:
         """Gradients of one optimizer step's micro-batches; returns their averaged metrics (0-d tensors)."""
@@ -335,13 +284,9 @@ class Trainer:
         if sharded:
             grad_norm = grad_norm.full_tensor()
         finite = torch.isfinite(grad_norm) & torch.isfinite(totals["loss"])
-        if getattr(self.optimizer, "defaults", {}).get("fused") and not sharded:
-            self._skip_in_kernel(~finite)
-        elif bool(finite):  # other optimizers: the step's one host sync
-            self.optimizer.step()
-            self.bad_in_row = 0
-        else:
-            self._skip_bad_step(totals["loss"], grad_norm)
+        fused = bool(getattr(self.optimizer, "defaults", {}).get("fused")) and not sharded
+        self.bad_steps.step(self.optimizer, finite, fused=fused, step=self.step, loss=totals["loss"],
+                            grad_norm=grad_norm)
         self.schedule.step()
         self.tokens_seen += tokens * self.dist.world_size
         totals["grad_norm"] = grad_norm.detach().float()
@@ -365,50 +310,6 @@ class Trainer:
         value = sum(w * sums[i] / counts[i] for i, (w, _, _) in enumerate(terms))
         return loss, value
 
-    def _skip_in_kernel(self, bad: torch.Tensor) -> None:
-        """Fused AdamW skips the whole update (and its step count) where ``found_inf`` is set, the
-        way GradScaler drives it: no host sync per step. ``_check_bad_steps`` reads the counts."""
-        self.optimizer.found_inf = bad.float()
-        self.optimizer.step()
-        b = bad.long()
-        in_row = (self._bad[0] + 1) * b
-        self._bad.copy_(torch.stack([in_row, torch.maximum(self._bad[1], in_row), self._bad[2] + b,
-                                     torch.where(bad, self.step, self._bad[3])]))
-
-    def _check_bad_steps(self) -> None:
-        """Report the steps the fused kernel skipped since the last call; stop after too many in a row."""
-        in_row, worst, skipped, last = (int(v) for v in self._bad.tolist())  # one sync, at log/save time
-        if skipped == self._bad_seen:
-            return
-        new, self._bad_seen = skipped - self._bad_seen, skipped
-        self.bad_in_row = in_row
-        warnings.warn(
-            f"electra-kit: step {last}: non-finite loss or gradient norm; {new} update(s) skipped since the last "
-            f"report ({in_row}/{self.cfg.max_bad_steps} in a row now, {skipped} in this run)",
-            RuntimeWarning, stacklevel=2,
-        )
-        if worst >= self.cfg.max_bad_steps:
-            self._stop_for_bad_steps(worst)
-
-    def _skip_bad_step(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        self.bad_in_row += 1
-        warnings.warn(
-            f"electra-kit: step {self.step}: non-finite loss ({float(loss)}) or gradient norm ({float(grad_norm)}); "
-            f"update skipped ({self.bad_in_row}/{self.cfg.max_bad_steps} in a row)",
-            RuntimeWarning, stacklevel=2,
-        )
-        if self.bad_in_row >= self.cfg.max_bad_steps:
-            self._stop_for_bad_steps(self.bad_in_row)
-
-    def _stop_for_bad_steps(self, in_row: int) -> None:
-        good = ckpt.latest_valid_checkpoint(self.ckpt_dir)
-        raise NonFiniteError(
-            f"{in_row} non-finite steps in a row at step {self.step}; stopping. "
-            f"Last good checkpoint: {good or 'none yet'}. Lower train.lr, check the data, "
-            f"or raise train.max_bad_steps."
-        )
-
     def evaluate(self) -> dict[str, float]:
         """In fp32 whatever the training precision: the precision a saved model is loaded in, so what a run reports
         is what its model folder gives (``electra-kit predict`` reproduces a fine-tuning run's accuracy)."""
@@ -425,19 +326,6 @@ class Trainer:
             self.eval_batch_count += 1
             yield batch
 
-    def _say_pace(self, pace: _Pace, bar) -> None:
-        """The run's expected length, from the steps after the first; and the caller's advice on it."""
-        lines = [f"expected length: {pace.total} steps x {pace.seconds:.2f} s/step (the median of {len(pace.times)} "
-                 f"steps after the first) = about {duration(pace.seconds * pace.total)} of training; "
-                 f"{pace.to_go} steps to go, about {duration(pace.seconds * pace.to_go)}"]
-        advice = self.pace_advice(pace.seconds, pace.to_go) if self.pace_advice is not None else None
-        lines += [advice] if advice else []
-        for line in lines:
-            if bar is not None:
-                bar.write(f"electra-kit: {line}", file=sys.stderr)
-            else:
-                print(f"electra-kit: {line}", file=sys.stderr, flush=True)
-
     def _rank_mean(self, metrics: dict[str, float]) -> dict[str, float]:
         if not self.dist.enabled:
             return metrics
@@ -445,18 +333,10 @@ class Trainer:
         values = self.dist.all_reduce_sum(torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.device))
         return {k: float(v) / self.dist.world_size for k, v in zip(keys, values, strict=True)}
 
-    def _log(self, metrics: dict[str, float], bar) -> None:
+    def _log(self, metrics: dict[str, float], progress: Progress | None) -> None:
         metrics = {k: float(v) for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
         self.history.append({"step": self.step, **metrics})
         if self.journal is not None:
             self.journal.append(self.step, metrics)
-        if bar is not None and "train/loss" in metrics:
-            self._show(bar, {k[len("train/"):]: v for k, v in metrics.items()})
-
-    @staticmethod
-    def _show(bar, metrics: dict[str, float]) -> None:
-        """The bar's numbers: the loss, each ``*_loss`` term the objective reports, tokens per second."""
-        shown = {k: f"{v:.3f}" for k, v in metrics.items() if k.endswith("loss")}
-        if "tokens_per_s" in metrics:
-            shown["tok_s"] = f"{metrics['tokens_per_s']:.0f}"
-        bar.set_postfix(shown, refresh=False)
+        if progress is not None and "train/loss" in metrics:
+            progress.show({k[len("train/"):]: v for k, v in metrics.items()})
