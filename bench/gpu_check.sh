@@ -3,15 +3,15 @@
 # inside 8 minutes on one H100: each stage runs under its own `timeout`, the budgets add up to TOTAL_S
 # (450 s), and a stage that fails or runs out of time leaves what it wrote while the next one runs.
 #
-#   0 setup     (40 s) the machine's Python, torch and card; with INSTALL=1 the wheels of WHEELS
+#   0 setup     (60 s) the machine's Python, torch and card; with INSTALL=1 the wheels of WHEELS
 #                      (bench/gpu_wheels.sh) into WORK/site, never touching the machine's own packages
 #   1 run      (110 s) a tracked real run: `electra-kit run transformer_small.gin`, bf16, compiled, REAL_STEPS
 #                      steps on the embedded default corpus, MLflow into WORK/mlflow.db with system metrics
-#   2 small     (50 s) bench/throughput.py at the ELECTRA-Small shape, eager: every backbone, the Hugging Face
+#   2 small     (45 s) bench/throughput.py at the ELECTRA-Small shape, eager: every backbone, the Hugging Face
 #                      pair (`--peers hf`: electra-pytorch's own `orig` peer is left out by name), and each
 #                      backbone without the all-true attention mask Electra passes (+nomask)
-#   3 compiled (110 s) the same shape compiled: kit/transformer with and without that mask, and hf
-#   4 base      (40 s) the ELECTRA-Base shape (batch 32, seq 512), eager
+#   3 compiled (100 s) the same shape compiled: kit/transformer with and without that mask, and hf
+#   4 base      (35 s) the ELECTRA-Base shape (batch 32, seq 512), eager
 #   5 long      (80 s) bench/long_sequences.py, 1024 -> 16384 tokens (results kept after each length)
 #   6 report    (20 s) OUT_DIR/table.md and OUT_DIR/results.json (every stage's JSON, merged)
 #
@@ -30,7 +30,7 @@ export PY=${PYTHON:-python} DEVICE=${DEVICE:-cuda} INSTALL=${INSTALL:-1} WHEELS=
 export WORK=${WORK:-$(mktemp -d /tmp/gpu-check.XXXXXX)} REAL_STEPS=${REAL_STEPS:-300} PEAK_TFLOPS=${PEAK_TFLOPS:-}
 export SMOKE=${SMOKE:-0} REPO=$PWD
 TOTAL_S=450
-BUDGETS=(setup:40 run:110 small:50 compiled:110 base:40 long:80 report:20)  # seconds; they add up to TOTAL_S
+BUDGETS=(setup:60 run:110 small:45 compiled:100 base:35 long:80 report:20)  # seconds; they add up to TOTAL_S
 mkdir -p "$OUT_DIR" "$WORK"
 export ELECTRA_KIT_CACHE=$WORK/cache TORCHINDUCTOR_CACHE_DIR=$WORK/inductor MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL=2
 export PYTHONWARNINGS=ignore
@@ -60,8 +60,11 @@ EOF
     echo "gpu_check.sh: this machine's Python is $pyver; $WHEELS holds wheels for $(paste -sd, "$WHEELS/pythons.txt") only:"
     echo "  rebuild it with PYTHONS=$pyver bash bench/gpu_wheels.sh"; exit 2; }
   "$PY" -c 'import torch; print(f"torch=={torch.__version__}")' > "$WORK/keep.txt"  # the machine's torch stays
-  local pip=("$PY" -m pip install -q --no-index --find-links "$WHEELS" --prefix "$WORK/site" -c "$WORK/keep.txt")
+  # --no-compile: the bytecode of what runs is written when it is first imported (all of it: 40 s on 2 cores)
+  local pip=("$PY" -m pip install -q --no-compile --no-index --find-links "$WHEELS" --prefix "$WORK/site" -c "$WORK/keep.txt")
   "${pip[@]}" -r "$WHEELS/requirements.txt" && "${pip[@]}" --no-deps -r "$WHEELS/nodeps.txt" || exit 2
+  "${pip[@]}" -r "$WHEELS/optional.txt" 2> /dev/null || echo "gpu_check.sh: no pandas for Python $pyver in $WHEELS" \
+    "(bench/gpu_wheels.sh PANDAS_PYTHONS): the tracked run trains and is recorded, then fails to log its Logged Model"
   site_path > /dev/null || exit 2
   PYTHONPATH=$(site_path) "$PY" -c 'import electra_kit, electra_pytorch, gin, mlflow, pynvml, sqlalchemy; print("installed: electra-kit", electra_kit.__version__, "mlflow", mlflow.__version__)'
 }
@@ -148,7 +151,11 @@ lines = ["# GPU check", "", f"machine: {result['machine']}", "",
 for s in stages:
     verdict = {"0": "ok", "124": "TIMED OUT (partial)", "137": "KILLED at its budget (partial)",
                "skipped": "not run (the setup failed)"}.get(s["exit"], f"exit {s['exit']}")
-    lines.append(f"| {s['stage']} | {s['budget_s']} | {s['seconds']} | {verdict}: see {s['stage']}.log |")
+    log = "" if s["exit"] == "skipped" else f": see {s['stage']}.log"
+    if s["exit"] not in ("0", "skipped") and (out / f"{s['stage']}.log").exists():  # its last words
+        last = [x for x in (out / f"{s['stage']}.log").read_text(errors="replace").splitlines() if x.strip()][-1:]
+        log += f" ({last[0].strip()[:200]})" if last else ""
+    lines.append(f"| {s['stage']} | {s['budget_s']} | {s['seconds']} | {verdict}{log} |")
 
 # 1: the tracked run (its journal, and what MLflow holds)
 journal = work / "run" / "metrics.jsonl"
