@@ -279,7 +279,7 @@ def _gpu_check(tmp_path, **env):
     env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "SMOKE": "1", "INSTALL": "0", "WORK": str(work),
            "OMP_NUM_THREADS": "1", **env}
     proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), str(out)], capture_output=True, text=True,
-                          timeout=170, env=env, cwd=tmp_path)
+                          timeout=180, env=env, cwd=tmp_path)
     return proc, out, work
 
 
