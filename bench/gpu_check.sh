@@ -4,17 +4,17 @@
 # TOTAL_S = 450 s; the budgets add up to 445 s; 2 s more to kill a stage: 464 s at worst), and a stage that fails
 # or runs out of time leaves what it wrote while the next one runs.
 #
-#   0 setup     (60 s) the machine's Python, torch and card; with INSTALL=1 the wheels of WHEELS
+#   0 setup     (45 s) the machine's Python, torch and card; with INSTALL=1 the wheels of WHEELS
 #                      (bench/gpu_wheels.sh) into WORK/site, never touching the machine's own packages
-#   1 run      (110 s) a tracked real run: `electra-kit run transformer_small.gin`, bf16, compiled, REAL_STEPS
+#   1 run      (120 s) a tracked real run: `electra-kit run transformer_small.gin`, bf16, compiled, REAL_STEPS
 #                      steps on the embedded default corpus, MLflow into WORK/mlflow.db with system metrics
-#   2 small     (40 s) bench/throughput.py at the ELECTRA-Small shape, eager: every backbone, the Hugging Face
+#   2 small     (35 s) bench/throughput.py at the ELECTRA-Small shape, eager: every backbone, the Hugging Face
 #                      pair (`--peers hf`: electra-pytorch's own `orig` peer is left out by name), and each
 #                      backbone without the all-true attention mask Electra passes (+nomask)
-#   3 compiled (110 s) the same shape compiled: kit/transformer with and without that mask; then, in a second
+#   3 compiled (150 s) the same shape compiled: kit/transformer with and without that mask; then, in a second
 #                      run, kit/transformer against hf, both compiled
-#   4 base      (35 s) the ELECTRA-Base shape (batch 32, seq 512), eager
-#   5 long      (70 s) bench/long_sequences.py, 1024 -> 16384 tokens (results kept after each length)
+#   4 base      (30 s) the ELECTRA-Base shape (batch 32, seq 512), eager: kit/transformer against hf
+#   5 long      (45 s) bench/long_sequences.py, 1024 -> 16384 tokens (results kept after each length)
 #   6 report    (20 s) OUT_DIR/table.md and OUT_DIR/results.json (every stage's JSON, merged)
 #
 # OUT_DIR gets at most 8 files: table.md, results.json and one log per stage 0-5. Everything else (the
@@ -32,7 +32,7 @@ export PY=${PYTHON:-python} DEVICE=${DEVICE:-cuda} INSTALL=${INSTALL:-1} WHEELS=
 export WORK=${WORK:-$(mktemp -d /tmp/gpu-check.XXXXXX)} REAL_STEPS=${REAL_STEPS:-300} PEAK_TFLOPS=${PEAK_TFLOPS:-}
 export SMOKE=${SMOKE:-0} REPO=$PWD
 TOTAL_S=450
-BUDGETS=(setup:60 run:110 small:40 compiled:110 base:35 long:70 report:20)  # seconds: 445 <= TOTAL_S
+BUDGETS=(setup:45 run:120 small:35 compiled:150 base:30 long:45 report:20)  # seconds: 445 <= TOTAL_S
 mkdir -p "$OUT_DIR" "$WORK"
 export ELECTRA_KIT_CACHE=$WORK/cache TORCHINDUCTOR_CACHE_DIR=$WORK/inductor MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL=2
 export PYTHONWARNINGS=ignore
@@ -118,7 +118,7 @@ stage_compiled() {  # two runs: a slow compile of hf must not cost the mask comp
 }
 
 stage_base() {
-  local shape=(--shape base --batch 32) peers=(--peers hf)
+  local shape=(--shape base --batch 32 --backbones transformer) peers=(--peers hf)
   [[ $SMOKE == 1 ]] && shape=(--tiny --seq 32) peers=(--peers '')
   local peak=()
   [[ -n $PEAK_TFLOPS ]] && peak=(--peak-tflops "$PEAK_TFLOPS")

@@ -300,7 +300,7 @@ def test_gpu_check_smoke_runs_every_stage_and_writes_at_most_8_files(tmp_path):
     assert "kit/transformer+nomask vs kit/transformer" in result["compiled"]["ratios"]
     assert set(result["long"]["lengths"]) == {"64", "128"} and not result["long"]["partial"]
     table = (out / "table.md").read_text()
-    assert "| run | 110 |" in table and "status FINISHED" in table and "| 128 | kit/reformer |" in table
+    assert "| run | 120 |" in table and "status FINISHED" in table and "| 128 | kit/reformer |" in table
     assert (work / "mlflow.db").exists() and (work / "run" / "metrics.jsonl").exists()
 
 
