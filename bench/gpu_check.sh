@@ -135,6 +135,7 @@ stage_report() {
 import json
 import os
 import statistics
+import sys
 from pathlib import Path
 
 work, out = Path(os.environ["WORK"]), Path(os.environ["OUT_DIR"])
@@ -182,10 +183,19 @@ if journal.exists():
         real["mlflow_error"] = f"{type(exc).__name__}: {exc}"
     result["real_run"] = real
     gpu = [k for k in real.get("system_metrics", []) if k.startswith("system/gpu")]
-    tps = real["tokens_per_s_median_after_first"]
+    tps, mfu = real["tokens_per_s_median_after_first"], ""
+    peaks = [r.get("peak_tflops") for r in map(load, ("small.json", "compiled.json", "base.json")) if r]
+    peak = next((x for x in peaks if x), None) or float(os.environ.get("PEAK_TFLOPS") or 0) or None
+    if tps and os.environ["SMOKE"] != "1":  # transformer_small.gin is bench/cases.py's "small" shape
+        sys.path.insert(0, os.path.join(os.environ["REPO"], "bench"))
+        from cases import SHAPES, flops_per_token
+
+        real["tflops"] = flops_per_token(SHAPES["small"]) * tps / 1e12
+        real["mfu"] = real["tflops"] / peak if peak else None
+        mfu = f"; {real['tflops']:.1f} TFLOP/s, MFU " + (f"{100 * real['mfu']:.1f}%" if peak else "n/a (no peak known)")
     lines += ["", "## 1 tracked run", "",
               f"- steps logged: {real['steps']}; tokens/s (median of the log windows after the first, which "
-              f"holds the compile): {f'{tps:,.0f}' if tps else 'n/a'}",
+              f"holds the compile): {f'{tps:,.0f}' if tps else 'n/a'}{mfu}",
               f"- MLflow: {real.get('mlflow_runs', 0)} run(s), status {real.get('mlflow_status')}; "
               f"{real.get('train_metrics', 0)} train/ metrics; {real.get('mlflow_error', '')}",
               f"- GPU system metrics recorded: {', '.join(gpu) or 'NONE'}",
