@@ -9,10 +9,13 @@ A case is named ``family/backbone[+option]``:
 - ``hf``: Hugging Face ``ElectraForMaskedLM`` + ``ElectraForPreTraining`` (same sizes, embeddings
   shared, LM head tied, dropout 0, SDPA attention) under that same wrapper.
 
-Options: ``+compile`` (torch.compile), ``+bf16`` (autocast), ``+fullvocab`` (kit only: the generator
-head at every position, an ablation), ``+eager`` (hf only: attention written out in PyTorch ops, the
-(b, h, n, n) scores materialised, instead of SDPA's fused kernel), ``+backbones`` (kit only: the two
-encoders alone, a diagnostic of what the objective adds).
+Options (several may follow one another, e.g. ``kit/transformer+compile+nomask``): ``+compile``
+(torch.compile), ``+bf16`` (autocast), ``+fullvocab`` (kit only: the generator head at every position, an
+ablation), ``+eager`` (hf only: attention written out in PyTorch ops, the (b, h, n, n) scores
+materialised, instead of SDPA's fused kernel), ``+backbones`` (kit only: the two encoders alone, a
+diagnostic of what the objective adds), ``+nomask`` (kit only: the backbones get no attention mask, where
+``Electra`` passes its all-true one on CUDA and under torch.compile: what that mask costs, e.g. SDPA off
+its flash kernel; the losses still use the mask, and on packed batches the step computes the same).
 
 One step of every case: ``zero_grad`` -> forward (the objective's total loss) -> ``backward`` ->
 ``AdamW.step`` (fused where torch has it), on packed random ids (``[CLS] ... [SEP]``, no padding).
@@ -183,7 +186,7 @@ class Case:
     def __init__(self, name: str, s: Shape, device: torch.device, amp: str, options: dict | None = None):
         self.name, self.shape, self.device = name, s, device
         torch.manual_seed(0)
-        base, _, option = name.partition("+")
+        base, *flags = name.split("+")
         family, _, backbone = base.partition("/")
         self.backbone = backbone or "hf"
         self.family = family
@@ -195,28 +198,33 @@ class Case:
             model = build_orig(backbone, s, kwargs)
             self._loss = lambda m, ids: m(ids).loss
         elif family == "hf":
-            model = build_hf(s, attention="eager" if option == "eager" else "sdpa")
+            model = build_hf(s, attention="eager" if "eager" in flags else "sdpa")
             self._loss = lambda m, ids: m(ids).loss
         else:
             raise SystemExit(f"unknown case {name!r}; cases look like kit/transformer, orig/reformer, hf")
-        if option not in OPTIONS:
-            raise SystemExit(f"unknown option +{option} in {name!r}; options: {', '.join('+' + o for o in OPTIONS if o)}")
-        if option == "fullvocab":
+        for option in flags:
+            if option not in OPTIONS:
+                raise SystemExit(f"unknown option +{option} in {name!r}; options: {', '.join('+' + o for o in OPTIONS)}")
+        if "fullvocab" in flags:
             if family != "kit":
                 raise SystemExit("+fullvocab is an ablation of electra-kit's objective: kit/<backbone>+fullvocab")
             model._generator_logits = _full_vocab_logits.__get__(model)
-        if option == "eager" and family != "hf":
+        if "eager" in flags and family != "hf":
             raise SystemExit("+eager is Hugging Face's attention without SDPA: hf+eager")
-        if option == "backbones":
+        if "backbones" in flags:
             if family != "kit":
                 raise SystemExit("+backbones is a diagnostic of electra-kit's objective: kit/<backbone>+backbones")
             self._loss = _backbones_only_loss
+        if "nomask" in flags:
+            if family != "kit":
+                raise SystemExit("+nomask is an ablation of electra-kit's objective: kit/<backbone>+nomask")
+            model._backbone_mask = _no_backbone_mask
         self.model = model.to(device).train()
         params = list({id(p): p for p in model.parameters() if p.requires_grad}.values())
         self.n_params = sum(p.numel() for p in params)
         self.optimizer = make_optimizer(params, device)
-        self.forward_model = torch.compile(self.model) if option == "compile" else self.model
-        self.amp = "bf16" if option == "bf16" else amp
+        self.forward_model = torch.compile(self.model) if "compile" in flags else self.model
+        self.amp = "bf16" if "bf16" in flags else amp
 
     def step(self, ids: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -227,13 +235,18 @@ class Case:
         self.optimizer.step()
 
 
-OPTIONS = ("", "compile", "bf16", "fullvocab", "eager", "backbones")
+OPTIONS = ("compile", "bf16", "fullvocab", "eager", "backbones", "nomask")
 
 
 def _backbones_only_loss(model, ids: torch.Tensor) -> torch.Tensor:
     """Diagnostic: the two encoders alone on the step's ids (no masking, heads, sampling or losses);
     against ``kit/<backbone>`` it shows what electra-kit's objective adds to a step."""
     return model.generator(ids).mean() + model.discriminator(ids).mean()
+
+
+def _no_backbone_mask(attention_mask: torch.Tensor) -> None:
+    """Ablation of ``Electra._backbone_mask``: the backbones never get the mask (right only without padding)."""
+    return None
 
 
 def _full_vocab_logits(self, masked, attention_mask, kwargs):

@@ -99,10 +99,11 @@ def _mem_value(m: dict) -> int:
     return m.get("cuda_peak", m["peak_rss_delta"])
 
 
-def time_cases(args, cases: list[Case], batches, peaks: dict | None = None) -> dict[str, list[list[float]]]:
+def time_cases(args, cases: list[Case], batches, peaks: dict | None = None,
+               on_round=None) -> dict[str, list[list[float]]]:
     """{name: [[step seconds] per round]}, rounds interleaved across cases. With ``peaks`` (a dict),
     also the largest memory one timed step of each case added on top of what was resident before it
-    (``step_peak_bytes``): {name: bytes}."""
+    (``step_peak_bytes``): {name: bytes}. ``on_round(times)`` is called after each round (partial results)."""
     times = {c.name: [] for c in cases}
     for c in cases:  # warm-up (and compilation) outside the timed rounds
         t0 = time.perf_counter()
@@ -127,6 +128,8 @@ def time_cases(args, cases: list[Case], batches, peaks: dict | None = None) -> d
             times[c.name].append(steps)
         line = ", ".join(f"{c.name} {args.batch * args.seq / statistics.median(times[c.name][-1]):,.0f}" for c in cases)
         print(f"  round {r + 1}/{args.rounds} tokens/s: {line}", flush=True)
+        if on_round is not None:
+            on_round(times)
     return times
 
 
@@ -284,6 +287,8 @@ def report(args, s: Shape, cases: list[Case], times, memory, started: str) -> di
         if not c.name.startswith("kit/"):
             continue
         b = c.name.split("/")[1].split("+")[0]
+        if c.name.endswith("+nomask") and c.name.removesuffix("+nomask") in rows:  # what the all-true mask costs
+            ratios[f"{c.name} vs {c.name.removesuffix('+nomask')}"] = ratio(c.name, c.name.removesuffix("+nomask"))
         if f"orig/{b}" in rows:
             ratios[f"{c.name} vs orig/{b}"] = ratio(c.name, f"orig/{b}")
         if "hf" in rows:

@@ -46,8 +46,10 @@ per token, so their TFLOP/s is "useful" TFLOP/s.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib.util
+import io
 import os
 import sys
 from dataclasses import asdict
@@ -143,10 +145,16 @@ def main(argv=None) -> int:
     print(f"cases: {', '.join(names)}", flush=True)
     memory = {} if args.no_memory else measure_memory(args, names, __file__)
     cases = [Case(n, s, device, args.amp) for n in names]
-    times = time_cases(args, cases, batches)
+
+    def save_partial(times):  # the rounds so far survive a run that is killed (bench/gpu_check.sh's timeouts)
+        if args.json:
+            with contextlib.redirect_stdout(io.StringIO()):
+                write_json(args.json, report(args, s, cases, times, memory, started) | {"partial": True})
+
+    times = time_cases(args, cases, batches, on_round=save_partial)
     result = report(args, s, cases, times, memory, started)
     if args.json:
-        write_json(args.json, result)
+        write_json(args.json, result | {"partial": False})
     return 0
 
 

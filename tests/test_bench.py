@@ -269,3 +269,63 @@ def test_electra_vs_mlm_pools_pretraining_seeds():
     assert evm.by_budget(rows, "ELECTRA", "trec") == [(1e12, [0.70, 0.72, 0.80, 0.90]), (1e13, [0.85])]
     rows += [row("MLM", 1e13, 0.61), row("random init", 0.0, 0.5)]
     assert evm.trend(rows, "trec")["fits"]["ELECTRA"]["per_decade"] == pytest.approx(0.85 - 0.76)
+
+
+# ------------------------------------------------------------------ the GPU check (issue 24, item 3)
+
+
+def _gpu_check(tmp_path, **env):
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "SMOKE": "1", "INSTALL": "0", "WORK": str(work),
+           "OMP_NUM_THREADS": "1", **env}
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), str(out)], capture_output=True, text=True,
+                          timeout=180, env=env, cwd=tmp_path)
+    return proc, out, work
+
+
+def test_gpu_check_smoke_runs_every_stage_and_writes_at_most_8_files(tmp_path):
+    """SMOKE=1 DEVICE=cpu: every stage at tiny sizes under its timeout; OUT gets the table, the merged JSON and
+    one log per stage, nothing else (the run directory, MLflow store and caches stay in WORK)."""
+    proc, out, work = _gpu_check(tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    files = sorted(p.name for p in out.rglob("*"))
+    assert len(files) <= 8 and all((out / f).is_file() for f in files), files
+    assert {"table.md", "results.json", "setup.log", "run.log", "small.log", "compiled.log"} <= set(files)
+    result = json.loads((out / "results.json").read_text())
+    assert [s["exit"] for s in result["stages"]] == ["0"] * 6, result["stages"]
+    assert sum(int(s["budget_s"]) for s in result["stages"]) <= 450 - 20  # the report's 20 s make 450
+    real = result["real_run"]
+    assert real["mlflow_status"] == "FINISHED" and real["steps"] == 10, real
+    assert any(k.startswith("system/cpu") for k in real["system_metrics"]), real
+    assert "kit/transformer+nomask vs kit/transformer" in result["compiled"]["ratios"]
+    assert set(result["long"]["lengths"]) == {"64", "128"} and not result["long"]["partial"]
+    table = (out / "table.md").read_text()
+    assert "| run | 120 |" in table and "status FINISHED" in table and "| 128 | kit/reformer |" in table
+    assert (work / "mlflow.db").exists() and (work / "run" / "metrics.jsonl").exists()
+
+
+def test_gpu_check_refuses_a_python_its_wheels_do_not_fit(tmp_path):
+    """INSTALL=1 with a wheel folder built for other Pythons: the setup fails naming both, nothing else runs,
+    and the table still says so."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "pythons.txt").write_text("3.99\n")
+    proc, out, _ = _gpu_check(tmp_path, INSTALL="1", WHEELS=str(wheels))
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    here = "%d.%d" % sys.version_info[:2]
+    assert f"this machine's Python is {here}; {wheels} holds wheels for 3.99 only" in (out / "setup.log").read_text()
+    assert f"PYTHONS={here} bash bench/gpu_wheels.sh" in proc.stdout + proc.stderr
+    assert "not run (the setup failed)" in (out / "table.md").read_text()
+
+
+def test_cases_stack_options_and_nomask_drops_only_the_backbone_mask():
+    cases = _bench_module("cases")
+    s = cases.SHAPES["tiny"]
+    case = cases.Case("kit/transformer+compile+nomask", s, torch.device("cpu"), "fp32")
+    assert case.forward_model is not case.model  # compiled (lazily: nothing compiles until a step)
+    mask = torch.ones(2, s.seq, dtype=torch.bool)
+    assert case.model._backbone_mask(mask) is None
+    assert Electra._backbone_mask(torch.cat([mask[:, :-1], ~mask[:, -1:]], 1)) is not None  # the class keeps its own
+    for bad in ("kit/transformer+nomask+eager", "kit/transformer+compile+fast"):
+        with pytest.raises(SystemExit):
+            cases.Case(bad, s, torch.device("cpu"), "fp32")
