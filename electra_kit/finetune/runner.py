@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -375,10 +374,13 @@ def _run_finetune(model_dir, spec, cfg, run_dir, tracking, tracking_uri, experim
     with finish_when_done(tracker):
         results = finetune(model_dir, spec, cfg, tracker=tracker, run_dir=run_dir)
         if tracker is not None:
-            from ..serving.classifier import log_kept_model
-
-            print("electra-kit: logging the kept model to MLflow", file=sys.stderr, flush=True)
-            results["kept_model"]["mlflow_model_id"] = log_kept_model(tracker, results["kept_model"])
+            try:  # mlflow.pyfunc needs pandas, which mlflow-skinny lacks; tracking never fails a finished run
+                from ..serving.classifier import log_kept_model
+            except ImportError as exc:
+                say(f"the kept model is not logged as an MLflow model ({exc}); it is complete in {run_dir / 'model'}")
+            else:
+                say("logging the kept model to MLflow")
+                results["kept_model"]["mlflow_model_id"] = log_kept_model(tracker, results["kept_model"])
         path = atomic_write(run_dir / "results.json", json.dumps(results, indent=2))
         if tracker is not None:
             tracker.log_artifact(path)

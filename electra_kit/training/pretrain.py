@@ -324,9 +324,12 @@ def _train(trainer, data, model, tracker, dist, device, run_dir) -> dict:
                     with phase("uploading the run's last metrics and artifacts to MLflow"):
                         tracker.finish("FINISHED")
         if model_dir is not None and tracker is not None:
-            from ..serving.encoder import log_run_encoder  # imports mlflow.pyfunc: seconds, so only now
-
-            log_run_encoder(tracker, model_dir, result["step"], say=say)
+            try:  # mlflow.pyfunc: seconds to import, so only now; and it needs pandas, which mlflow-skinny lacks
+                from ..serving.encoder import log_run_encoder
+            except ImportError as exc:  # tracking never fails a finished run
+                say(f"the encoder is not logged as an MLflow model ({exc}); the run and its model folder are complete")
+            else:
+                log_run_encoder(tracker, model_dir, result["step"], say=say)
         return {**result, "model_dir": model_dir, "run_dir": run_dir, "history": trainer.history}
     finally:
         trainer.release()  # DDP's reducer must go before its process group (else gloo can deadlock at exit)
