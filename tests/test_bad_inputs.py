@@ -1,4 +1,4 @@
-"""Bad inputs, one test per row of the README's troubleshooting table (more rows are in test_run.py).
+"""Bad inputs, one test per row of docs/troubleshooting.md's table (more rows are in test_run.py).
 
 Each must end with exit code 2, a one-line message naming the culprit and what to do, no traceback,
 and no half-written run directory or cache file left behind. They run the CLI's own ``main`` in this

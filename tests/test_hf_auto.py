@@ -100,11 +100,11 @@ def test_feature_extraction_pipeline_on_a_reformer_folder(tokenizer, tmp_path):
     assert out.shape == (1, MAX_LEN, 32) and (out[0] - hidden[0]).abs().max().item() < ATOL
 
 
-def test_readme_example_runs(tokenizer, tmp_path):
+def test_the_docs_example_runs(tokenizer, tmp_path):
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "models.md").read_text()
     code = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "AutoModel.from_pretrained" in b)
     folder = save_tiny("transformer", tmp_path / "model", tokenizer)
     scope: dict = {}

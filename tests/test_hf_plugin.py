@@ -281,11 +281,11 @@ def test_other_backbone_gets_the_portable_folder_and_a_clear_message(tmp_path, t
     assert "not an electra-kit model folder" in capsys.readouterr().err
 
 
-# ---- the README's "Write your own backbone" ----------------------------------------------------
+# ---- docs/backbones.md's "Write your own backbone" ---------------------------------------------
 
 
 def _section() -> str:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "backbones.md").read_text()
     start = text.index("## Write your own backbone")
     end = text.find("\n## ", start + 1)
     return text[start:end if end > 0 else None]

@@ -1,4 +1,4 @@
-"""The README's Python examples run as written (the electra-pytorch ones with only the import changed)."""
+"""The Python examples of the README and docs/ run as written (the electra-pytorch ones with only the import changed)."""
 
 import re
 import warnings
@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+REPO = Path(__file__).resolve().parent.parent
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+BLOCKS = [b for page in PAGES for b in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)]
 RUNNABLE = [b for b in BLOCKS if "import torch" in b]
 
 
@@ -23,7 +24,7 @@ def test_readme_example_runs(code):
     scope: dict = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        exec(compile(code, str(README), "exec"), scope)
+        exec(compile(code, "docs", "exec"), scope)
     loss = scope["loss"]
     assert torch.isfinite(loss)
     assert loss.mlm_loss is not None and loss.disc_loss is not None and loss.loss is loss
