@@ -96,9 +96,8 @@ def tokenizer_cache_path(cache_dir: str, corpus_fp: str, vocab_size: int, lowerc
 
 
 def _trained_tokenizer(files, corpus_fp, text_field, vocab_size, lowercase, cache_dir):
-    """Train, or reuse the cached vocabulary. WordPiece training is not deterministic run to run
-    (hash-map order breaks ties: huggingface/tokenizers#1794), so the first process to publish
-    wins and every process then uses the published file, never its own in-memory result."""
+    """Train, or reuse the cached vocabulary. Training is deterministic (train_wordpiece reads the text twice);
+    should two processes race, the first to publish wins and both use the published file."""
     path = tokenizer_cache_path(cache_dir, corpus_fp, vocab_size, lowercase)
     if os.path.isfile(path):
         log.info("tokenizer: cache hit %s", path)
@@ -107,18 +106,18 @@ def _trained_tokenizer(files, corpus_fp, text_field, vocab_size, lowercase, cach
 
     def batches() -> Iterator[list[str]]:
         batch: list[str] = []
-        for piece in iter_documents(files, text_field, bar.update):
-            if piece:
-                batch.append(_LONG_WORD.sub(" ", piece))
-                chars[0] += len(piece.strip())
-            if len(batch) >= 1000:
-                yield batch
-                batch = []
+        with _progress(files, "training vocab") as bar:
+            for piece in iter_documents(files, text_field, bar.update):
+                if piece:
+                    batch.append(_LONG_WORD.sub(" ", piece))
+                    chars[0] += len(piece.strip())
+                if len(batch) >= 1000:
+                    yield batch
+                    batch = []
         if batch:
             yield batch
 
-    with _progress(files, "training vocab") as bar:
-        tok = train_wordpiece(batches(), vocab_size, lowercase)
+    tok = train_wordpiece(batches, vocab_size, lowercase)
     if chars[0] == 0:
         raise _empty_corpus_error(files)
     CACHE_STATS["tokenizer_trained"] += 1
