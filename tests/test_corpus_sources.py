@@ -40,3 +40,100 @@ def test_train_wordpiece_is_deterministic_and_keeps_special_ids():
     assert [one.token_to_id(t) for t in ("[PAD]", "[UNK]", "[MASK]", "[CLS]", "[SEP]")] == [0, 1, 2, 3, 4]
     assert one.get_added_tokens_decoder().keys() == {0, 1, 2, 3, 4}  # the pinned alphabet is plain vocabulary
     assert one.encode("word1 pieceing", add_special_tokens=False).tokens[0] == "word1"
+
+
+# ------------------------------------------------------------------------------------------------ sources
+def _paragraphs(small_corpus) -> list[str]:
+    text = "\n\n".join(p.read_text(encoding="utf-8") for p in sorted(Path(small_corpus).glob("*.txt"))[:2])
+    return [p.strip() for p in text.split("\n\n") if p.strip()]
+
+
+def _write_every_format(small_corpus, folder: Path) -> list[str]:
+    """The same paragraphs split over every kind of source; returns the corpus list."""
+    import bz2
+    import gzip
+    import json
+    import lzma
+
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    parts = [p for p in (_paragraphs(small_corpus)[i::7] for i in range(7))]
+    folder.mkdir(parents=True)
+
+    def jsonl(texts) -> bytes:
+        return "".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(texts)).encode()
+
+    (folder / "a.jsonl.gz").write_bytes(gzip.compress(jsonl(parts[0])))
+    (folder / "b.txt.bz2").write_bytes(bz2.compress("\n\n".join(parts[1]).encode()))
+    (folder / "c.jsonl.xz").write_bytes(lzma.compress(jsonl(parts[2])))
+    (folder / "d.txt.zst").write_bytes(zstandard.ZstdCompressor().compress("\n\n".join(parts[3]).encode()))
+    pq.write_table(pa.table({"text": parts[4], "n": list(range(len(parts[4])))}), folder / "e.parquet")
+    datasets.Dataset.from_dict({"text": parts[5]}).save_to_disk(str(folder.parent / "saved"))
+    (folder.parent / "hub").mkdir()
+    pq.write_table(pa.table({"text": parts[6]}), folder.parent / "hub" / "train.parquet")
+    return [str(folder), str(folder.parent / "saved"), f"hf:{folder.parent / 'hub'}"]
+
+
+def test_every_source_format_reads_the_same_documents(small_corpus, tmp_path):
+    corpus = _write_every_format(small_corpus, tmp_path / "files")
+    files = data.resolve_corpus(corpus)
+    assert [Path(f).name for f in files[:5]] == ["a.jsonl.gz", "b.txt.bz2", "c.jsonl.xz", "d.txt.zst", "e.parquet"]
+    data.check_sources(files)
+    docs = [d for d in data.iter_documents(files) if d]
+    assert sorted(d.strip() for d in docs) == sorted(_paragraphs(small_corpus))
+
+
+def test_every_source_format_trains_through_the_cli(small_corpus, tmp_path):
+    from conftest import cli_env, run_cli
+
+    corpus = _write_every_format(small_corpus, tmp_path / "files")
+    run_cli("run", "tiny.gin", "--no-tracking", "--gin", "train.progress = False", "--gin", "TRAIN_STEPS = 2",
+            "--gin", "VOCAB_SIZE = 500", "--gin", f"build_data.corpus = {corpus!r}", "--run-dir", "run",
+            cwd=tmp_path, env=cli_env(ELECTRA_KIT_CACHE=str(tmp_path / "cache"), HF_DATASETS_OFFLINE="1"))
+    assert (tmp_path / "run" / "model").is_dir()
+
+
+def _bad(tmp_path, name: str, payload: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(payload)
+    return path
+
+
+@pytest.mark.parametrize("name, payload, needle", [
+    ("x.txt.gz", b"\x1f\x8b\x08\x00 not gzip at all", "cannot be read as .txt.gz"),
+    ("x.jsonl.zst", b"not zstd", "cannot be read as .jsonl.zst"),
+    ("x.jsonl.bz2", b"BZh9 truncated", "cannot be read as .jsonl.bz2"),
+    ("x.parquet", b"PAR1 not parquet", "cannot be read as a table"),
+])
+def test_a_damaged_source_is_named_before_training(tmp_path, name, payload, needle):
+    path = _bad(tmp_path, name, payload)
+    with pytest.raises(data.CorpusError, match=needle) as err:
+        data.check_sources([str(path)])
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_missing_text_field_is_named_for_every_table_kind(tmp_path):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"body": ["a b c"]}), tmp_path / "t.parquet")
+    datasets.Dataset.from_dict({"body": ["a b c"]}).save_to_disk(str(tmp_path / "saved"))
+    for source in (str(tmp_path / "t.parquet"), str(tmp_path / "saved")):
+        with pytest.raises(data.CorpusError, match=r"no 'text' field \(has body\); set build_data.text_field"):
+            data.check_sources([source])
+    assert [d for d in data.iter_documents([str(tmp_path / "t.parquet")], text_field="body") if d] == ["a b c"]
+
+
+def test_mixed_encodings_in_a_compressed_file_name_the_offset(tmp_path, cli_main):
+    import gzip
+
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "x.txt.gz").write_bytes(gzip.compress("caf\u00e9 ok\n".encode() + "caf\u00e9\n".encode("latin-1")))
+    proc = cli_main("run", "tiny.gin", "--no-tracking", "--gin", f"build_data.corpus = '{tmp_path / 'c'}'",
+                    "--gin", f"build_data.cache_dir = '{tmp_path / 'cache'}'", "--run-dir", "run", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "x.txt.gz: not UTF-8 at byte offset 12 (line 2)" in proc.stderr and "Traceback" not in proc.stderr

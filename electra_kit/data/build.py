@@ -49,10 +49,12 @@ from electra_kit.config.checks import BUILD_DATA, check_values, check_writable_d
 from electra_kit.data.batches import BatchIterator, EvalIterator, split_sequences  # noqa: F401  (re-exported)
 from electra_kit.data.corpus import (  # noqa: F401  (re-exported)
     CorpusError,
+    check_sources,
     corpus_fingerprint,
     default_corpus_files,
     iter_documents,
     resolve_corpus,
+    source_bytes,
 )
 from electra_kit.data.tokenizer import (
     TOKENIZER_FORMAT_VERSION,
@@ -85,7 +87,7 @@ def _empty_corpus_error(files: Sequence[str]) -> CorpusError:
 
 
 def _progress(files: Sequence[str], desc: str) -> tqdm:
-    total = sum(os.path.getsize(p) for p in files)
+    total = sum(source_bytes(p) for p in files) or None
     return tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=None, mininterval=1.0)
 
 
@@ -281,6 +283,7 @@ def build_data(*, corpus=None, tokenizer=None, vocab_size: int = 30522, lowercas
     cache_dir = os.path.expanduser(cache_dir or default_cache_dir())
     check_writable_dir(cache_dir, "the cache folder (build_data.cache_dir / $ELECTRA_KIT_CACHE)")
     files = resolve_corpus(corpus)
+    check_sources(files, text_field)
     corpus_fp = corpus_fingerprint(files, text_field)
     if tokenizer is None:
         tok, source = _trained_tokenizer(files, corpus_fp, text_field, vocab_size, lowercase, cache_dir)
