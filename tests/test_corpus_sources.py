@@ -137,3 +137,63 @@ def test_mixed_encodings_in_a_compressed_file_name_the_offset(tmp_path, cli_main
                     "--gin", f"build_data.cache_dir = '{tmp_path / 'cache'}'", "--run-dir", "run", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "x.txt.gz: not UTF-8 at byte offset 12 (line 2)" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------- scale
+def test_vocab_sample_is_seeded_bounded_and_the_same_in_any_folder(small_corpus, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(small_corpus, copy)
+    files, copied = data.resolve_corpus(str(small_corpus)), data.resolve_corpus(str(copy))
+
+    def sample(fs, mb, seed):
+        return list(data._vocab_sample(fs, "text", mb, seed, None))
+
+    whole = sample(files, None, 0)
+    one = sample(files, 0.05, 0)
+    assert one == sample(copied, 0.05, 0) and one != sample(files, 0.05, 1)
+    assert 25_000 <= sum(map(len, one)) < 50_000 + max(map(len, whole))  # about the bound, never much past it
+    assert set(one) < set(whole)
+
+
+def test_sampled_vocabulary_is_reproducible_and_keyed_by_the_sample(small_corpus, tmp_path):
+    a = _build(small_corpus, tmp_path / "c1", vocab_size=500, vocab_sample_mb=0.05)
+    b = _build(small_corpus, tmp_path / "c2", vocab_size=500, vocab_sample_mb=0.05)
+    whole = _build(small_corpus, tmp_path / "c1", vocab_size=500, vocab_sample_mb=None)
+    assert _digest(a.tokenizer_source) == _digest(b.tokenizer_source)
+    assert a.tokenizer_source != whole.tokenizer_source
+
+
+def test_progress_lines_show_megabytes_rate_and_eta(capsys):
+    bar = data._ProgressLines(total=10_000_000, desc="tokenizing", every=0.0)
+    with bar:
+        bar.update(4_000_000)
+    err = capsys.readouterr().err
+    assert err.startswith("electra-kit: tokenizing: 4/10 MB, ") and "MB/s, ETA " in err
+
+
+def test_a_build_killed_while_tokenizing_leaves_nothing_trusted(tmp_path):
+    """SIGKILL once the vocabulary is published (the token file is being written): the next build in that cache
+    rebuilds the token file, and gets exactly what a build in a fresh cache gets."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for f in data.default_corpus_files()[:30]:
+        shutil.copy(f, corpus)
+    code = ("import sys; from electra_kit.data.build import build_data;"
+            "build_data(corpus=sys.argv[1], vocab_size=500, cache_dir=sys.argv[2], eval_fraction=0.0)")
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(corpus), str(cache)])
+    deadline = time.monotonic() + 120
+    while not list(cache.glob("tokenizers/*/tokenizer.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not list(cache.glob("shards/*/meta.json")), "the kill came too late to test anything"
+    again, fresh = _build(corpus, cache, vocab_size=500), _build(corpus, tmp_path / "fresh", vocab_size=500)
+    assert _digest(again.token_path) == _digest(fresh.token_path)
+    assert _digest(again.tokenizer_source) == _digest(fresh.tokenizer_source)
