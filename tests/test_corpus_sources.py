@@ -84,6 +84,9 @@ def test_every_source_format_reads_the_same_documents(small_corpus, tmp_path):
     data.check_sources(files)
     docs = [d for d in data.iter_documents(files) if d]
     assert sorted(d.strip() for d in docs) == sorted(_paragraphs(small_corpus))
+    before = data.corpus_fingerprint(files)
+    (tmp_path / "hub" / "train.parquet").write_bytes((tmp_path / "files" / "e.parquet").read_bytes())
+    assert data.corpus_fingerprint(files) != before  # a hf: local folder is keyed by its files
 
 
 def test_every_source_format_trains_through_the_cli(small_corpus, tmp_path):

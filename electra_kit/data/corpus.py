@@ -10,7 +10,7 @@ many ways it is named. Corpus files:
 - ``.parquet``: one document a row, column ``text_field`` (read a row group at a time, with pyarrow);
 - a folder written by ``datasets``' ``save_to_disk`` (its ``train`` split if it holds several);
 - ``hf:NAME[:CONFIG][@SPLIT]``: ``datasets.load_dataset(NAME, CONFIG, split=SPLIT or 'train',
-  streaming=True)``; NAME may be a local folder of data files. Its cache key is the name alone.
+  streaming=True)``; NAME may be a local folder of data files. A Hub name's cache key is the name alone.
 
 Everything is streamed, never read whole; a byte that is not UTF-8 is reported with its offset, and
 :func:`check_sources` names an unreadable source or a missing field before anything is trained.
@@ -126,9 +126,12 @@ def corpus_fingerprint(files: Sequence[str], text_field: str = "text") -> str:
 
 
 def _member_files(source: str) -> list[str]:
-    """The files on disk a source reads: itself, a saved dataset's files, none for a ``hf:`` name."""
+    """The files on disk a source reads: itself, a saved dataset's files, a ``hf:`` local folder's; none for a
+    ``hf:`` name of the Hub."""
     if source.startswith(HF_PREFIX):
-        return []
+        source = _hf_spec(source)[0]
+        if not os.path.isdir(source):
+            return []
     if os.path.isdir(source):
         return sorted(os.path.join(r, n) for r, _, names in os.walk(source) for n in names)
     return [source]
