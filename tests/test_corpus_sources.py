@@ -200,3 +200,11 @@ def test_a_build_killed_while_tokenizing_leaves_nothing_trusted(tmp_path):
     again, fresh = _build(corpus, cache, vocab_size=500), _build(corpus, tmp_path / "fresh", vocab_size=500)
     assert _digest(again.token_path) == _digest(fresh.token_path)
     assert _digest(again.tokenizer_source) == _digest(fresh.tokenizer_source)
+
+
+def test_a_dataset_name_that_cannot_be_loaded_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    source = f"hf:{tmp_path / 'no_such_dataset'}"
+    with pytest.raises(data.CorpusError, match="cannot be read as a table") as err:
+        data.check_sources(data.resolve_corpus(source))
+    assert str(err.value).startswith(source) and "\n" not in str(err.value)

@@ -169,11 +169,12 @@ def _trained_tokenizer(files, corpus_fp, text_field, vocab_size, lowercase, cach
     if os.path.isfile(path):
         log.info("tokenizer: cache hit %s", path)
         return Tokenizer.from_file(path), path
-    chars = [0]
+    chars, passes = [0], [0]
 
     def batches() -> Iterator[list[str]]:
         batch: list[str] = []
-        with _progress(files, "training vocab") as bar:
+        passes[0] += 1
+        with _progress(files, f"training vocab (pass {passes[0]} of 2)") as bar:
             for piece in _vocab_sample(files, text_field, sample_mb, seed, bar.update):
                 batch.append(_LONG_WORD.sub(" ", piece))
                 chars[0] += len(piece.strip())

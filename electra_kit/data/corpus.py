@@ -155,8 +155,14 @@ def _open_binary(path: str):
     return _COMPRESSED[compression](raw), raw
 
 
+def _why(exc: BaseException) -> str:
+    """``Type: first line of the message``: a library's message may run over many lines; ours is one."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
 def _unreadable(path: str, exc: BaseException) -> CorpusError:
-    return CorpusError(f"{path}: cannot be read as {''.join(_base_suffix(path))} ({type(exc).__name__}: {exc})")
+    return CorpusError(f"{path}: cannot be read as {''.join(_base_suffix(path))} ({_why(exc)})")
 
 
 def _decompression_errors() -> tuple[type[BaseException], ...]:
@@ -283,7 +289,7 @@ def _check_table(source: str, text_field: str):
     except CorpusError:
         raise
     except Exception as e:  # pyarrow, datasets and fsspec raise many kinds: all mean "cannot be read"
-        raise CorpusError(f"{source}: cannot be read as a table ({type(e).__name__}: {e})") from None
+        raise CorpusError(f"{source}: cannot be read as a table ({_why(e)})") from None
     if columns is not None and text_field not in columns:
         raise CorpusError(f"{source}: no {text_field!r} field (has {', '.join(columns)}); set build_data.text_field")
     return batches, rows
@@ -308,7 +314,7 @@ def _table_texts(source: str, text_field: str, on_bytes=None) -> Iterator[str | 
     except (KeyError, ValueError) as e:  # a streamed dataset whose rows lack the field
         if isinstance(e, CorpusError):
             raise
-        raise CorpusError(f"{source}: no {text_field!r} field ({type(e).__name__}: {e})") from None
+        raise CorpusError(f"{source}: no {text_field!r} field ({_why(e)})") from None
 
 
 def check_sources(files: Sequence[str], text_field: str = "text") -> None:
