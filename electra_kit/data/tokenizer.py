@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -24,7 +24,7 @@ PAD, UNK, MASK, CLS, SEP = "[PAD]", "[UNK]", "[MASK]", "[CLS]", "[SEP]"
 SPECIAL_TOKENS = (PAD, UNK, MASK, CLS, SEP)  # this order gives the ids 0..4 of a trained vocab
 REQUIRED_SPECIAL_TOKENS = (PAD, MASK, CLS, SEP)  # [UNK] may be absent from a user's tokenizer
 # Bump when the trained pipeline changes, so cached vocabularies from older code are not reused.
-TOKENIZER_FORMAT_VERSION = 1
+TOKENIZER_FORMAT_VERSION = 2  # 2: deterministic training (train_wordpiece)
 MIN_FREQUENCY = 2  # as BertWordPieceTokenizer; rarer words become sub-words, so a small corpus
 # may give fewer than ``vocab_size`` entries: always use the tokenizer's real size.
 TOKENIZER_FILE = "tokenizer.json"
@@ -66,28 +66,64 @@ def _add_post_processor(tok: Tokenizer) -> Tokenizer:
     return tok
 
 
-def train_wordpiece(texts: Iterable[str | list[str]], vocab_size: int = 30522,
-                    lowercase: bool = True) -> Tokenizer:
-    """Train a BERT-style WordPiece vocabulary from a stream of texts (or of lists of texts).
-
-    The stream is consumed once, in Rust; only word counts are held, never the corpus.
-    """
-    if vocab_size <= len(SPECIAL_TOKENS):
-        raise ValueError(f"vocab_size={vocab_size} must exceed the {len(SPECIAL_TOKENS)} special tokens")
-    tok = _bert_pipeline(Tokenizer(models.WordPiece(unk_token=UNK)), lowercase)
-    trainer = trainers.WordPieceTrainer(
+def _wordpiece_trainer(vocab_size: int, special_tokens: list[str], alphabet: list[str] | None = None):
+    return trainers.WordPieceTrainer(
         vocab_size=vocab_size,
         min_frequency=MIN_FREQUENCY,
         show_progress=False,
-        special_tokens=list(SPECIAL_TOKENS),
-        limit_alphabet=1000,
+        special_tokens=special_tokens,
+        limit_alphabet=1000 if alphabet is None else len(alphabet),
+        initial_alphabet=alphabet or [],
         continuing_subword_prefix="##",
     )
+
+
+def _train_once(texts: Iterable, trainer, lowercase: bool) -> dict[str, int]:
+    tok = _bert_pipeline(Tokenizer(models.WordPiece(unk_token=UNK)), lowercase)
     _interruptible(lambda: tok.train_from_iterator(texts, trainer))
-    ids = [tok.token_to_id(t) for t in SPECIAL_TOKENS]
+    return tok.get_vocab(with_added_tokens=False)
+
+
+def _replayable(texts) -> Callable[[], Iterable]:
+    """A zero-argument function giving a fresh stream of ``texts`` each call."""
+    if callable(texts):
+        return texts
+    if iter(texts) is texts:  # a one-shot iterator: held in memory to be read twice
+        texts = list(texts)
+    return lambda: texts
+
+
+def train_wordpiece(texts: Iterable[str | list[str]] | Callable[[], Iterable[str | list[str]]],
+                    vocab_size: int = 30522, lowercase: bool = True) -> Tokenizer:
+    """Train a BERT-style WordPiece vocabulary from texts (or lists of texts): the same texts give the same
+    ``tokenizer.json``, byte for byte, in any process.
+
+    The ``tokenizers`` trainer alone does not: it numbers the continuing-subword pieces (``##e``) in hash-map
+    order, and breaks ties between equally frequent merges by those numbers (huggingface/tokenizers#1794), so two
+    runs differ in ids and in the last entries. Here a first pass (no merges) finds the alphabet and its ``##``
+    forms; the second pass is given them, sorted, as fixed entries after the special tokens, so every id and
+    every tie is decided by the text alone. The vocabulary is then rebuilt as a plain WordPiece model (the
+    fixed entries are ordinary vocabulary, not added tokens). Only word counts are held, never the corpus.
+
+    ``texts`` is read twice: pass a list, or a function returning a fresh stream (a one-shot iterator is held
+    in memory). Residual: with more than 1000 distinct characters, a tie in frequency at the 1000th decides
+    which characters are kept, still in hash-map order.
+    """
+    if vocab_size <= len(SPECIAL_TOKENS):
+        raise ValueError(f"vocab_size={vocab_size} must exceed the {len(SPECIAL_TOKENS)} special tokens")
+    fresh = _replayable(texts)
+    first = _train_once(fresh(), _wordpiece_trainer(0, list(SPECIAL_TOKENS)), lowercase)
+    singles = sorted(t for t in first if t not in SPECIAL_TOKENS and not t.startswith("##"))
+    continuing = sorted(t for t in first if t.startswith("##") and len(t) > 2)
+    fixed = list(SPECIAL_TOKENS) + singles + continuing
+    vocab = _train_once(fresh(), _wordpiece_trainer(vocab_size, fixed, singles), lowercase)
+    ids = [vocab.get(t) for t in SPECIAL_TOKENS]
     if ids != list(range(len(SPECIAL_TOKENS))):  # a tokenizers release that changed the order
         got = dict(zip(SPECIAL_TOKENS, ids, strict=True))
         raise RuntimeError(f"trained special token ids {got} are not 0..4")
+    tok = _bert_pipeline(Tokenizer(models.WordPiece(vocab=vocab, unk_token=UNK, continuing_subword_prefix="##")),
+                         lowercase)
+    tok.add_special_tokens(list(SPECIAL_TOKENS))  # ids unchanged: in vocab
     return _add_post_processor(tok)
 
 
