@@ -67,11 +67,11 @@ def test_a_cache_file_the_disk_cannot_hold_is_one_line(tmp_path, small_corpus, l
 
 def test_a_run_directory_made_read_only_mid_run_ends_in_one_line(tmp_path, small_corpus, cache_dir, cli_main,
                                                                  monkeypatch):
-    from electra_kit.training import trainer
+    from electra_kit.rundir.journal import Journal
 
     run_dir = str(tmp_path / "r")
     read_only = []
-    real_open, real_os_open, real_mkdir, real_journal = builtins.open, os.open, os.mkdir, trainer.append_journal
+    real_open, real_os_open, real_mkdir, real_journal = builtins.open, os.open, os.mkdir, Journal.append
 
     def refuse(path, writing: bool) -> None:
         if read_only and writing and os.path.abspath(os.fspath(path)).startswith(run_dir):
@@ -89,15 +89,15 @@ def test_a_run_directory_made_read_only_mid_run_ends_in_one_line(tmp_path, small
         refuse(path, True)
         return real_mkdir(path, *args, **kwargs)
 
-    def journal(path, step, values):
+    def journal(self, step, values):
         if step == 4:  # the folder goes read-only after the checkpoint of step 2 and the log of step 3
             read_only.append(True)
-        return real_journal(path, step, values)
+        return real_journal(self, step, values)
 
     monkeypatch.setattr(builtins, "open", opener)
     monkeypatch.setattr(os, "open", os_opener)
     monkeypatch.setattr(os, "mkdir", mkdir)
-    monkeypatch.setattr(trainer, "append_journal", journal)
+    monkeypatch.setattr(Journal, "append", journal)
     proc = cli_main("run", *TINY, *corpus_gin(small_corpus), "--run-dir", "r", "--gin", "train.steps = 6",
                     "--gin", "train.checkpoint_every = 2", cwd=tmp_path)
     read_only.clear()
