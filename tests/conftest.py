@@ -51,6 +51,18 @@ def pretrained_model(tmp_path_factory, small_corpus, cache_dir) -> Path:
     return root / "run" / "model"
 
 
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """One SQLite MLflow store for the module (creating one costs seconds of migrations)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def no_env_uri(monkeypatch):
+    """No $MLFLOW_TRACKING_URI from the caller's shell: a test names its store."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 # ---- the command line, the one way every test calls it ------------------------------------------------------------
 
 

@@ -44,59 +44,36 @@ def corpus(small_corpus):
 # ---- configuration ------------------------------------------------------------------------------
 
 
-def test_binding_of_the_wrong_type(tmp_path, corpus, cache_dir, run):
-    proc = run(tmp_path, corpus, "--gin", "train.steps = 'many'")
-    assert_clean_error(proc, tmp_path, "train.steps", "'many'", "positive integer")
+# one row of the troubleshooting table each: the --gin bindings, then what the one-line error must name
+BAD_CONFIG = {
+    "binding of the wrong type": (["train.steps = 'many'"], ["train.steps", "'many'", "positive integer"]),
+    "unknown configurable": (["trian.steps = 5"], ["trian", "--gin"]),
+    "binding with a syntax error": (["train.steps = "], ["train.steps = ", "--gin"]),
+    # issue 26.9: gin recursed until Python gave up (a 3,008-line RecursionError)
+    "macros defined by each other in a circle": (["A = [1, %B]", "B = %A", "train.steps = %A"],
+                                                 ["%A -> %B -> %A", "circle"]),
+    # issue 26.9: Electra.mask_token_id (the kit passes the tokenizer's [MASK] id) was silently ignored
+    "a binding the kit sets itself": (["Electra.mask_token_id = 5", "train.steps = 1"],
+                                      ["Electra.mask_token_id", "remove it"]),
+    # issue 26.9: x-transformers asserted "unrecognized kwargs" 66 lines deep
+    "an unknown backbone keyword": (["backbone.foo = 1", "train.steps = 1"],
+                                    ["backbone 'transformer' does not take 'foo'", "it takes num_tokens, dim, depth"]),
+    "embedding sizes that cannot be shared": (["generator/backbone.emb_dim = 16"],
+                                              ["emb_dim=16", "emb_dim=32", "embedding_sharing='none'"]),
+    "unknown embedding sharing mode": (["Electra.embedding_sharing = 'half'"], ["'half'", "tied"]),
+    "batch not divisible by accumulation": (["train.grad_accum_steps = 3"], ["train.batch_size=8", "grad_accum_steps=3"]),
+    "sequence length too short for [CLS] and [SEP]": (["MAX_SEQ_LEN = 2"], ["max_seq_len=2"]),
+    "tokenizer file that does not exist": (["build_data.tokenizer = 'missing/tokenizer.json'"],
+                                           ["missing/tokenizer.json"]),
+}
 
 
-def test_unknown_configurable(tmp_path, corpus, cache_dir, run):
-    proc = run(tmp_path, corpus, "--gin", "trian.steps = 5")
-    assert_clean_error(proc, tmp_path, "trian", "--gin")
-
-
-def test_binding_with_a_syntax_error(tmp_path, corpus, cache_dir, run):
-    proc = run(tmp_path, corpus, "--gin", "train.steps = ")
-    assert_clean_error(proc, tmp_path, "train.steps = ", "--gin")
-
-
-def test_macros_defined_by_each_other_in_a_circle(tmp_path, corpus, cache_dir, run):
-    """Issue 26.9: gin recursed until Python gave up (a 3,008-line RecursionError)."""
-    proc = run(tmp_path, corpus, "--gin", "A = [1, %B]", "--gin", "B = %A", "--gin", "train.steps = %A")
-    assert_clean_error(proc, tmp_path, "%A -> %B -> %A", "circle")
+@pytest.mark.parametrize("case", BAD_CONFIG)
+def test_a_bad_config_is_one_line_naming_it(tmp_path, corpus, cache_dir, run, case):
+    bindings, needles = BAD_CONFIG[case]
+    proc = run(tmp_path, corpus, *[arg for b in bindings for arg in ("--gin", b)])
+    assert_clean_error(proc, tmp_path, *needles)
     assert len(error_lines(proc.stderr).splitlines()) == 1
-
-
-def test_a_binding_the_kit_sets_itself_is_refused_by_name(tmp_path, corpus, cache_dir, run):
-    """Issue 26.9: ``Electra.mask_token_id`` (the kit passes the tokenizer's [MASK] id) was silently ignored."""
-    proc = run(tmp_path, corpus, "--gin", "Electra.mask_token_id = 5", "--gin", "train.steps = 1")
-    assert_clean_error(proc, tmp_path, "Electra.mask_token_id", "remove it")
-
-
-def test_an_unknown_backbone_keyword_names_what_the_backbone_takes(tmp_path, corpus, cache_dir, run):
-    """Issue 26.9: x-transformers asserted "unrecognized kwargs" 66 lines deep."""
-    proc = run(tmp_path, corpus, "--gin", "backbone.foo = 1", "--gin", "train.steps = 1")
-    assert_clean_error(proc, tmp_path, "backbone 'transformer' does not take 'foo'", "it takes num_tokens, dim, depth")
-    assert len(error_lines(proc.stderr).splitlines()) == 1
-
-
-def test_embedding_sizes_that_cannot_be_shared(tmp_path, corpus, cache_dir, run):
-    proc = run(tmp_path, corpus, "--gin", "generator/backbone.emb_dim = 16")
-    assert_clean_error(proc, tmp_path, "emb_dim=16", "emb_dim=32", "embedding_sharing='none'")
-
-
-def test_unknown_embedding_sharing_mode(tmp_path, corpus, cache_dir, run):
-    proc = run(tmp_path, corpus, "--gin", "Electra.embedding_sharing = 'half'")
-    assert_clean_error(proc, tmp_path, "'half'", "tied")
-
-
-def test_batch_not_divisible_by_accumulation(tmp_path, corpus, cache_dir, run):
-    proc = run(tmp_path, corpus, "--gin", "train.grad_accum_steps = 3")
-    assert_clean_error(proc, tmp_path, "train.batch_size=8", "grad_accum_steps=3")
-
-
-def test_sequence_length_too_short_for_cls_and_sep(tmp_path, corpus, cache_dir, run):
-    proc = run(tmp_path, corpus, "--gin", "MAX_SEQ_LEN = 2")
-    assert_clean_error(proc, tmp_path, "max_seq_len=2")
 
 
 # ---- data ---------------------------------------------------------------------------------------
@@ -136,11 +113,6 @@ def test_tokenizer_without_a_mask_token(tmp_path, corpus, cache_dir, run):
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "state"]) + "\n")
     proc = run(tmp_path, corpus, "--gin", f"build_data.tokenizer = '{vocab}'")
     assert_clean_error(proc, tmp_path, "vocab.txt", "[MASK]")
-
-
-def test_tokenizer_file_that_does_not_exist(tmp_path, corpus, cache_dir, run):
-    proc = run(tmp_path, corpus, "--gin", "build_data.tokenizer = 'missing/tokenizer.json'")
-    assert_clean_error(proc, tmp_path, "missing/tokenizer.json")
 
 
 def test_corpus_too_small_for_one_batch(tmp_path, cache_dir, run):

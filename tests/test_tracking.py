@@ -30,19 +30,10 @@ from electra_kit.tracking import (
     ui_command,
 )
 
+pytestmark = pytest.mark.usefixtures("no_env_uri")  # a test names its store
+
 HAS_PSUTIL = importlib.util.find_spec("psutil") is not None  # system metrics need it
 FAST = dict(system_metrics=False)
-
-
-@pytest.fixture(autouse=True)
-def _no_env_uri(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    """One SQLite store for the module (creating one costs seconds of migrations)."""
-    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
 
 
 @pytest.fixture(scope="module")

@@ -15,17 +15,9 @@ from mlflow import MlflowClient
 from electra_kit.rundir.journal import JOURNAL
 from electra_kit.tracking import STATE, TrackingError, sync_run
 
+pytestmark = pytest.mark.usefixtures("no_env_uri")  # a test names its store
+
 UID = "0123456789abcdef0123456789abcdef"
-
-
-@pytest.fixture(autouse=True)
-def _no_env_uri(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
 
 
 def run_dir(root: Path, experiment: str, **state) -> Path:
