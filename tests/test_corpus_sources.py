@@ -167,7 +167,9 @@ def test_sampled_vocabulary_is_reproducible_and_keyed_by_the_sample(small_corpus
 
 
 def test_progress_lines_show_megabytes_rate_and_eta(capsys):
-    bar = data._ProgressLines(total=10_000_000, desc="tokenizing", every=0.0)
+    from electra_kit.data.progress import ProgressLines
+
+    bar = ProgressLines(total=10_000_000, desc="tokenizing", every=0.0)
     with bar:
         bar.update(4_000_000)
     err = capsys.readouterr().err

@@ -40,8 +40,6 @@ import logging
 import os
 import random
 import re
-import sys
-import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -49,7 +47,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from tokenizers import Tokenizer
-from tqdm.auto import tqdm
 
 import gin
 from electra_kit.config.checks import BUILD_DATA, check_values, check_writable_dir
@@ -63,6 +60,7 @@ from electra_kit.data.corpus import (  # noqa: F401  (re-exported)
     resolve_corpus,
     source_bytes,
 )
+from electra_kit.data.progress import corpus_progress
 from electra_kit.data.tokenizer import (
     TOKENIZER_FORMAT_VERSION,
     SpecialIds,
@@ -91,42 +89,6 @@ def _hash(*parts) -> str:
 def _empty_corpus_error(files: Sequence[str]) -> CorpusError:
     shown = ", ".join(files[:10]) + (f" and {len(files) - 10} more" if len(files) > 10 else "")
     return CorpusError(f"corpus has no text at all: {shown}")
-
-
-class _ProgressLines:
-    """The progress a bar would show, as a line on stderr every ``every`` seconds: for logs and pipes, where a
-    bar's carriage returns would pile up."""
-
-    def __init__(self, total: int | None, desc: str, every: float = 30.0):
-        self.total, self.desc, self.every = total, desc, every
-        self.done, self.start = 0, time.monotonic()
-        self.last = self.start
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if now - self.last >= self.every:
-            self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            of = f"/{self.total / 1e6:.0f}" if self.total else ""
-            eta = f", ETA {(self.total - self.done) / max(rate, 1e-9):.0f} s" if self.total else ""
-            print(f"electra-kit: {self.desc}: {self.done / 1e6:.0f}{of} MB, {rate / 1e6:.1f} MB/s{eta}",
-                  file=sys.stderr, flush=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-
-def _progress(files: Sequence[str], desc: str):
-    """MB done, MB/s and ETA of a pass over the corpus, on stderr: tqdm's bar on a terminal, else a line now and
-    then. Bytes are bytes on disk (compressed ones, for a compressed file)."""
-    total = sum(source_bytes(p) for p in files) or None
-    if sys.stderr.isatty():
-        return tqdm(total=total, unit="B", unit_scale=True, desc=desc, mininterval=1.0)
-    return _ProgressLines(total, desc)
 
 
 # --------------------------------------------------------------------------------- tokenizer
@@ -174,7 +136,7 @@ def _trained_tokenizer(files, corpus_fp, text_field, vocab_size, lowercase, cach
     def batches() -> Iterator[list[str]]:
         batch: list[str] = []
         passes[0] += 1
-        with _progress(files, f"training vocab (pass {passes[0]} of 2)") as bar:
+        with corpus_progress(files, f"training vocab (pass {passes[0]} of 2)") as bar:
             for piece in _vocab_sample(files, text_field, sample_mb, seed, bar.update):
                 batch.append(_LONG_WORD.sub(" ", piece))
                 chars[0] += len(piece.strip())
@@ -229,7 +191,7 @@ def _tokenize_to_file(files, text_field, tok: Tokenizer, sep_id: int, dtype, pat
 
     def write(tmp) -> None:
         chars = 0
-        with open(tmp, "wb") as out, _progress(files, "tokenizing") as bar:
+        with open(tmp, "wb") as out, corpus_progress(files, "tokenizing") as bar:
             for piece in iter_documents(files, text_field, bar.update):
                 pieces.append(piece)
                 chars += len(piece) if piece else 0
