@@ -4,7 +4,7 @@ The embedded corpus (State of the Union speeches) is 2.4M tokens of one register
 assembles ~30M words in several registers from freely licensed text that Debian packages ship:
 
     python bench/build_corpus.py                      # -> ~/.cache/electra-kit-corpus (about 5 minutes)
-    electra-kit run gin/... --gin "build_data.corpus = '~/.cache/electra-kit-corpus'"
+    electra-kit run gin/electra_cpu.gin --gin "build_data.corpus = '~/.cache/electra-kit-corpus'"
 
 It is evidence tooling, not a runtime dependency of the kit. Each package is fetched with
 ``apt-get download`` (kept in ``--work``/debs and reused on the next run unless ``--refresh``),
@@ -505,6 +505,8 @@ def copyright_licences(root: Path, package: str) -> list[str]:
     """The ``License:`` short names of a machine-readable (DEP-5) copyright file; [] for free-form ones."""
     path = root / "usr/share/doc" / package / "copyright"
     text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+    if not text.startswith("Format:"):
+        return []
     return sorted({m.strip() for m in re.findall(r"^License:[ \t]*(\S[^\n]*)", text, flags=re.M)})
 
 
