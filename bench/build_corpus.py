@@ -1,9 +1,9 @@
 """Build a bigger, varied English corpus for pretraining evidence (issue 29, item 1).
 
 The embedded corpus (State of the Union speeches) is 2.4M tokens of one register. This script
-assembles ~30M words in several registers from freely licensed text that Debian packages ship:
+assembles ~26.5M words in several registers from freely licensed text that Debian packages ship:
 
-    python bench/build_corpus.py                      # -> ~/.cache/electra-kit-corpus (about 5 minutes)
+    python bench/build_corpus.py                      # -> ~/.cache/electra-kit-corpus (about 6 minutes)
     electra-kit run gin/electra_cpu.gin --gin "build_data.corpus = '~/.cache/electra-kit-corpus'"
 
 It is evidence tooling, not a runtime dependency of the kit. Each package is fetched with
@@ -481,7 +481,10 @@ SOURCES = [
 # ---------------------------------------------------------------- download, unpack, write
 
 def run(cmd: list[str], cwd: Path | None = None) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise BuildError(f"{cmd[0]} not found: this script needs a Debian system (apt-get, dpkg-deb)") from None
     if proc.returncode != 0:
         raise BuildError(f"{' '.join(cmd)} failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
     return proc.stdout

@@ -313,3 +313,12 @@ def test_build_corpus_cleaners_turn_docs_into_prose():
     assert [bc.keep_paragraph(p) for p in ("two words", "+--+--+ |  | 12 34 56", "three real words")] \
         == [False, False, True]
     assert bc.dictd_number("B") == 1 and bc.dictd_number("BA") == 64
+
+
+def test_build_corpus_never_replaces_a_folder_it_did_not_make(tmp_path, capsys):
+    bc = _bench_module("build_corpus")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert bc.main(["--out", str(tmp_path / "mine"), "--work", str(tmp_path / "work"), "--only", "devil"]) == 2
+    assert "is not a corpus this script built" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me" and not (tmp_path / "work").exists()
