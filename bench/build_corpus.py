@@ -94,14 +94,14 @@ def dictd_entries(index: Path, data: Path) -> Iterator[str]:
 
 
 _GCIDE_SOURCE_TAG = re.compile(r"\[(?:[^\]\n]*Webster[^\]\n]*|WordNet[^\]\n]*|PJC|RH|Century Dict\.|MW\d*|DOE|NRCD|Chambers[^\]\n]*)\]")
-_GCIDE_ACCENT = re.compile(r"\[[`'\"^~=]?([a-zA-Z])(?:acute|grave|uml|circ|tilde|macr|mac|cced|cedil|ring|breve|dot)?\]")
+_GCIDE_ACCENT = re.compile(r"\[[`'\"^~=]?([a-zA-Z])(?:acute|grave|uml|circ|tilde|macr|mac|cced|cedil|ring|breve|dot|[`'\"^~=])?\]")
 _GCIDE_LIGATURE = re.compile(r"\[(ae|oe|AE|OE)\]")
 
 
 def clean_gcide(entry: str) -> str:
     """GCIDE (Webster 1913): pronunciation ``\\Vir*tu"\\``, source tags ``[1913 Webster]``, cross-reference
     braces ``{Virtue}`` and accent codes ``virt[`u]`` / ``p[imac]ka`` go; the definitions stay."""
-    text = re.sub(r"\s*\\[^\\\n]*\\", "", entry)  # "Virtu \\Vir*tu"\\, n." -> "Virtu, n."
+    text = re.sub(r"\s*\\[^\\]{0,200}?\\", "", entry)  # "Virtu \\Vir*tu"\\, n." -> "Virtu, n." (may wrap a line)
     text = re.sub(r"\s*\(\?[^)]*\)", "", text)
     text = _GCIDE_SOURCE_TAG.sub("", text)
     text = _GCIDE_ACCENT.sub(r"\1", text)
@@ -273,14 +273,14 @@ def clean_rst(text: str) -> str:
             out.append("")
             continue
         if s.endswith("::"):
-            out.append(_rst_inline(line.rstrip()[:-2].rstrip() + (":" if s != "::" else "")))
+            out.append(line.rstrip()[:-2].rstrip() + (":" if s != "::" else ""))
             i = _skip_indented(lines, i, _indent(line))
             out.append("")
             continue
         if s.startswith("|") and s.endswith("|") and len(s) > 1:
             line = s.strip("|")
-        out.append(_rst_inline(line))
-    return "\n".join(out)
+        out.append(line)
+    return _rst_inline("\n".join(out))  # after the lines are joined: a role may wrap a line
 
 
 def read_files(pattern: str, clean: Callable[[str], str], base: str = "", exclude: str = ""):

@@ -277,6 +277,9 @@ def test_build_corpus_cleaners_strip_each_sources_markup():
     gcide = bc.clean_gcide('Virtu \\Vir*tu"\\ (?; 277), n. [It. virt[`u] virtue. See {Virtue}.]\n'
                            '   A love of the fine arts. --J. Spence.\n   [1913 Webster]\n')
     assert bc.paragraphs(gcide) == ["Virtu, n. [It. virtu virtue. See Virtue.] A love of the fine arts. --J. Spence."]
+    assert bc.paragraphs(bc.clean_gcide('Cheese cloth \\Cheese" cloth`\\ (chez" kl[o^]th`; 115).\n'
+                                        'Scuba \\Self`-con*tained"\n   Apparatus\\, n. A device.')) \
+        == ["Cheese cloth (chez\" kloth`; 115). Scuba, n. A device."]
     wn = bc.clean_wordnet("pig\n    n 1: domestic swine [syn: {hog}, {pig}]\n    2: a coarse obnoxious person\n"
                           "    v 1: eat greedily; \"he pigged out\"\n")
     assert bc.paragraphs(wn) == ["pig (n): domestic swine", "pig (n): a coarse obnoxious person",
@@ -294,10 +297,11 @@ def test_build_corpus_cleaners_strip_each_sources_markup():
 
 def test_build_corpus_cleaners_turn_docs_into_prose():
     bc = _bench_module("build_corpus")
-    rst = ("Title\n=====\n\n.. note::\n\n   Kept :func:`~os.path.join` and ``code``.\n\n"
+    rst = ("Title\n=====\n\n.. note::\n\n   Kept :func:`~os.path.join` and ``code``.\n\nA :ref:`wrapped\nrole <x>`.\n\n"
            ".. code-block:: python\n\n   dropped = 1\n\nSee `the site <http://x>`_ and **bold**::\n\n"
            "    literal dropped\n\n.. a comment\n   still comment\n\nEnd *here*.\n")
-    assert bc.paragraphs(bc.clean_rst(rst)) == ["Title", "Kept os.path.join and code.", "See the site and bold:",
+    assert bc.paragraphs(bc.clean_rst(rst)) == ["Title", "Kept os.path.join and code.", "A wrapped role.",
+                                                "See the site and bold:",
                                                 "End here."]
     pod = ("=head1 NAME\n\nperlfoo - the B<bold> C<< $x->y >> L<perlfunc/open> E<lt>tagE<gt>X<idx>\n\n"
            "    my $code = 1;\n\n=begin html\n\n<p>gone</p>\n\n=end html\n\n=cut\n")
