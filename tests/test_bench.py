@@ -329,3 +329,60 @@ def test_cases_stack_options_and_nomask_drops_only_the_backbone_mask():
     for bad in ("kit/transformer+nomask+eager", "kit/transformer+compile+fast"):
         with pytest.raises(SystemExit):
             cases.Case(bad, s, torch.device("cpu"), "fp32")
+
+
+def test_build_corpus_cleaners_strip_each_sources_markup():
+    """bench/build_corpus.py's cleaners on small inline samples of each format (nothing is downloaded)."""
+    bc = _bench_module("build_corpus")
+    gcide = bc.clean_gcide('Virtu \\Vir*tu"\\ (?; 277), n. [It. virt[`u] virtue. See {Virtue}.]\n'
+                           '   A love of the fine arts. --J. Spence.\n   [1913 Webster]\n')
+    assert bc.paragraphs(gcide) == ["Virtu, n. [It. virtu virtue. See Virtue.] A love of the fine arts. --J. Spence."]
+    assert bc.paragraphs(bc.clean_gcide('Cheese cloth \\Cheese" cloth`\\ (chez" kl[o^]th`; 115).\n'
+                                        'Scuba \\Self`-con*tained"\n   Apparatus\\, n. A device.')) \
+        == ["Cheese cloth (chez\" kloth`; 115). Scuba, n. A device."]
+    wn = bc.clean_wordnet("pig\n    n 1: domestic swine [syn: {hog}, {pig}]\n    2: a coarse obnoxious person\n"
+                          "    v 1: eat greedily; \"he pigged out\"\n")
+    assert bc.paragraphs(wn) == ["pig (n): domestic swine", "pig (n): a coarse obnoxious person",
+                                 'pig (v): eat greedily; "he pigged out"']
+    assert bc.paragraphs(bc.clean_glossary("blurgle\n /bler'gl/, n.\n\n    [UK] Spoken {metasyntactic variable}.\n")) \
+        == ["blurgle: [UK] Spoken metasyntactic variable."]
+    assert bc.paragraphs(bc.clean_glossary("FL\n\n   <language> Function Level, by {John Backus}.\n")) \
+        == ["FL: Function Level, by John Backus."]
+    assert bc.paragraphs(bc.clean_fortunes("One cookie,\n\ttwo lines.\n\n-- Me\n%\nAnother one.\n%\n")) \
+        == ["One cookie, two lines. -- Me", "Another one."]
+    osis = ('<title type="main">GENESIS</title> <w lemma="strong:H07225">In the beginning</w> God'
+            '<note type="x-strongsMarkup">a note</note> created &amp; made.')
+    assert bc.paragraphs(bc.strip_osis(osis)) == ["GENESIS", "In the beginning God created & made."]
+
+
+def test_build_corpus_cleaners_turn_docs_into_prose():
+    bc = _bench_module("build_corpus")
+    rst = ("Title\n=====\n\n.. note::\n\n   Kept :func:`~os.path.join` and ``code``.\n\nA :ref:`wrapped\nrole <x>`.\n\n"
+           ".. code-block:: python\n\n   dropped = 1\n\nSee `the site <http://x>`_ and **bold**::\n\n"
+           "    literal dropped\n\n.. a comment\n   still comment\n\nEnd *here*.\n")
+    assert bc.paragraphs(bc.clean_rst(rst)) == ["Title", "Kept os.path.join and code.", "A wrapped role.",
+                                                "See the site and bold:",
+                                                "End here."]
+    pod = ("=head1 NAME\n\nperlfoo - the B<bold> C<< $x->y >> L<perlfunc/open> E<lt>tagE<gt>X<idx>\n\n"
+           "    my $code = 1;\n\n=begin html\n\n<p>gone</p>\n\n=end html\n\n=cut\n")
+    assert bc.paragraphs(bc.clean_pod(pod)) == ["NAME", "perlfoo - the bold $x->y perlfunc open <tag>"]
+    page = ('<html><head><title>T</title><script>x()</script></head><body><nav>Home</nav>'
+            '<div class="navheader">Prev Up Next</div><h1>Heading</h1><p>First &amp; <b>bold</b>.<p>Second'
+            '<pre>code()</pre><ul><li>one<li>two</ul></body></html>')
+    assert bc.paragraphs(bc.html_to_text(page)) == ["Heading", "First & bold.", "Second", "one", "two"]
+    vim = ("*usr_01.txt*\tFor Vim version 9.0.\n\n==============\nSee |:help| and *tag* here: >\n"
+           "\t:set nocp\n<\nAfter the example.\n vim:tw=78:ts=8:ft=help\n")
+    assert bc.paragraphs(bc.clean_vimhelp(vim)) == ["For Vim version 9.0.", "See :help and here:",
+                                                   "After the example."]
+    assert [bc.keep_paragraph(p) for p in ("two words", "+--+--+ |  | 12 34 56", "three real words")] \
+        == [False, False, True]
+    assert bc.dictd_number("B") == 1 and bc.dictd_number("BA") == 64
+
+
+def test_build_corpus_never_replaces_a_folder_it_did_not_make(tmp_path, capsys):
+    bc = _bench_module("build_corpus")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert bc.main(["--out", str(tmp_path / "mine"), "--work", str(tmp_path / "work"), "--only", "devil"]) == 2
+    assert "is not a corpus this script built" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me" and not (tmp_path / "work").exists()
