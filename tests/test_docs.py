@@ -61,8 +61,8 @@ def test_every_block_is_run_or_says_why_not():
     assert "pip install" in found["README.md"][0]["body"] and "electra-kit run" in found["README.md"][0]["body"]
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if script(p)], ids=lambda p: p.name)
-def test_the_pages_shell_commands_run(page, tmp_path, cache_dir):
+def run_page(page: Path, tmp_path: Path) -> None:
+    """``page``'s commands in one bash session in ``tmp_path`` (test_docs_pages.py runs docs/ on another worker)."""
     (tmp_path / "tests").mkdir()
     shutil.copytree(REPO / "tests" / "data", tmp_path / "tests" / "data")
     env = cli_env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
@@ -70,6 +70,10 @@ def test_the_pages_shell_commands_run(page, tmp_path, cache_dir):
     proc = subprocess.run(["bash", "-euo", "pipefail", "-c", text], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, f"{page.name}: exit {proc.returncode}\n--- script\n{text}\n--- stderr\n{proc.stderr[-4000:]}"
+
+
+def test_the_readmes_shell_commands_run(tmp_path, cache_dir):
+    run_page(REPO / "README.md", tmp_path)
 
 
 def test_the_docs_build_with_mkdocs_in_strict_mode(tmp_path):
