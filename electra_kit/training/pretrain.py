@@ -20,7 +20,7 @@ import torch
 from ..config import gin_config
 from ..console import phase, run_log, say
 from ..data.build import BatchIterator, EvalIterator, build_data
-from ..data.tokenizer import SPECIAL_TOKENS
+from ..data.tokenizer import CLS, MASK, PAD, SEP, SPECIAL_TOKENS, UNK, SpecialIds
 from ..modelfolder.pretrained import save_pretrained
 from ..objectives.base import pretrain, resolve_objective
 from ..registry import objective_entries
@@ -131,7 +131,8 @@ def _build(special_ids: dict) -> torch.nn.Module:
 
 def _kit_special_ids() -> dict:
     """The special ids of every vocabulary the kit trains ([PAD] [UNK] [MASK] [CLS] [SEP] are ids 0..4)."""
-    return dict(zip(("pad", "unk", "mask", "cls", "sep"), range(len(SPECIAL_TOKENS)), strict=True))
+    ids = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    return SpecialIds(ids[PAD], ids[UNK], ids[MASK], ids[CLS], ids[SEP]).by_role()
 
 
 def check_fits_data(model: torch.nn.Module, data) -> torch.nn.Module:
