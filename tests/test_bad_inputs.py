@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import corpus_gin, error_lines
+from conftest import corpus_gin, error_lines, tiny_args
 
-TINY = ["tiny.gin", "--no-tracking", "--gin", "train.progress = False"]
+TINY = tiny_args()
 
 
 @pytest.fixture
@@ -79,47 +79,40 @@ def test_a_bad_config_is_one_line_naming_it(tmp_path, corpus, cache_dir, run, ca
 # ---- data ---------------------------------------------------------------------------------------
 
 
-def test_jsonl_line_that_is_not_json(tmp_path, cache_dir, run):
-    bad = tmp_path / "data.jsonl"
-    bad.write_text('{"text": "fine"}\n{"text": "broken\n')
-    proc = run(tmp_path, str(bad))
-    assert_clean_error(proc, tmp_path, "data.jsonl:2")
+# a corpus file each: its name, its bytes, then what the error must name
+BAD_CORPUS = {
+    "JSONL line that is not JSON": ("data.jsonl", b'{"text": "fine"}\n{"text": "broken\n', ["data.jsonl:2"]),
+    "JSONL line without the text field": ("data.jsonl", b'{"text": "fine"}\n{"body": "no text field"}\n',
+                                          ["data.jsonl:2", "text"]),
+    "text file that is not UTF-8": ("latin1.txt", "Der Bundestag beschließt.\n".encode("latin-1") * 3,
+                                    ["latin1.txt", "UTF-8"]),
+    "corpus too small for one batch": ("small.txt", b"Only a few words of text here.\n", ["0 sequences", "larger corpus"]),
+}
 
 
-def test_jsonl_line_without_the_text_field(tmp_path, cache_dir, run):
-    bad = tmp_path / "data.jsonl"
-    bad.write_text('{"text": "fine"}\n{"body": "no text field"}\n')
-    proc = run(tmp_path, str(bad))
-    assert_clean_error(proc, tmp_path, "data.jsonl:2", "text")
+@pytest.mark.parametrize("case", BAD_CORPUS)
+def test_a_bad_corpus_is_an_error_naming_it(tmp_path, cache_dir, run, case):
+    name, content, needles = BAD_CORPUS[case]
+    (tmp_path / name).write_bytes(content)
+    proc = run(tmp_path, str(tmp_path / name))
+    assert_clean_error(proc, tmp_path, *needles)
 
 
-def test_text_file_that_is_not_utf8(tmp_path, cache_dir, run):
-    bad = tmp_path / "latin1.txt"
-    bad.write_bytes("Der Bundestag beschließt.\n".encode("latin-1") * 3)
-    proc = run(tmp_path, str(bad))
-    assert_clean_error(proc, tmp_path, "latin1.txt", "UTF-8")
+SPECIALS = ["[PAD]", "[UNK]", "[MASK]", "[CLS]", "[SEP]"]
+# a vocab.txt each (tiny.gin's model has 2000 token embeddings), then what the error must name
+BAD_TOKENIZER = {
+    "larger than the model's embedding": (SPECIALS + [f"word{i}" for i in range(2500)], ["2505", "2000", "num_tokens"]),
+    "without a [MASK] token": (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "state"], ["vocab.txt", "[MASK]"]),
+}
 
 
-def test_tokenizer_larger_than_the_model_embedding(tmp_path, corpus, cache_dir, run):
+@pytest.mark.parametrize("case", BAD_TOKENIZER)
+def test_a_bad_tokenizer_is_an_error_naming_it(tmp_path, corpus, cache_dir, run, case):
+    tokens, needles = BAD_TOKENIZER[case]
     vocab = tmp_path / "vocab.txt"
-    specials = ["[PAD]", "[UNK]", "[MASK]", "[CLS]", "[SEP]"]
-    vocab.write_text("\n".join(specials + [f"word{i}" for i in range(2500)]) + "\n")
+    vocab.write_text("\n".join(tokens) + "\n")
     proc = run(tmp_path, corpus, "--gin", f"build_data.tokenizer = '{vocab}'")
-    assert_clean_error(proc, tmp_path, "2505", "2000", "num_tokens")
-
-
-def test_tokenizer_without_a_mask_token(tmp_path, corpus, cache_dir, run):
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "state"]) + "\n")
-    proc = run(tmp_path, corpus, "--gin", f"build_data.tokenizer = '{vocab}'")
-    assert_clean_error(proc, tmp_path, "vocab.txt", "[MASK]")
-
-
-def test_corpus_too_small_for_one_batch(tmp_path, cache_dir, run):
-    small = tmp_path / "small.txt"
-    small.write_text("Only a few words of text here.\n")
-    proc = run(tmp_path, str(small))
-    assert_clean_error(proc, tmp_path, "0 sequences", "larger corpus")
+    assert_clean_error(proc, tmp_path, *needles)
 
 
 # ---- checkpoints --------------------------------------------------------------------------------

@@ -237,19 +237,19 @@ def test_electra_vs_mlm_trend_finds_where_the_lines_reach_the_bar():
     evm, row = _bench_module("electra_vs_mlm"), evm_row
     rows = [row("ELECTRA", 1e12, 0.70), row("ELECTRA", 1e13, 0.80), row("MLM", 1e12, 0.74), row("MLM", 1e13, 0.76),
             row("random init", 0.0, 0.70)]
-    t = evm.trend(rows, "trec")
+    t = evm.trend(rows, "trec", 0.08)
     assert t["fits"]["ELECTRA"]["per_decade"] == pytest.approx(0.10) and t["target"] == pytest.approx(0.78)
     assert t["electra_reaches_target_at_flops"] == pytest.approx(10 ** 12.8)
     assert t["electra_passes_mlm_from_flops"] == pytest.approx(10 ** 12.5)
     flat = [row("ELECTRA", 1e12, 0.70), row("ELECTRA", 1e13, 0.70), *rows[2:]]
-    assert evm.trend(flat, "trec")["electra_reaches_target_at_flops"] is None  # a flat line never gets there
-    assert evm.trend(rows[:1] + rows[2:], "trec") is None  # one ELECTRA budget: no line
+    assert evm.trend(flat, "trec", 0.08)["electra_reaches_target_at_flops"] is None  # a flat line never gets there
+    assert evm.trend(rows[:1] + rows[2:], "trec", 0.08) is None  # one ELECTRA budget: no line
     near = [row("ELECTRA", 1e12, 0.70), row("ELECTRA", 1e13, 0.72 + 1e-15), row("MLM", 1e12, 0.74), row("MLM", 1e13, 0.76),
             rows[-1]]  # slopes equal but for rounding: they meet (far) beyond any budget, not in an overflow
-    assert evm.trend(near, "trec")["electra_passes_mlm_from_flops"] == math.inf
+    assert evm.trend(near, "trec", 0.08)["electra_passes_mlm_from_flops"] == math.inf
     assert "passes MLM from" in evm.describe_trend(t, "trec")
     bent = [*rows, row("ELECTRA", 1e14, 0.84)]  # 0.10 then 0.04 per decade: the line misses by 0.02
-    assert evm.trend(bent, "trec")["fits"]["ELECTRA"]["worst_miss"] == pytest.approx(0.02)
+    assert evm.trend(bent, "trec", 0.08)["fits"]["ELECTRA"]["worst_miss"] == pytest.approx(0.02)
 
 
 def test_electra_vs_mlm_pools_pretraining_seeds():
@@ -268,7 +268,7 @@ def test_electra_vs_mlm_pools_pretraining_seeds():
             row("MLM", 1e12, 0.60)]
     assert evm.by_budget(rows, "ELECTRA", "trec") == [(1e12, [0.70, 0.72, 0.80, 0.90]), (1e13, [0.85])]
     rows += [row("MLM", 1e13, 0.61), row("random init", 0.0, 0.5)]
-    assert evm.trend(rows, "trec")["fits"]["ELECTRA"]["per_decade"] == pytest.approx(0.85 - 0.76)
+    assert evm.trend(rows, "trec", 0.08)["fits"]["ELECTRA"]["per_decade"] == pytest.approx(0.85 - 0.76)
 
 
 # ------------------------------------------------------------------ the GPU check (issue 24, item 3)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import error_lines
+from conftest import error_lines, tiny_args
 
 from electra_kit.cli import main
 from electra_kit.objectives.electra import Electra
@@ -40,7 +40,7 @@ BAD_BINDINGS = [
 
 def run_cli(tmp_path, monkeypatch, *args):
     monkeypatch.chdir(tmp_path)
-    return main(["run", "tiny.gin", "--no-tracking", "--run-dir", "r", "--gin", "train.progress = False", *args])
+    return main(["run", *tiny_args(), "--run-dir", "r", *args])
 
 
 @pytest.mark.parametrize("binding, named", BAD_BINDINGS, ids=[b for b, _ in BAD_BINDINGS])

@@ -90,11 +90,10 @@ def test_every_source_format_reads_the_same_documents(small_corpus, tmp_path):
 
 
 def test_every_source_format_trains_through_the_cli(small_corpus, tmp_path):
-    from conftest import cli_env, run_cli
+    from conftest import cli_env, run_cli, tiny_args
 
     corpus = _write_every_format(small_corpus, tmp_path / "files")
-    run_cli("run", "tiny.gin", "--no-tracking", "--gin", "train.progress = False", "--gin", "TRAIN_STEPS = 2",
-            "--gin", "VOCAB_SIZE = 500", "--gin", f"build_data.corpus = {corpus!r}", "--run-dir", "run",
+    run_cli("run", *tiny_args("TRAIN_STEPS = 2", "VOCAB_SIZE = 500", f"build_data.corpus = {corpus!r}"), "--run-dir", "run",
             cwd=tmp_path, env=cli_env(ELECTRA_KIT_CACHE=str(tmp_path / "cache"), HF_DATASETS_OFFLINE="1"))
     assert (tmp_path / "run" / "model").is_dir()
 

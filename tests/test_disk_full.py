@@ -16,11 +16,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import cli_argv, cli_env, corpus_gin, error_lines
+from conftest import cli_argv, cli_env, corpus_gin, error_lines, tiny_args
 
 from electra_kit.rundir import checkpoint as ckpt
 
-TINY = ["tiny.gin", "--no-tracking", "--gin", "train.progress = False", "--gin", "train.log_every = 1"]
+TINY = tiny_args("train.log_every = 1")
 
 
 def run_limited(tmp_path, corpus, cache, limit: int, *args) -> subprocess.CompletedProcess:

@@ -15,16 +15,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_args
 from mlflow import MlflowClient
 from mlflow_server import MlflowServer
 
 from electra_kit.rundir.checkpoint import load_weights
 
 STEPS = 12
-ARGS = ["tiny.gin", "--gin", "train.progress = False", "--gin", f"train.steps = {STEPS}",
-        "--gin", "train.log_every = 1", "--gin", "train.checkpoint_every = 6", "--gin", "train.eval_every = 1000",
-        "--gin", "train.precision = 'fp32'",  # the match is of the arithmetic; bf16's rounding would blur it
-        "--gin", "train.threads = 1"]  # and so would a thread count chosen by the machine's load (summation order)
+ARGS = tiny_args(f"train.steps = {STEPS}", "train.log_every = 1", "train.checkpoint_every = 6",
+                 "train.eval_every = 1000",
+                 "train.precision = 'fp32'",  # the match is of the arithmetic; bf16's rounding would blur it
+                 "train.threads = 1",  # and so would a thread count chosen by the machine's load (summation order)
+                 tracking=True)
 # float summation order differs between the all-reduce and one process, and Adam carries the difference on: 2.2e-5
 # seen at step 9 (2026-12-01, a CI run); a wrong averaging of gradients shows as percents, not 1e-4
 LOSS_RTOL = 1e-4

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from electra_kit import Electra, create_backbone, list_backbones
+from electra_kit.objectives.electra import RawPair
 from electra_kit.objectives.masking import choose_positions, corrupt, maskable_tokens
 
 PAD, UNK, MASK, CLS, SEP = 0, 1, 2, 3, 4
@@ -134,10 +135,12 @@ def test_a_correctly_sampled_token_is_labelled_original():
     disc = nn.Sequential(nn.Embedding(V, 8), nn.Linear(8, 1))
     model = Electra(oracle_gen, disc, mask_token_id=MASK, pad_token_id=PAD, mask_ignore_token_ids=(CLS, SEP))
 
-    def cheat(masked, attention_mask, kwargs):
-        return torch.nn.functional.one_hot(masked.labels, V).float() * 1e4
+    class CheatingPair(RawPair):  # the generator's logits at the masked slots put all mass on the original token
+        @staticmethod
+        def generator_logits(m, masked, attention_mask, kwargs):
+            return torch.nn.functional.one_hot(masked.labels, V).float() * 1e4
 
-    model._generator_logits = cheat
+    model.pair = CheatingPair
     out = model.compute(x, attn)
     assert out.disc_labels.sum() == 0
     assert out.gen_acc == 1.0
@@ -223,7 +226,7 @@ def test_masked_only_logits_equal_full_logits_at_masked_positions():
     x, attn = batch()
     torch.manual_seed(8)
     masked = model._mask(x, attn)
-    only = model._generator_logits(masked, attn, {})  # (b, K, V)
+    only = model.pair.generator_logits(model, masked, attn, {})  # (b, K, V)
     hidden = model.generator(masked.corrupted, attention_mask=attn)
     full = model.generator_head(hidden)  # (b, n, V) over every position
     at = full.gather(1, masked.positions[..., None].expand(-1, -1, V))

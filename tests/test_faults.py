@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-from conftest import cli_argv, cli_env, corpus_gin, run_cli
+from conftest import cli_argv, cli_env, corpus_gin, run_cli, tiny_args
 from safetensors.torch import load_file
 from torch import nn
 
@@ -22,7 +22,7 @@ from electra_kit.rundir import checkpoint as ckpt
 from electra_kit.training.settings import TrainConfig
 from electra_kit.training.trainer import NonFiniteError, Trainer
 
-ARGS = ["tiny.gin", "--no-tracking", "--gin", "train.progress = False"]
+ARGS = tiny_args()
 
 
 def run_args(corpus, *args) -> list[str]:

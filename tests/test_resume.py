@@ -9,12 +9,12 @@ import subprocess
 import time
 
 import pytest
-from conftest import cli_argv, cli_env, corpus_gin, run_cli
+from conftest import cli_argv, cli_env, corpus_gin, run_cli, tiny_args
 from safetensors.torch import load_file
 
 from electra_kit.rundir import checkpoint as ckpt
 
-BASE = ["--no-tracking", "--gin", "train.progress = False", "--gin", "train.checkpoint_every = 5"]
+TINY = tiny_args("train.checkpoint_every = 5")
 
 
 def cli(cwd, *args, cache, check=True):
@@ -36,7 +36,7 @@ def refused(cli_main, monkeypatch):
 
 
 def new_run(cwd, corpus, run_dir, *args, cache):
-    return cli(cwd, "tiny.gin", "--gin", f"build_data.corpus = '{corpus}/*.txt'", *BASE, "--gin", "train.steps = 10",
+    return cli(cwd, *TINY, *corpus_gin(corpus), "--gin", "train.steps = 10",
                *args, "--run-dir", run_dir, cache=cache)
 
 
@@ -126,7 +126,7 @@ def test_resume_continues_after_a_touch_of_the_corpus_but_refuses_changed_text(f
 
 
 def test_the_continue_line_printed_on_sigterm_resumes_exactly_that_run(tmp_path, small_corpus, cache_dir):
-    args = ["tiny.gin", "--gin", f"build_data.corpus = '{small_corpus}/*.txt'", *BASE, "--gin", "train.steps = 40",
+    args = [*TINY, *corpus_gin(small_corpus), "--gin", "train.steps = 40",
             "--gin", "Electra.mask_prob = 0.2"]  # a binding the old "Continue with" line dropped
     cli(tmp_path, *args, "--run-dir", "straight", cache=cache_dir)
     proc = subprocess.Popen(cli_argv("run", *args, "--run-dir", "stopped"), cwd=tmp_path,
@@ -161,7 +161,7 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_0(tmp_path, 
     """Issue 26.8: after a SIGKILL before the first checkpoint, ``--resume`` said there was nothing to resume and a
     new run into the directory said to use --resume. One rule now: the run holds its config, so --resume starts it
     again from step 0 with that config; a new run into its directory is still refused."""
-    args = ["tiny.gin", *corpus_gin(small_corpus), *BASE, "--gin", "train.steps = 1000", "--gin",
+    args = [*TINY, *corpus_gin(small_corpus), "--gin", "train.steps = 1000", "--gin",
             "train.checkpoint_every = 1000", "--gin", "train.log_every = 1", "--gin", "Electra.mask_prob = 0.2"]
     proc = subprocess.Popen(cli_argv("run", *args, "--run-dir", "r"), cwd=tmp_path,
                             env=cli_env(ELECTRA_KIT_CACHE=str(cache_dir)), stderr=subprocess.DEVNULL)

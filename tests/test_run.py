@@ -6,13 +6,13 @@ import time
 
 import pytest
 import torch
-from conftest import cli_argv, cli_env, corpus_gin, run_cli
+from conftest import cli_argv, cli_env, corpus_gin, run_cli, tiny_args
 from safetensors.torch import load_file
 
 from electra_kit.modelfolder.pretrained import load_pretrained
 from electra_kit.rundir.checkpoint import load_weights
 
-TINY = ["tiny.gin", "--no-tracking", "--gin", "train.progress = False"]
+TINY = tiny_args()
 
 
 def test_tiny_run_end_to_end_leaves_a_loadable_model(tmp_path, small_corpus, cache_dir):

@@ -6,7 +6,7 @@ import sys
 import time
 
 import pytest
-from conftest import corpus_gin
+from conftest import corpus_gin, tiny_args
 from safetensors.torch import load_file
 
 from electra_kit.modelfolder import pretrained
@@ -15,7 +15,7 @@ from electra_kit.objectives.electra import Electra
 from electra_kit.registry import create_backbone
 from electra_kit.rundir.directory import LOCK_FILE, RunDir, RunDirError, default_run_dir
 
-TINY = ["tiny.gin", "--no-tracking", "--gin", "train.progress = False", "--gin", "train.steps = 2"]
+TINY = tiny_args("train.steps = 2")
 
 
 @pytest.fixture

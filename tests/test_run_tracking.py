@@ -6,11 +6,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import cli_argv, cli_env, corpus_gin, run_cli
+from conftest import cli_argv, cli_env, corpus_gin, run_cli, tiny_args
 from mlflow import MlflowClient
 from mlflow_server import MlflowServer
 
-TINY = ["tiny.gin", "--gin", "train.progress = False"]
+TINY = tiny_args(tracking=True)
 
 
 def run_argv(corpus: Path, *args: str) -> list[str]:

@@ -82,6 +82,9 @@ def _ends_in_sigmoid(module: nn.Module) -> bool:
 
 @gin.configurable
 class Electra(Objective):
+    """The generator masks-and-fills, the discriminator spots the replaced tokens; ``pair`` (``BackbonePair`` or
+    ``RawPair``, chosen by the modules given) says how the two networks are built around and called."""
+
     def __init__(
         self,
         generator: nn.Module,
@@ -106,13 +109,7 @@ class Electra(Objective):
     ):
         super().__init__()
         self._check_probs(mask_prob, replace_prob, random_token_prob, temperature)
-        native = isinstance(generator, Backbone), isinstance(discriminator, Backbone)
-        if native[0] != native[1]:
-            raise TypeError(
-                "Electra takes two registry Backbones or two raw modules, not one of each: "
-                f"generator is {type(generator).__name__}, discriminator is {type(discriminator).__name__}"
-            )
-        self.native = native[0]
+        self.pair = pair_for(generator, discriminator)
         self.generator = generator
         self.discriminator = discriminator
         self.mask_prob, self.replace_prob = mask_prob, replace_prob
@@ -124,13 +121,10 @@ class Electra(Objective):
 
         if weight_init not in WEIGHT_INITS:
             raise ValueError(f"weight_init={weight_init!r}; choose one of {WEIGHT_INITS}")
-        if self.native:
-            num_tokens = self._setup_native(num_tokens, embedding_sharing, share_position_embedding,
-                                            embedding_init_std)
-        else:
-            self._setup_raw(discr_dim, discr_layer)
-        self.num_tokens = num_tokens
-        check_token_ids(num_tokens, mask_token_id=mask_token_id, pad_token_id=pad_token_id,
+        self.num_tokens = self.pair.setup(self, num_tokens=num_tokens, discr_dim=discr_dim, discr_layer=discr_layer,
+                                          sharing=embedding_sharing, share_positions=share_position_embedding,
+                                          init_std=embedding_init_std)
+        check_token_ids(self.num_tokens, mask_token_id=mask_token_id, pad_token_id=pad_token_id,
                         mask_ignore_token_ids=tuple(mask_ignore_token_ids))
         self._register_token_pools(sorted({*mask_ignore_token_ids, pad_token_id}))
 
@@ -171,67 +165,6 @@ class Electra(Objective):
     def folder_config(self) -> dict:
         return {"embedding_sharing": self.embedding_sharing}
 
-    # ---- construction -------------------------------------------------------------------------
-
-    def _setup_native(self, num_tokens, sharing, share_positions, init_std) -> int:
-        """Initialise the registry backbones (before sharing, so a shared table is drawn once), share their
-        embeddings, add and initialise the heads; returns the vocabulary size."""
-        gen, disc = self.generator, self.discriminator
-        if self.weight_init == "electra":
-            init_weights(gen, init_std or 0.02)
-            init_weights(disc, init_std or 0.02)
-        elif init_std is not None:
-            init_embeddings(gen, init_std)
-            init_embeddings(disc, init_std)
-        if sharing not in SHARING_MODES:
-            raise ValueError(f"embedding_sharing={sharing!r}; choose one of {SHARING_MODES}")
-        if gen.num_tokens != disc.num_tokens:
-            raise ValueError(
-                f"generator and discriminator vocabularies differ ({gen.num_tokens} vs {disc.num_tokens} tokens)"
-            )
-        if num_tokens is not None and num_tokens != gen.num_tokens:
-            raise ValueError(f"num_tokens={num_tokens} but the backbones were built with {gen.num_tokens} tokens")
-        if sharing != "none" and gen.emb_dim != disc.emb_dim:
-            raise ValueError(
-                f"embedding_sharing={sharing!r} needs equal embedding sizes, but generator emb_dim={gen.emb_dim} "
-                f"and discriminator emb_dim={disc.emb_dim}: set the same emb_dim on both backbones "
-                "(ELECTRA-Small uses 128) or use embedding_sharing='none'"
-            )
-        if sharing == "tied":
-            disc.set_token_embedding(gen.get_token_embedding())
-        elif sharing == "gdes":
-            disc.set_token_embedding(GDESEmbedding(gen.get_token_embedding()))
-        gen_pos, disc_pos = gen.get_position_embedding(), disc.get_position_embedding()
-        # Position modules are called differently by each library, so they are shared only
-        # between two backbones of the same adapter class (and shape); token embeddings always.
-        if sharing == "tied" and share_positions and gen_pos is not None and disc_pos is not None:
-            shapes = [tuple(p.shape) for p in gen_pos.parameters()], [tuple(p.shape) for p in disc_pos.parameters()]
-            if type(gen) is type(disc) and shapes[0] == shapes[1]:
-                disc.set_position_embedding(gen_pos)
-        self.generator_head = GeneratorHead(gen)
-        self.discriminator_head = DiscriminatorHead(disc.hidden_dim)
-        if self.weight_init == "electra":
-            init_weights(self.generator_head, init_std or 0.02)
-            init_weights(self.discriminator_head, init_std or 0.02)
-        return gen.num_tokens
-
-    def _setup_raw(self, discr_dim, discr_layer) -> None:
-        if discr_dim > 0:
-            self.discriminator = nn.Sequential(
-                HiddenLayerExtractor(self.discriminator, layer=discr_layer), nn.Linear(discr_dim, 1)
-            )
-        self._disc_logits_net = self.discriminator
-        if _ends_in_sigmoid(self.discriminator):
-            # The original applies a logits loss on top of this sigmoid (a double sigmoid).
-            # We read the logits before it instead; the module itself is left as the user built it.
-            warnings.warn(
-                "electra-kit: the discriminator ends in nn.Sigmoid; its loss is computed from the logits "
-                "before the sigmoid (the original electra-pytorch applied a second sigmoid here)",
-                UserWarning,
-                stacklevel=3,
-            )
-            self._disc_logits_net = self.discriminator[:-1]
-
     # ---- the objective --------------------------------------------------------------------------
 
     def _mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, noise: Noise = GLOBAL_RNG) -> MaskedPositions:
@@ -257,35 +190,12 @@ class Electra(Objective):
 
     @staticmethod
     def _backbone_mask(attention_mask: torch.Tensor) -> torch.Tensor | None:
-        """What the backbones get: None (their no-padding path, e.g. SDPA without a mask) when no
+        """What registry backbones get: None (their no-padding path, e.g. SDPA without a mask) when no
         position is padding and that is known without a host-device sync: a CPU tensor, outside
         torch.compile. Otherwise the mask itself; the losses always use the mask."""
         if attention_mask.device.type == "cpu" and not is_compiling() and bool(attention_mask.all()):
             return None
         return attention_mask
-
-    def _generator_logits(self, masked: MaskedPositions, attention_mask, kwargs) -> torch.Tensor:
-        """Vocabulary logits at the masked slots only: (b, K, V)."""
-        if self.native:
-            hidden = self.generator(masked.corrupted, attention_mask=attention_mask)  # (b, n, d_g)
-            check_hidden(hidden, masked.corrupted, self.generator, "generator")
-            index = masked.positions[..., None].expand(-1, -1, hidden.shape[-1])  # (b, K, d_g)
-            return self.generator_head(hidden.gather(1, index))  # (b, K, V)
-        logits = self.generator(masked.corrupted, **kwargs)  # (b, n, V): a raw LM computes all positions
-        check_output(logits, (*masked.corrupted.shape, self.num_tokens), self.generator, "generator",
-                     "vocabulary logits (batch, seq, num_tokens)")
-        index = masked.positions[..., None].expand(-1, -1, logits.shape[-1])
-        return logits.gather(1, index)
-
-    def _discriminator_logits(self, disc_input, attention_mask, kwargs) -> torch.Tensor:
-        if self.native:
-            hidden = self.discriminator(disc_input, attention_mask=attention_mask)  # (b, n, d)
-            check_hidden(hidden, disc_input, self.discriminator, "discriminator")
-            return self.discriminator_head(hidden)  # (b, n)
-        logits = self._disc_logits_net(disc_input, **kwargs)  # (b, n) or (b, n, 1)
-        if not isinstance(logits, torch.Tensor) or logits.numel() != disc_input.numel():
-            check_output(logits, (*disc_input.shape, 1), self.discriminator, "discriminator", "logits (batch, seq, 1)")
-        return logits.reshape(disc_input.shape)  # (b, n)
 
     def compute(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, noise: Noise | None = None, **kwargs
@@ -301,8 +211,8 @@ class Electra(Objective):
         masked = self._mask(input_ids, attention_mask, noise)
         valid = masked.valid.float()  # (b, K)
 
-        backbone_mask = self._backbone_mask(attention_mask) if self.native else attention_mask
-        gen_logits = self._generator_logits(masked, backbone_mask, kwargs)  # (b, K, V)
+        backbone_mask = self.pair.backbone_mask(self, attention_mask)
+        gen_logits = self.pair.generator_logits(self, masked, backbone_mask, kwargs)  # (b, K, V)
         # rows (b*K, V), not (b, V, K): log-softmax over contiguous memory, ~2x faster on CPU
         token_loss = F.cross_entropy(
             gen_logits.float().flatten(0, 1), masked.labels.flatten(), reduction="none"
@@ -316,7 +226,7 @@ class Electra(Objective):
             disc_input = input_ids.scatter(1, masked.positions, sampled)  # (b, n)
             disc_labels = ((disc_input != input_ids) & attention_mask).float()  # a lucky sample is "original"
 
-        disc_logits = self._discriminator_logits(disc_input, backbone_mask, kwargs)  # (b, n)
+        disc_logits = self.pair.discriminator_logits(self, disc_input, backbone_mask, kwargs)  # (b, n)
         real = attention_mask.float()
         n_real = real.sum().clamp(min=1.0)
         token_bce = F.binary_cross_entropy_with_logits(disc_logits.float(), disc_labels, reduction="none")
@@ -361,3 +271,128 @@ class Electra(Objective):
         if scores:
             result["disc_auc"] = roc_auc(torch.cat(scores), torch.cat(labels))
         return result
+
+
+# ---- the two kinds of network pair -------------------------------------------------------------------
+# Electra's modules stay its own attributes (generator, discriminator, *_head: the checkpoint keys); a pair
+# holds no state and says how to build around them and call them.
+
+
+class BackbonePair:
+    """Two registry ``Backbone``s (hidden states in, hidden states out): Electra shares their embeddings, adds the
+    heads, and computes the generator's vocabulary logits only at the masked slots."""
+
+    @staticmethod
+    def setup(m: Electra, *, num_tokens, sharing, share_positions, init_std, **_raw_only) -> int:
+        """Initialise the backbones (before sharing, so a shared table is drawn once), share their embeddings, add
+        and initialise the heads; returns the vocabulary size."""
+        gen, disc = m.generator, m.discriminator
+        if m.weight_init == "electra":
+            init_weights(gen, init_std or 0.02)
+            init_weights(disc, init_std or 0.02)
+        elif init_std is not None:
+            init_embeddings(gen, init_std)
+            init_embeddings(disc, init_std)
+        _check_vocabularies(gen, disc, num_tokens, sharing)
+        if sharing == "tied":
+            disc.set_token_embedding(gen.get_token_embedding())
+        elif sharing == "gdes":
+            disc.set_token_embedding(GDESEmbedding(gen.get_token_embedding()))
+        gen_pos, disc_pos = gen.get_position_embedding(), disc.get_position_embedding()
+        # Position modules are called differently by each library, so they are shared only
+        # between two backbones of the same adapter class (and shape); token embeddings always.
+        if sharing == "tied" and share_positions and gen_pos is not None and disc_pos is not None:
+            shapes = [tuple(p.shape) for p in gen_pos.parameters()], [tuple(p.shape) for p in disc_pos.parameters()]
+            if type(gen) is type(disc) and shapes[0] == shapes[1]:
+                disc.set_position_embedding(gen_pos)
+        m.generator_head = GeneratorHead(gen)
+        m.discriminator_head = DiscriminatorHead(disc.hidden_dim)
+        if m.weight_init == "electra":
+            init_weights(m.generator_head, init_std or 0.02)
+            init_weights(m.discriminator_head, init_std or 0.02)
+        return gen.num_tokens
+
+    @staticmethod
+    def backbone_mask(m: Electra, attention_mask: torch.Tensor) -> torch.Tensor | None:
+        return m._backbone_mask(attention_mask)
+
+    @staticmethod
+    def generator_logits(m: Electra, masked: MaskedPositions, attention_mask, kwargs) -> torch.Tensor:
+        """Vocabulary logits at the masked slots only: (b, K, V)."""
+        hidden = m.generator(masked.corrupted, attention_mask=attention_mask)  # (b, n, d_g)
+        check_hidden(hidden, masked.corrupted, m.generator, "generator")
+        index = masked.positions[..., None].expand(-1, -1, hidden.shape[-1])  # (b, K, d_g)
+        return m.generator_head(hidden.gather(1, index))  # (b, K, V)
+
+    @staticmethod
+    def discriminator_logits(m: Electra, disc_input, attention_mask, kwargs) -> torch.Tensor:
+        hidden = m.discriminator(disc_input, attention_mask=attention_mask)  # (b, n, d)
+        check_hidden(hidden, disc_input, m.discriminator, "discriminator")
+        return m.discriminator_head(hidden)  # (b, n)
+
+
+class RawPair:
+    """Two raw modules, the original electra-pytorch contract: the generator returns vocabulary logits at every
+    position, the discriminator one logit per token (``discr_dim`` > 0: a linear layer on its ``discr_layer``)."""
+
+    @staticmethod
+    def setup(m: Electra, *, num_tokens, discr_dim, discr_layer, **_registry_only) -> int | None:
+        if discr_dim > 0:
+            m.discriminator = nn.Sequential(HiddenLayerExtractor(m.discriminator, layer=discr_layer),
+                                            nn.Linear(discr_dim, 1))
+        m._disc_logits_net = m.discriminator
+        if _ends_in_sigmoid(m.discriminator):
+            # The original applies a logits loss on top of this sigmoid (a double sigmoid).
+            # We read the logits before it instead; the module itself is left as the user built it.
+            warnings.warn(
+                "electra-kit: the discriminator ends in nn.Sigmoid; its loss is computed from the logits "
+                "before the sigmoid (the original electra-pytorch applied a second sigmoid here)",
+                UserWarning,
+                stacklevel=3,
+            )
+            m._disc_logits_net = m.discriminator[:-1]
+        return num_tokens
+
+    @staticmethod
+    def backbone_mask(m: Electra, attention_mask: torch.Tensor) -> torch.Tensor:
+        return attention_mask  # unused: raw modules get only the caller's keyword arguments, as in the original
+
+    @staticmethod
+    def generator_logits(m: Electra, masked: MaskedPositions, attention_mask, kwargs) -> torch.Tensor:
+        logits = m.generator(masked.corrupted, **kwargs)  # (b, n, V): a raw LM computes all positions
+        check_output(logits, (*masked.corrupted.shape, m.num_tokens), m.generator, "generator",
+                     "vocabulary logits (batch, seq, num_tokens)")
+        index = masked.positions[..., None].expand(-1, -1, logits.shape[-1])
+        return logits.gather(1, index)
+
+    @staticmethod
+    def discriminator_logits(m: Electra, disc_input, attention_mask, kwargs) -> torch.Tensor:
+        logits = m._disc_logits_net(disc_input, **kwargs)  # (b, n) or (b, n, 1)
+        if not isinstance(logits, torch.Tensor) or logits.numel() != disc_input.numel():
+            check_output(logits, (*disc_input.shape, 1), m.discriminator, "discriminator", "logits (batch, seq, 1)")
+        return logits.reshape(disc_input.shape)  # (b, n)
+
+
+def pair_for(generator: nn.Module, discriminator: nn.Module) -> type[BackbonePair] | type[RawPair]:
+    registry = isinstance(generator, Backbone), isinstance(discriminator, Backbone)
+    if registry[0] != registry[1]:
+        raise TypeError(
+            "Electra takes two registry Backbones or two raw modules, not one of each: "
+            f"generator is {type(generator).__name__}, discriminator is {type(discriminator).__name__}"
+        )
+    return BackbonePair if registry[0] else RawPair
+
+
+def _check_vocabularies(gen: Backbone, disc: Backbone, num_tokens: int | None, sharing: str) -> None:
+    if sharing not in SHARING_MODES:
+        raise ValueError(f"embedding_sharing={sharing!r}; choose one of {SHARING_MODES}")
+    if gen.num_tokens != disc.num_tokens:
+        raise ValueError(f"generator and discriminator vocabularies differ ({gen.num_tokens} vs {disc.num_tokens} tokens)")
+    if num_tokens is not None and num_tokens != gen.num_tokens:
+        raise ValueError(f"num_tokens={num_tokens} but the backbones were built with {gen.num_tokens} tokens")
+    if sharing != "none" and gen.emb_dim != disc.emb_dim:
+        raise ValueError(
+            f"embedding_sharing={sharing!r} needs equal embedding sizes, but generator emb_dim={gen.emb_dim} "
+            f"and discriminator emb_dim={disc.emb_dim}: set the same emb_dim on both backbones "
+            "(ELECTRA-Small uses 128) or use embedding_sharing='none'"
+        )
