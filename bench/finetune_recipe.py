@@ -2,7 +2,7 @@
 
 Fine-tunes one pretrained model folder, and a random initialisation of the same architecture, with
 each recipe of a grid (``electra-kit finetune`` flags), on TREC-6 and the movie-review polarity
-task (bench/prepare_trec.py, bench/prepare_movie.py), and prints median test accuracy per recipe.
+task (bench/prepare_trec.py, bench/prepare_sentiment.py), and prints median test accuracy per recipe.
 A recipe that helps the pretrained encoder but not random init is the one that reads what
 pretraining learned; the gap between the two columns is what pretraining is worth.
 

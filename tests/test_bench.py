@@ -262,6 +262,12 @@ def test_electra_vs_mlm_pools_pretraining_seeds():
     assert [(j["name"], j["steps"], j["bindings"]) for j in jobs] == [
         ("electra_100", 100, ["x = 1"]), ("mlm_150", 150, ["x = 1"]),
         ("electra_100_seed1", 100, ["x = 1", "train.seed = 1"]), ("mlm_150_seed1", 150, ["x = 1", "train.seed = 1"])]
+    args.pretrain_seeds, args.mlm_seeds = "0,1,2", "0"  # MLM's seeds fewer, where compute is short
+    assert [j["name"] for j in evm.pretrain_jobs(args, {"electra": 3.0, "mlm": 2.0})] == [
+        "electra_100", "mlm_150", "electra_100_seed1", "electra_100_seed2"]
+    args.electra_steps, args.pretrain_seeds, args.budget_seeds = "100,400", "0", "400=0,1"  # more seeds at one budget
+    assert [j["name"] for j in evm.pretrain_jobs(args, {"electra": 3.0, "mlm": 2.0})] == [
+        "electra_100", "mlm_150", "electra_400", "mlm_600", "electra_400_seed1"]
 
     row = evm_row
     rows = [row("ELECTRA", 1e12, 0.70, 0.72), row("ELECTRA", 1e12, 0.80, 0.90), row("ELECTRA", 1e13, 0.85),
