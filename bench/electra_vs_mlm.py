@@ -213,13 +213,15 @@ def trend(rows: list[dict], task: str, margin: float) -> dict | None:
     for kind in ("ELECTRA", "MLM"):
         pts = [(math.log10(f), statistics.median(a)) for f, a in by_budget(rows, kind, task)]
         if len({x for x, _ in pts}) < 2:
-            return None
+            if kind == "ELECTRA":
+                return None
+            continue  # MLM with under 2 budgets (a study cut short): ELECTRA's line alone
         mx, my = statistics.fmean(x for x, _ in pts), statistics.fmean(y for _, y in pts)
         slope = sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
         fits[kind] = {"intercept": my - slope * mx, "per_decade": slope, "budgets": len(pts),
                       "worst_miss": max(abs(y - (my + slope * (x - mx))) for x, y in pts)}  # 0 through 2 points
     random = statistics.median(accuracies(next(r for r in rows if r["kind"] == "random init")["finetune"][task]))
-    e, m = fits["ELECTRA"], fits["MLM"]
+    e, m = fits["ELECTRA"], fits.get("MLM")
     target = random + margin
 
     def flops(log10: float) -> float:  # a flat or nearly parallel line meets absurdly far out: never
@@ -227,7 +229,7 @@ def trend(rows: list[dict], task: str, margin: float) -> dict | None:
 
     reach = flops((target - e["intercept"]) / e["per_decade"]) if e["per_decade"] > 0 else None
     cross = None
-    if e["per_decade"] > m["per_decade"]:  # ELECTRA ahead beyond the crossing
+    if m is not None and e["per_decade"] > m["per_decade"]:  # ELECTRA ahead beyond the crossing
         cross = flops((m["intercept"] - e["intercept"]) / (e["per_decade"] - m["per_decade"]))
     return {"fits": fits, "random_init": random, "target": target, "electra_reaches_target_at_flops": reach,
             "electra_passes_mlm_from_flops": cross}
@@ -240,12 +242,17 @@ def margin_points(t: dict) -> str:
 def describe_trend(t: dict | None, task: str) -> str:
     if t is None:
         return f"{TASKS[task][0]}: one budget only, no trend"
-    e, m = t["fits"]["ELECTRA"], t["fits"]["MLM"]
+    e, m = t["fits"]["ELECTRA"], t["fits"].get("MLM")
     at = lambda f: "at no budget below 1e30 FLOPs on these lines" if f is None or f == math.inf else f"from {f / 1e12:,.0f} TFLOP"  # noqa: E731
-    return (f"{TASKS[task][0]}: accuracy per 10x FLOPs ELECTRA {e['per_decade']:+.3f}, MLM {m['per_decade']:+.3f} "
-            f"({e['budgets']} budgets each; the lines miss their medians by at most {e['worst_miss']:.3f} and "
-            f"{m['worst_miss']:.3f}); ELECTRA reaches random init + {margin_points(t)} points ({t['target']:.3f}) "
-            f"{at(t['electra_reaches_target_at_flops'])} and passes MLM {at(t['electra_passes_mlm_from_flops'])} "
+    if m is None:
+        versus = "MLM under 2 budgets, no line"
+        passes = ""
+    else:
+        versus = f"MLM {m['per_decade']:+.3f}"
+        passes = f" and passes MLM {at(t['electra_passes_mlm_from_flops'])}"
+    return (f"{TASKS[task][0]}: accuracy per 10x FLOPs ELECTRA {e['per_decade']:+.3f} ({e['budgets']} budgets; its line "
+            f"misses its medians by at most {e['worst_miss']:.3f}), {versus}; ELECTRA reaches random init + "
+            f"{margin_points(t)} points ({t['target']:.3f}) {at(t['electra_reaches_target_at_flops'])}{passes} "
             "(a straight line in log FLOPs through the medians: an extrapolation, not a measurement)")
 
 
@@ -267,7 +274,7 @@ def plot(rows: list[dict], tasks: list[str], path: Path, margin: float) -> None:
             err = [[m - min(a) for m, (_, a) in zip(med, pts, strict=True)],
                    [max(a) - m for m, (_, a) in zip(med, pts, strict=True)]]
             drawn = ax.errorbar(x, med, yerr=err, fmt=style, capsize=3, label=kind)
-            if t is not None:
+            if t is not None and kind in t["fits"]:
                 fit, ends = t["fits"][kind], [x[0], x[-1] * 20]
                 ax.plot(ends, [fit["intercept"] + fit["per_decade"] * math.log10(v * 1e12) for v in ends], ":",
                         linewidth=1, color=drawn[0].get_color(), label=f"{kind} trend (extrapolated)")

@@ -248,6 +248,9 @@ def test_electra_vs_mlm_trend_finds_where_the_lines_reach_the_bar():
             rows[-1]]  # slopes equal but for rounding: they meet (far) beyond any budget, not in an overflow
     assert evm.trend(near, "trec", 0.08)["electra_passes_mlm_from_flops"] == math.inf
     assert "passes MLM from" in evm.describe_trend(t, "trec")
+    alone = evm.trend(rows[:2] + rows[3:], "trec", 0.08)  # MLM at one budget (a study cut short): ELECTRA's line alone
+    assert alone["electra_reaches_target_at_flops"] == pytest.approx(10 ** 12.8) and "MLM" not in alone["fits"]
+    assert "MLM under 2 budgets" in evm.describe_trend(alone, "trec")
     bent = [*rows, row("ELECTRA", 1e14, 0.84)]  # 0.10 then 0.04 per decade: the line misses by 0.02
     assert evm.trend(bent, "trec", 0.08)["fits"]["ELECTRA"]["worst_miss"] == pytest.approx(0.02)
 
