@@ -295,11 +295,11 @@ def pretrain_jobs(args, flops: dict) -> list[dict]:
     """Every pretraining run: each budget, each objective (MLM at ELECTRA's FLOPs), each seed. Seed 0 binds
     nothing and keeps its old run name, so earlier out-dirs are reused as they are."""
     jobs = []
-    per_budget = dict(item.split("=") for item in (getattr(args, "budget_seeds", None) or "").split(";") if item)
+    per_budget = dict(item.split("=") for item in (args.budget_seeds or "").split(";") if item)
+    mlm_seeds = args.mlm_seeds or args.pretrain_seeds
     for b in (int(b) for b in args.electra_steps.split(",")):
         mlm_steps = round(b * flops["electra"] / flops["mlm"])
         electra_seeds = per_budget.get(str(b), args.pretrain_seeds)
-        mlm_seeds = getattr(args, "mlm_seeds", None) or args.pretrain_seeds
         for seed in sorted({int(s) for s in f"{electra_seeds},{mlm_seeds}".split(",")}):
             suffix, bind = (f"_seed{seed}", [f"train.seed = {seed}"]) if seed else ("", [])
             jobs += [{"kind": kind, "name": f"{kind.lower()}_{steps}{suffix}", "config": config, "steps": steps,

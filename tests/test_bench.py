@@ -259,8 +259,8 @@ def test_electra_vs_mlm_pools_pretraining_seeds():
     """--pretrain-seeds: one run per objective, budget and seed (seed 0 under its old name, binding nothing), and a
     budget's point pools every pretraining seed's fine-tuning accuracies."""
     evm = _bench_module("electra_vs_mlm")
-    args = argparse.Namespace(electra_steps="100", pretrain_seeds="0,1", gin=["x = 1"], electra_config="e.gin",
-                              mlm_config="m.gin")
+    args = argparse.Namespace(electra_steps="100", pretrain_seeds="0,1", mlm_seeds=None, budget_seeds=None,
+                              gin=["x = 1"], electra_config="e.gin", mlm_config="m.gin")
     jobs = evm.pretrain_jobs(args, {"electra": 3.0, "mlm": 2.0})
     assert [(j["name"], j["steps"], j["bindings"]) for j in jobs] == [
         ("electra_100", 100, ["x = 1"]), ("mlm_150", 150, ["x = 1"]),
