@@ -395,3 +395,29 @@ def test_build_corpus_never_replaces_a_folder_it_did_not_make(tmp_path, capsys):
     assert bc.main(["--out", str(tmp_path / "mine"), "--work", str(tmp_path / "work"), "--only", "devil"]) == 2
     assert "is not a corpus this script built" in capsys.readouterr().err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me" and not (tmp_path / "work").exists()
+
+
+def test_probe_scores_a_signal_above_noise():
+    """The linear probe finds a label carried by one feature among noise, and is near chance on noise alone."""
+    probe = _bench_module("probe")
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(400, 16, generator=gen), torch.randint(0, 3, (400,), generator=gen)
+    signal = x.clone()
+    signal[:, 0] += 6.0 * y  # three classes 6 sd apart along one axis
+    assert probe.probe(signal[:300], y[:300], signal[300:], y[300:])["accuracy"] > 0.95
+    assert probe.probe(x[:300], y[:300], x[300:], y[300:])["accuracy"] < 0.55
+
+
+def test_probe_reads_a_pretraining_checkpoint_as_the_model_folder_it_became(pretrained_model):
+    """A checkpoint's encoder (the discriminator, its embedding tied to the generator's) gives the features of the
+    model folder saved at the same step; random init gives others."""
+    probe = _bench_module("probe")
+    checkpoint = sorted((pretrained_model.parent / "checkpoints").glob("step_*"))[-1]
+    texts = ["the address to the congress", "a second, longer text about the state of the union"]
+    folder, tokenizer = probe.load_encoder(pretrained_model, None, None)
+    from_checkpoint, _ = probe.load_encoder(checkpoint, pretrained_model, None)
+    random_init, _ = probe.load_encoder(pretrained_model, None, 0)
+    want = probe.features(folder, tokenizer, texts, 32)
+    got = probe.features(from_checkpoint, tokenizer, texts, 32)
+    assert all(torch.equal(want[p], got[p]) for p in probe.POOLINGS)
+    assert not torch.allclose(want["mean"], probe.features(random_init, tokenizer, texts, 32)["mean"])
