@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -29,7 +28,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
-from electra_vs_mlm import TASKS  # noqa: E402  the tasks' files
+from electra_vs_mlm import TASKS, machine  # noqa: E402  the tasks' files, the machine's description
 
 from electra_kit.finetune.model import POOLINGS  # noqa: E402
 
@@ -207,9 +206,8 @@ def main(argv=None) -> None:
               flush=True)
         rows.append(row)
     print(table(rows, tasks))
-    args.json.write_text(json.dumps({"machine": {"cpu": platform.processor() or platform.machine(),
-                                                 "torch": torch.__version__},
-                                     "wall_s": time.perf_counter() - start, "tasks": tasks, "rows": rows}, indent=1))
+    args.json.write_text(json.dumps({"machine": machine(), "wall_s": time.perf_counter() - start, "tasks": tasks,
+                                     "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
