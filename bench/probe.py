@@ -65,8 +65,9 @@ def checkpoint_encoder_state(path: Path) -> dict[str, torch.Tensor]:
 
 def load_encoder(path: Path, arch: Path | None, random_seed: int | None):
     """(backbone in eval mode, tokenizer) of a model folder, a checkpoint, or ``arch`` freshly initialised."""
+    from tokenizers import Tokenizer
+
     from electra_kit.finetune.runner import load_backbone
-    from electra_kit.modelfolder.pretrained import load_pretrained
 
     folder = path if (path / "config.json").is_file() else arch
     if folder is None:
@@ -78,12 +79,9 @@ def load_encoder(path: Path, arch: Path | None, random_seed: int | None):
         missing, unexpected = backbone.load_state_dict(checkpoint_encoder_state(path), strict=False)
         if missing or unexpected:
             raise SystemExit(f"{path} does not fit --arch {arch}: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    tokenizer = load_pretrained(folder).tokenizer
-    if (path / "tokenizer.json").is_file() and folder is not path:  # a checkpoint carries its run's tokenizer
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-    return backbone.eval(), tokenizer
+    # a checkpoint carries its run's tokenizer; a model folder holds its own
+    tokenizer_file = path / "tokenizer.json" if (path / "tokenizer.json").is_file() else folder / "tokenizer.json"
+    return backbone.eval(), Tokenizer.from_file(str(tokenizer_file))
 
 
 @torch.no_grad()
