@@ -421,3 +421,36 @@ def test_probe_reads_a_pretraining_checkpoint_as_the_model_folder_it_became(pret
     got = probe.features(from_checkpoint, tokenizer, texts, 32)
     assert all(torch.equal(want[p], got[p]) for p in probe.POOLINGS)
     assert not torch.allclose(want["mean"], probe.features(random_init, tokenizer, texts, 32)["mean"])
+
+
+def test_anisotropy_tells_parallel_vectors_from_spread_ones():
+    """Texts that all map near one direction read as mean cosine ~1 with a small spread; independent random vectors
+    as mean cosine ~0 with a spread far above the mean vector."""
+    anisotropy = _bench_module("anisotropy").anisotropy
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(200, 64, generator=gen)
+    shared = anisotropy(torch.ones(64) * 5.0 + 0.1 * noise)
+    spread = anisotropy(noise)
+    assert shared["mean_cosine"] > 0.99 and shared["spread_over_mean"] < 0.05
+    assert abs(spread["mean_cosine"]) < 0.05 and spread["spread_over_mean"] > 5
+
+
+def test_centred_head_wrapper_fine_tunes_through_the_command_line(tmp_path, pretrained_model):
+    """bench/centred_head.py runs `electra-kit finetune` unchanged but for the head: the kept model's head carries
+    the standardising layer's running statistics, moved off their initial values by training."""
+    from safetensors.torch import load_file
+
+    run_dir = tmp_path / "ft"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "centred_head.py"), "finetune", "--model", str(pretrained_model),
+         "--train", str(ROOT / "tests" / "data" / "trec_slice.tsv"), "--eval",
+         str(ROOT / "tests" / "data" / "trec_slice.tsv"), "--text-column", "text", "--label-column",
+         "label", "--epochs", "1", "--max-seq-len", "32", "--no-progress", "--no-tracking", "--run-dir",
+         str(run_dir)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    head = load_file(str(run_dir / "model" / "classifier_head.safetensors"))
+    assert head["norm.num_batches_tracked"].item() > 0
+    assert not torch.equal(head["norm.running_mean"], torch.zeros_like(head["norm.running_mean"]))
+    assert json.loads((run_dir / "results.json").read_text())["seeds"][0]["metrics"]["accuracy"] >= 0

@@ -310,6 +310,21 @@ def test_patience_stops_after_epochs_without_improvement(tmp_path, model_dir):
     assert seed["stopped_early"] and seed["steps"] < seed["max_steps"] and len(seed["epochs"]) < 20
 
 
+def test_by_default_every_epoch_is_trained_and_the_best_kept(tmp_path, model_dir):
+    """A validation score flat for many epochs does not stop training by default: pretrained encoders on small data
+    sat on a plateau before the decaying learning rate let them improve (bench/RESULTS.md, issue 29 s. 16)."""
+    from electra_kit.finetune.runner import _BestEpoch
+
+    best = _BestEpoch(torch.nn.Linear(1, 1), "accuracy", steps_per_epoch=10, patience=FinetuneConfig().patience)
+    plateau = [0.62] * 8 + [0.70]
+    assert not any(best(10 * (i + 1), {"accuracy": acc}) for i, acc in enumerate(plateau))
+    assert best.best["epoch"] == 9
+    train, test = separable(tmp_path / "train.tsv", 240, 0), separable(tmp_path / "test.tsv", 40, 1)
+    (seed,) = finetune(model_dir, TaskSpec(train=str(train), eval=str(test)),
+                       FinetuneConfig(epochs=4, lr=1e-3, progress=False))["seeds"]
+    assert not seed["stopped_early"] and len(seed["epochs"]) == 4
+
+
 def test_no_validation_split_reports_the_last_epoch(tmp_path, model_dir, trec):
     cfg = FinetuneConfig(epochs=2, val_fraction=0.0, progress=False)
     (seed,) = finetune(model_dir, TaskSpec(train=str(trec[0]), eval=str(trec[1])), cfg)["seeds"]

@@ -58,7 +58,9 @@ class FinetuneConfig:
                                   FRACTION)
     split_seed: int = setting(0, "the validation split's seed (the same split for every seed)", NON_NEGATIVE_INT,
                               flag=False)
-    patience: int | None = setting(3, "stop after N epochs without a better validation score (0: never)",
+    # 0: stopping early cut pretrained encoders off before the decaying lr let them improve; random init lost
+    # nothing by training every epoch (bench/RESULTS.md, issue 29 s. 16)
+    patience: int | None = setting(0, "stop after N epochs without a better validation score (0: never)",
                                    ("an integer >= 0 (0: never stop early)", lambda v: _int(v) and v >= 0),
                                    type=int)
     device: str = setting("auto", "auto | cpu | cuda | cuda:N", TRAIN["device"])

@@ -10,8 +10,10 @@ ELECTRA-Small:
 - layer-wise learning-rate decay 0.8: with L layers, the head trains at lr, layer i (1..L) at
   ``lr * 0.8 ** (L + 2 - i)`` and the embeddings at ``lr * 0.8 ** (L + 2)``, as in ELECTRA's
   ``_get_layer_lrs``. The layers come from ``Backbone.layer_groups()``;
-- dropout 0.1 (the backbone is rebuilt with ``dropout=0.1`` when its adapter takes it), batch 32,
-  3 epochs; several seeds (``seeds``) with the median reported, as the paper does.
+- dropout 0.1 (the backbone is rebuilt with ``dropout=0.1`` when its adapter takes it), batch 32;
+  several seeds (``seeds``) with the median reported, as the paper does. The paper trains 3 epochs;
+  the default here is up to 20 with the epoch chosen on a validation split: a small pretrained encoder
+  on a few thousand examples is still near chance after 3 (bench/RESULTS.md, issue 11 s. 8, issue 29 s. 16).
 
 A text pair is ``[CLS] a [SEP] b [SEP]``, truncated longest-first; the backbones have no segment
 embeddings, so the ``[SEP]`` alone marks the boundary. Batches are padded to their longest row.
