@@ -23,6 +23,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
+from electra_vs_mlm import TASKS  # noqa: E402  the tasks' files
 from probe import features, load_encoder, models_to_probe, read_task  # noqa: E402
 
 from electra_kit.finetune.model import POOLINGS  # noqa: E402
@@ -42,7 +43,7 @@ def main(argv=None) -> None:
     parser.add_argument("models", nargs="*", help="NAME=PATH: a model folder or a pretraining checkpoint folder")
     parser.add_argument("--arch", type=Path, help="model folder giving a checkpoint's (and random init's) architecture")
     parser.add_argument("--random-seeds", default="0", help="random-init baselines ('' for none)")
-    parser.add_argument("--task", default="amazon")
+    parser.add_argument("--task", default="amazon", choices=sorted(TASKS))
     parser.add_argument("--texts", type=int, default=300, help="the first N training texts")
     parser.add_argument("--max-seq-len", type=int, default=128)
     parser.add_argument("--data", type=Path, default=REPO / "bench" / "data")
