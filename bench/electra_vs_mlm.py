@@ -328,6 +328,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=5, help="fine-tuning seeds per model and task")
     parser.add_argument("--task-seeds", default="", help="per-task override, e.g. movie=3 (compute is short)")
     parser.add_argument("--finetune-args", default="", help="extra electra-kit finetune flags for every model")
+    parser.add_argument("--finetune-tag", default="",
+                        help="appended to fine-tuning run names (finetune_TASK_MODEL_TAG): fine-tune an --out-dir's "
+                             "encoders again with other --finetune-args, its earlier fine-tunings left as they are")
     parser.add_argument("--random-init-args", default="--layer-decay 1.0",
                         help="extra finetune flags for the random-init baseline: layer-wise decay keeps pretrained "
                              "lower layers, which it has not (its validation accuracy prefers no decay)")
@@ -380,6 +383,7 @@ def main(argv=None) -> int:
             model_dir, extra, name = pretrained[0]["model_dir"], ["--random-init", *args.random_init_args.split()], "random"
         else:
             model_dir, extra, name = r["pretrain"]["model_dir"], [], r["pretrain"]["name"]
+        name = f"{name}_{args.finetune_tag}" if args.finetune_tag else name
         if args.finished_only:
             done = out / f"finetune_{task}_{name}" / "results.json"
             if done.is_file():

@@ -280,6 +280,39 @@ def test_electra_vs_mlm_pools_pretraining_seeds():
     assert evm.trend(rows, "trec", 0.08)["fits"]["ELECTRA"]["per_decade"] == pytest.approx(0.85 - 0.76)
 
 
+def test_electra_vs_mlm_finetune_tag_reports_its_own_finetunings_beside_the_earlier_ones(tmp_path, monkeypatch, capsys):
+    """--finetune-tag names a study's fine-tunings apart (finetune_TASK_MODEL_TAG), so an out-dir's encoders can be
+    fine-tuned again under other flags: --finished-only then reports the tagged runs, never the untagged ones."""
+    evm = _bench_module("electra_vs_mlm")
+    out = tmp_path / "runs"
+    model = out / "pretrain_electra_100" / "model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    (out / "pretrain_electra_100.json").write_text(json.dumps(
+        {"name": "electra_100", "config": "electra_cpu.gin", "steps": 100, "wall_s": None, "model_dir": str(model)}))
+
+    def finetuned(name, *accuracies):
+        (out / name).mkdir()
+        (out / name / "results.json").write_text(json.dumps(
+            {"seeds": [{"metrics": {"accuracy": a}} for a in accuracies], "median": {"accuracy": sorted(accuracies)[1]}}))
+
+    finetuned("finetune_trec_electra_100", 0.50, 0.51, 0.52)
+    finetuned("finetune_trec_random", 0.40, 0.41, 0.42)
+    finetuned("finetune_trec_electra_100_pat0", 0.90, 0.91, 0.92)
+    finetuned("finetune_trec_random_pat0", 0.80, 0.81, 0.82)
+    monkeypatch.setattr(evm, "plot", lambda *a: None)
+    report = tmp_path / "report.json"
+
+    def study(*flags):
+        evm.main(["--electra-steps", "100", "--tasks", "trec", "--seeds", "3", "--out-dir", str(out), "--json",
+                  str(report), "--plot", str(tmp_path / "p.png"), "--finished-only", *flags])
+        return json.loads(report.read_text())["medians"]["trec"]
+
+    assert study("--finetune-tag", "pat0") == {"ELECTRA 100 steps": 0.91, "random init": 0.81}
+    assert study() == {"ELECTRA 100 steps": 0.51, "random init": 0.41}  # untagged: the earlier runs, as before
+    assert "0.9000, 0.9100, 0.9200" in capsys.readouterr().out
+
+
 # ------------------------------------------------------------------ the GPU check (issue 24, item 3)
 
 
