@@ -267,9 +267,11 @@ def plot(rows: list[dict], tasks: list[str], path: Path, margin: float) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         random, t = next(r for r in rows if r["kind"] == "random init"), trend(rows, task, margin)
+        budgets = []
         for kind, style in (("ELECTRA", "o-"), ("MLM", "s--")):
             pts = by_budget(rows, kind, task)
             x = [p[0] / 1e12 for p in pts]
+            budgets += x
             med = [statistics.median(a) for _, a in pts]
             err = [[m - min(a) for m, (_, a) in zip(med, pts, strict=True)],
                    [max(a) - m for m, (_, a) in zip(med, pts, strict=True)]]
@@ -281,6 +283,8 @@ def plot(rows: list[dict], tasks: list[str], path: Path, margin: float) -> None:
         ax.axhline(statistics.median(accuracies(random["finetune"][task])), color="grey", linestyle=":",
                    label="random init (0 FLOPs)")
         ax.set_xscale("log")
+        if budgets and max(budgets) < 10 * min(budgets):  # one budget (equal FLOPs): a decade either side, not 1e-5
+            ax.set_xlim(min(budgets) / 3, max(budgets) * 3)
         if t is not None:
             ax.axhline(t["target"], color="tab:red", linestyle=":", linewidth=1, label=f"random init + {margin_points(t)} points")
         ax.set_xlabel("pretraining TFLOP (forward + backward), log scale")
@@ -428,6 +432,8 @@ def write_report(rows: list[dict], tasks: list[str], flops: dict, args, started:
                   f"majority class {ref['majority_class_accuracy']:.4f}")
         if "," in args.pretrain_seeds + (args.budget_seeds or ""):
             for kind, points in report["budget_medians"][task].items():
+                if not points:  # not fine-tuned on this task (a study cut short)
+                    continue
                 print(f"{kind}, every pretraining and fine-tuning seed: " + "; ".join(
                     f"{p['pretrain_flops'] / 1e12:.1f} TFLOP {p['median']:.4f} ({p['runs']} runs)" for p in points))
         print(describe_trend(report["trend"][task], task))
