@@ -34,6 +34,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -349,6 +350,8 @@ def main(argv=None) -> int:
     parser.add_argument("--finished-only", action="store_true",
                         help="start nothing: report the pretraining and fine-tuning runs --out-dir has finished")
     args = parser.parse_args(argv)
+    if not re.fullmatch(r"[\w.-]*", args.finetune_tag):  # it becomes part of a folder name
+        parser.error(f"--finetune-tag {args.finetune_tag!r}: letters, digits, '_', '.' and '-' only")
     if args.replot:
         report = json.loads(args.json.read_text())
         plot(report["rows"], args.tasks.split(","), args.plot, args.margin)

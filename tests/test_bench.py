@@ -311,6 +311,9 @@ def test_electra_vs_mlm_finetune_tag_reports_its_own_finetunings_beside_the_earl
     assert study("--finetune-tag", "pat0") == {"ELECTRA 100 steps": 0.91, "random init": 0.81}
     assert study() == {"ELECTRA 100 steps": 0.51, "random init": 0.41}  # untagged: the earlier runs, as before
     assert "0.9000, 0.9100, 0.9200" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # a tag is part of a folder name: no path in it
+        study("--finetune-tag", "../x")
+    assert "--finetune-tag '../x'" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ the GPU check (issue 24, item 3)
