@@ -24,7 +24,8 @@
 
     python bench/electra_vs_mlm.py --electra-steps 600,2400        # see bench/RESULTS.md for times
 
-Runs go to ``--out-dir``; ``--reuse`` keeps finished pretraining and fine-tuning runs there.
+Runs go to ``--out-dir``; ``--reuse`` keeps finished pretraining and fine-tuning runs there, and resumes a
+fine-tuning a killed driver left (``finetune --resume``: its finished seeds are kept).
 """
 
 from __future__ import annotations
@@ -74,11 +75,12 @@ def step_flops(config_file: str, bindings: list[str]) -> float:
     return float(counter.get_total_flops())
 
 
-def run(argv: list[str], log: Path) -> float:
-    """Run a CLI command (single-threaded), its output to ``log``; returns its wall-clock seconds."""
+def run(argv: list[str], log: Path, *, append: bool = False) -> float:
+    """Run a CLI command (single-threaded), its output to ``log`` (after what it holds, with ``append``);
+    returns its wall-clock seconds."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
-    with open(log, "w") as out:
+    with open(log, "a" if append else "w") as out:
         proc = subprocess.run([sys.executable, "-m", "electra_kit", *argv], stdout=out, stderr=subprocess.STDOUT,
                               env=env, cwd=REPO)
     if proc.returncode != 0:
@@ -122,17 +124,19 @@ def finetune_run(name: str, model_dir: str, task: str, args, out: Path, extra: l
     run_dir = out / f"finetune_{task}_{name}"
     done, flags_file = run_dir / "results.json", out / f"finetune_{task}_{name}.flags"
     flags = [*args.finetune_args.split(), *extra]
+    started = (run_dir / "finetune.json").is_file()  # by a driver killed since (or by hand)
+    if args.reuse and started and flags_file.is_file() and json.loads(flags_file.read_text()) != flags:
+        raise SystemExit(f"{run_dir} was fine-tuned with {flags_file.read_text()}, not {flags}: remove it")
     if args.reuse and done.is_file():  # finished earlier (a killed driver, or run by hand with these flags)
         results = json.loads(done.read_text())
-        if flags_file.is_file() and json.loads(flags_file.read_text()) != flags:
-            raise SystemExit(f"{run_dir} was fine-tuned with {flags_file.read_text()}, not {flags}: remove it")
         if len(results["seeds"]) == seeds_for(task, args):
             return results
     argv = ["finetune", "--model", model_dir, "--train", str(args.data / train), "--eval", str(args.data / test),
             "--text-column", "text", "--label-column", "label", "--seeds", str(seeds_for(task, args)),
-            "--no-progress", "--no-tracking", "--run-dir", str(run_dir), *flags]
-    wall = run(argv, out / f"finetune_{task}_{name}.log")
+            "--no-progress", "--no-tracking", "--run-dir", str(run_dir), *flags,
+            *(["--resume"] if args.reuse and started else [])]  # finished seeds are kept, more may be added
     flags_file.write_text(json.dumps(flags))
+    wall = run(argv, out / f"finetune_{task}_{name}.log", append="--resume" in argv)
     results = json.loads((run_dir / "results.json").read_text())
     results["bench_wall_s"] = wall
     return results
@@ -345,7 +349,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "electra_vs_mlm.json")
     parser.add_argument("--plot", type=Path, default=REPO / "bench" / "electra_vs_mlm.png")
     parser.add_argument("--reuse", action="store_true",
-                        help="reuse finished pretraining and fine-tuning runs in --out-dir")
+                        help="reuse finished pretraining and fine-tuning runs in --out-dir; resume killed "
+                             "fine-tunings")
     parser.add_argument("--replot", action="store_true", help="only redraw --plot from the rows in --json")
     parser.add_argument("--finished-only", action="store_true",
                         help="start nothing: report the pretraining and fine-tuning runs --out-dir has finished")

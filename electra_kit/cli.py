@@ -64,13 +64,17 @@ def _cmd_finetune(args) -> int:
     from .registry import UnknownBackboneError
     from .rundir.checkpoint import CheckpointError
     from .rundir.directory import RunDirError
+    from .training.trainer import Interrupted
 
     spec = TaskSpec(train=args.train, eval=args.eval, text_column=args.text_column, pair_column=args.pair_column,
                     label_column=args.label_column, format=args.format, header=not args.no_header, task=args.task)
     try:
         cfg = from_flags(args, progress=not args.no_progress)
         results, path = run_finetune(args.model, spec, cfg, run_dir=args.run_dir, tracking=not args.no_tracking,
-                                     tracking_uri=args.tracking_uri, experiment=args.experiment)
+                                     tracking_uri=args.tracking_uri, experiment=args.experiment, resume=args.resume)
+    except Interrupted as exc:
+        print(f"electra-kit: {exc}. Continue with: {_continue_finetune(args.argv, exc.run_dir)}", file=sys.stderr)
+        return 128 + exc.signum
     except (ValueError, FileNotFoundError, UnknownBackboneError, RunDirError, CheckpointError) as exc:
         print(f"electra-kit: error: {_without_gin_context(exc)}", file=sys.stderr)
         return 2
@@ -86,6 +90,15 @@ def _cmd_finetune(args) -> int:
     print(f"electra-kit: kept seed {kept['seed']} (epoch {kept['epoch']}, chosen by {kept['chosen_by']}) as "
           f"{kept['path']}; use it with: electra-kit predict {kept['path']} --input FILE")
     return 0
+
+
+def _continue_finetune(argv: list[str], run_dir) -> str:
+    """The command that was run, into its run directory, with ``--resume``: finished seeds are kept."""
+    import shlex
+
+    given = any(a == "--run-dir" or a.startswith("--run-dir=") for a in argv)
+    return shlex.join(["electra-kit", *argv, *([] if given else ["--run-dir", str(run_dir)]),
+                       *([] if "--resume" in argv else ["--resume"])])
 
 
 def _cmd_predict(args) -> int:
@@ -247,6 +260,9 @@ def _add_finetune(sub) -> None:
                    help="auto: regression when every label is a number and some are written as reals")
     add_flags(p)  # one per FinetuneConfig setting, with its default
     p.add_argument("--run-dir", help="where results.json goes (default runs/finetune-TRAIN-TIME)")
+    p.add_argument("--resume", action="store_true", help="continue the fine-tuning in --run-dir, given the same "
+                   "arguments: finished seeds are kept, an unfinished one continues from its last checkpoint "
+                   "(--seeds may ask for more)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-tracking", action="store_true", help="do not record the run in MLflow")
     p.add_argument("--tracking-uri", help="MLflow store or server (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
@@ -314,7 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # for a "Continue with" line that repeats the command
     return args.fn(args)
 
 

@@ -80,6 +80,18 @@ def no_env_uri(monkeypatch):
 # ---- the command line, the one way every test calls it ------------------------------------------------------------
 
 
+TREC_SLICE = Path(__file__).parent / "data" / "trec_slice.tsv"
+
+
+def trec_split(folder: Path) -> tuple[Path, Path]:
+    """tests/data/trec_slice.tsv as the training file (its 240 training-split questions) and the evaluation file
+    (its 60 test-split ones) in ``folder``: ``(train.tsv, eval.tsv)``."""
+    lines = TREC_SLICE.read_text(encoding="utf-8").splitlines(keepends=True)
+    (folder / "train.tsv").write_text("".join(lines[:241]), encoding="utf-8")
+    (folder / "eval.tsv").write_text(lines[0] + "".join(lines[241:]), encoding="utf-8")
+    return folder / "train.tsv", folder / "eval.tsv"
+
+
 def tiny_args(*bindings: str, tracking: bool = False) -> list[str]:
     """``electra-kit run``'s arguments for the tiny config the CLI tests train: no progress bar, untracked unless
     ``tracking``, and each of ``bindings`` as a ``--gin``. The one place a test's base run is spelled out."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import trec_split
 
 from electra_kit import Electra, create_backbone, list_backbones
 from electra_kit.objectives.masking import sample_categorical
@@ -314,6 +315,26 @@ def test_electra_vs_mlm_finetune_tag_reports_its_own_finetunings_beside_the_earl
     with pytest.raises(SystemExit):  # a tag is part of a folder name: no path in it
         study("--finetune-tag", "../x")
     assert "--finetune-tag '../x'" in capsys.readouterr().err
+
+
+def test_electra_vs_mlm_resumes_a_fine_tuning_and_adds_seeds_to_a_finished_one(tmp_path, pretrained_model):
+    """--reuse continues a fine-tuning the driver left (finetune --resume): its finished seeds are kept and only
+    what is missing is trained; the log keeps what the earlier run wrote. Real fine-tunings of the tiny model."""
+    evm = _bench_module("electra_vs_mlm")
+    data, out = tmp_path / "data", tmp_path / "runs"
+    data.mkdir(), out.mkdir()
+    train, test = trec_split(data)
+    train.rename(data / "trec_train.tsv"), test.rename(data / "trec_test.tsv")  # the driver's names
+    args = argparse.Namespace(finetune_args="--epochs 1", reuse=True, data=data, seeds=1, task_seeds="")
+    one = evm.finetune_run("tiny", str(pretrained_model), "trec", args, out)
+    args.seeds = 2
+    two = evm.finetune_run("tiny", str(pretrained_model), "trec", args, out)
+    assert [s["seed"] for s in two["seeds"]] == [0, 1] and two["seeds"][0] == one["seeds"][0]
+    log = (out / "finetune_trec_tiny.log").read_text()
+    assert log.count("seed 0: trained all") == 1 and "seed 0: finished earlier" in log and "seed 1: trained all" in log
+    args.finetune_args = "--epochs 2"  # other flags: the driver refuses to mix them into the run
+    with pytest.raises(SystemExit, match="was fine-tuned with"):
+        evm.finetune_run("tiny", str(pretrained_model), "trec", args, out)
 
 
 # ------------------------------------------------------------------ the GPU check (issue 24, item 3)

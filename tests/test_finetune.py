@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import error_lines, run_cli
+from conftest import error_lines, run_cli, trec_split
 from tokenizers import Tokenizer
 
 from electra_kit.finetune.model import SequenceModel
@@ -25,7 +25,6 @@ from electra_kit.finetune.tasks import TaskError, read_labeled, spearman, task_m
 from electra_kit.registry import create_backbone, list_backbones
 from electra_kit.training.optim import param_groups
 
-SLICE = Path(__file__).parent / "data" / "trec_slice.tsv"
 CLASSES = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
 
 
@@ -49,11 +48,7 @@ def model_dir(pretrained_model) -> Path:
 
 @pytest.fixture(scope="module")
 def trec(tmp_path_factory) -> tuple[Path, Path]:
-    lines = SLICE.read_text(encoding="utf-8").splitlines(keepends=True)
-    folder = tmp_path_factory.mktemp("trec")
-    (folder / "train.tsv").write_text("".join(lines[:241]), encoding="utf-8")
-    (folder / "eval.tsv").write_text(lines[0] + "".join(lines[241:]), encoding="utf-8")
-    return folder / "train.tsv", folder / "eval.tsv"
+    return trec_split(tmp_path_factory.mktemp("trec"))
 
 
 def test_trec_slice_end_to_end_with_seeds_and_mlflow(tmp_path, model_dir, trec):

@@ -21,11 +21,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import trec_split
 
 from electra_kit import load_classifier, load_pretrained
 from electra_kit.cli import main as cli_main
-
-SLICE = Path(__file__).parent / "data" / "trec_slice.tsv"
 
 
 def cli(*args, cwd):
@@ -40,9 +39,7 @@ def cli(*args, cwd):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, pretrained_model) -> dict:
     root = tmp_path_factory.mktemp("predict")
-    lines = SLICE.read_text(encoding="utf-8").splitlines(keepends=True)
-    (root / "train.tsv").write_text("".join(lines[:241]), encoding="utf-8")
-    (root / "eval.tsv").write_text(lines[0] + "".join(lines[241:]), encoding="utf-8")
+    trec_split(root)
     uri = f"sqlite:///{root}/mlflow.db"
     proc = cli("finetune", "--model", str(pretrained_model), "--train", "train.tsv", "--eval", "eval.tsv", "--seeds", "2",
                "--epochs", "1", "--no-progress", "--run-dir", "ft", "--tracking-uri", uri, cwd=root)

@@ -134,7 +134,7 @@ def test_predict_never_writes_into_the_model_it_reads(tmp_path, model, capsys):
 KILLED = """
 import os, signal, sys
 from electra_kit.rundir.directory import RunDir
-RunDir(sys.argv[1], resume=False, resumable=False)
+RunDir(sys.argv[1], resume=False)
 os.makedirs(os.path.join(sys.argv[1], "seed_0", "checkpoints"))
 open(os.path.join(sys.argv[1], "seed_0", "metrics.jsonl"), "w").write('{"step": 1}\\n')
 os.kill(os.getpid(), signal.SIGKILL)
@@ -152,7 +152,7 @@ def test_a_finetune_run_dir_left_by_a_killed_run_is_refused(tmp_path, model, cap
                  "--no-progress", "--run-dir", str(run)])
     assert code == 2
     err = error_lines(capsys.readouterr().err)
-    assert len(err.splitlines()) == 1 and "already holds a run" in err and "--resume" not in err
+    assert len(err.splitlines()) == 1 and "already holds a run" in err and "continue it with --resume" in err
     before.pop(Path(LOCK_FILE))  # the killed run's stale lock goes with the refused run's; nothing else changed
     assert snapshot(run) == before
 

@@ -25,6 +25,11 @@ given), and the evaluation file's metrics are those of that epoch. ``val_fractio
 selection, the last epoch's metrics. Training runs on the one training loop (trainer.py): bf16
 autocast on CUDA, a checkpoint per epoch, the progress bar; every seed's metrics go to the run's one journal,
 ``run_dir/metrics.jsonl``, as ``seed_N/...`` (``seed_N/val/...`` for the validation split), tracked or not.
+
+Nothing finished is lost: a run records what it was asked (``finetune.json``), each seed its result when done
+(``seed_N/result.json``), the kept model is saved whenever a seed beats it, and every epoch's checkpoint carries the
+best epoch so far. ``--resume`` keeps the finished seeds and continues an unfinished one from its last checkpoint,
+given the same model, files and recipe (more seeds may be asked for).
 """
 
 from __future__ import annotations
@@ -46,14 +51,16 @@ from ..data.batches import split_sequences
 from ..data.tokenizer import special_ids
 from ..modelfolder.pretrained import load_weights_into, read_config, resolve_model_dir, save_pretrained
 from ..registry import create_backbone
+from ..rundir import checkpoint as ckpt
 from ..rundir.atomic import atomic_write
-from ..rundir.directory import RunDir, default_run_dir
-from ..rundir.journal import JOURNAL, Journal
+from ..rundir.directory import RunDir, RunDirError, default_run_dir
+from ..rundir.journal import JOURNAL, Journal, read_journal
 from ..training.settings import TrainConfig, resolve_device
-from ..training.trainer import Trainer, step_seed
+from ..training.trainer import Interrupted, Trainer, step_seed
 from .classifier import encode_examples, load_tokenizer
 from .config import FinetuneConfig
 from .model import LabeledBatches, SequenceModel, eval_batches
+from .resume import REQUEST, SEED_RESULT, check_request, fine_tuning_request, finished_seed, kept_in, nothing_to_resume
 from .tasks import TaskError, encode_labels, infer_task, label_set, primary_metric, read_labeled
 
 
@@ -160,6 +167,21 @@ class _BestEpoch:
         self.best: dict | None = None
         self.state: dict | None = None
 
+    def state_dict(self) -> dict:
+        """What every checkpoint carries: the epochs scored so far and the best one's weights."""
+        return {"epochs": json.dumps(self.epochs), "best": -1 if self.best is None else self.epochs.index(self.best),
+                "weights": self.state or {}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epochs = json.loads(state["epochs"])
+        self.best = self.epochs[state["best"]] if state["best"] >= 0 else None
+        self.state = dict(state["weights"]) if self.best is not None else None
+
+    @property
+    def stopped(self) -> bool:
+        """Whether patience ran out (a run resumed after stopping early trains no further)."""
+        return bool(self.patience) and self.best is not None and self.waited >= self.patience
+
     def __call__(self, step: int, metrics: dict) -> bool:
         epoch = {"epoch": math.ceil(step / self.steps_per_epoch), "step": step,
                  **{f"val_{k}": v for k, v in metrics.items()}}
@@ -167,7 +189,7 @@ class _BestEpoch:
         if self.best is None or metrics[self.key] > self.best[f"val_{self.key}"]:  # ties keep the earlier epoch
             self.best = epoch
             self.state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-        return bool(self.patience) and self.waited >= self.patience
+        return self.stopped
 
     @property
     def waited(self) -> int:
@@ -200,9 +222,10 @@ def _train_config(cfg: FinetuneConfig, seed: int, n_train: int) -> tuple[TrainCo
 
 
 def finetune_seed(model_dir, data: Prepared, cfg: FinetuneConfig, seed: int, device, *, run_dir: Path,
-                  journal: Journal) -> tuple[dict, SequenceModel]:
+                  journal: Journal, resume: bool = False) -> tuple[dict, SequenceModel]:
     """Train one seed on the training loop; returns ``{seed, metrics (evaluation file, selected
-    epoch), selected_epoch, epochs: [...], steps, ...}`` and the model with the selected epoch's weights."""
+    epoch), selected_epoch, epochs: [...], steps, ...}`` and the model with the selected epoch's weights.
+    ``resume``: continue from the seed's last checkpoint in ``run_dir``, if it has one."""
     start = time.perf_counter()
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -226,9 +249,17 @@ def finetune_seed(model_dir, data: Prepared, cfg: FinetuneConfig, seed: int, dev
     trainer = Trainer(model, train_cfg, train_batches=batches, device=device, run_dir=run_dir,
                       eval_batches=split(data.val_rows, data.y_val) if selecting else None,
                       on_eval=best if selecting else None, progress_desc=f"finetune seed {seed}",
-                      journal=_seed_journal(journal, seed))
+                      journal=_seed_journal(journal, seed), stateful={"best_epoch": best} if selecting else None)
+    checkpoint = ckpt.latest_valid_checkpoint(trainer.ckpt_dir) if resume else None
     try:
-        result = trainer.fit()
+        if checkpoint is not None:
+            trainer.resume(checkpoint)
+        # a seed killed after its last epoch (or after patience ran out) trains no further
+        done = trainer.step >= train_cfg.steps or best.stopped
+        if checkpoint is not None:
+            say(f"seed {seed}: its last checkpoint ({checkpoint}) ends its training; nothing is trained again" if done
+                else f"seed {seed}: continuing from step {trainer.step} of {train_cfg.steps} ({checkpoint})")
+        result = {"step": trainer.step} if done else trainer.fit()
         if selecting:
             model.load_state_dict(best.state)
             say(best.report(seed, result["step"], train_cfg.steps))
@@ -241,18 +272,24 @@ def finetune_seed(model_dir, data: Prepared, cfg: FinetuneConfig, seed: int, dev
     finally:
         trainer.release()
     metrics["eval_loss"] = metrics.pop("loss")
-    train_losses = {h["step"]: h["train/loss"] for h in trainer.history if "train/loss" in h}
+    train_losses = _train_losses(journal, seed)
     epochs = best.epochs or [{"epoch": math.ceil(result["step"] / steps_per_epoch), "step": result["step"]}]
     for e in epochs:
         e["train_loss"] = train_losses.get(e["step"])
     chosen = best.best or epochs[-1]
     journal.append(chosen["step"], {f"seed_{seed}/{k}": v for k, v in metrics.items()})
-    model.task_config["epoch"] = chosen["epoch"]
     return {"seed": seed, "metrics": metrics, "selected_epoch": chosen["epoch"], "selected_step": chosen["step"],
             "selected_by": f"val_{primary_metric(data.task)}" if selecting else "last epoch (no validation split)",
             "train_loss": chosen["train_loss"], "epochs": epochs, "steps": result["step"],
             "max_steps": train_cfg.steps, "stopped_early": result["step"] < train_cfg.steps,
             "warmup_steps": train_cfg.effective_warmup, "wall_s": time.perf_counter() - start}, model
+
+
+def _train_losses(journal: Journal, seed: int) -> dict[int, float]:
+    """A seed's training loss by step, from the run's journal (a resumed seed logged its first epochs earlier;
+    a step logged twice, by a run killed before that step's checkpoint, keeps its last line)."""
+    key = f"seed_{seed}/train/loss"
+    return {r["step"]: r[key] for r in read_journal(journal.path) if key in r} if journal.path.exists() else {}
 
 
 def median_metrics(per_seed: list[dict]) -> dict[str, float]:
@@ -261,19 +298,27 @@ def median_metrics(per_seed: list[dict]) -> dict[str, float]:
 
 
 def finetune(model_dir, spec: TaskSpec, cfg: FinetuneConfig | None = None, *, tracker=None,
-             run_dir: str | Path | None = None, keep_model: bool | None = None) -> dict:
+             run_dir: str | Path | None = None, keep_model: bool | None = None, resume: bool = False) -> dict:
     """Fine-tune ``cfg.seeds`` times; returns the results (per seed and median) as a dict. Each seed's
     checkpoints go to ``run_dir/seed_N`` (a temporary folder without ``run_dir``), its metrics to the run's
-    journal ``run_dir/metrics.jsonl`` under ``seed_N/`` (the medians under ``median/``).
-    ``keep_model`` (default: when ``run_dir`` is given) saves the model of the seed with the best validation
-    score (the last seed without a validation split) as ``run_dir/model`` (see :func:`keep_seed`)."""
+    journal ``run_dir/metrics.jsonl`` under ``seed_N/`` (the medians under ``median/``), its result to
+    ``run_dir/seed_N/result.json``. ``keep_model`` (default: when ``run_dir`` is given) saves the model of the seed
+    with the best validation score (the last seed without a validation split) as ``run_dir/model`` (see
+    :func:`keep_seed`), as soon as a seed beats the one kept before. ``resume``: continue the run in ``run_dir``
+    (the same request, :func:`check_request`): finished seeds are kept, an unfinished one continues."""
     if run_dir is None:
         with tempfile.TemporaryDirectory(prefix="electra-kit-finetune-") as tmp:
             return finetune(model_dir, spec, cfg, tracker=tracker, run_dir=tmp, keep_model=bool(keep_model))
+    run_dir = Path(run_dir)
     keep_model = True if keep_model is None else keep_model
     cfg = cfg or FinetuneConfig()
+    request = fine_tuning_request(model_dir, spec, cfg)
+    if resume:
+        check_request(run_dir, request)
+    else:
+        atomic_write(run_dir / REQUEST, json.dumps(request, indent=2))
     # the run's journal: every seed's metrics, tracked or not (a tracker is its sink)
-    journal = tracker.journal if tracker is not None else Journal(Path(run_dir) / JOURNAL)
+    journal = tracker.journal if tracker is not None else Journal(run_dir / JOURNAL)
     start = time.perf_counter()
     device = resolve_device(cfg.device)
     with phase(f"reading and tokenizing {spec.train} and {spec.eval}"):
@@ -292,23 +337,38 @@ def finetune(model_dir, spec: TaskSpec, cfg: FinetuneConfig | None = None, *, tr
         params = {"model": info["model"], "backbone": info["backbone"], "pretraining": info["pretraining"],
                   **{f"task.{k}": v for k, v in info["task"].items()}, **{f"finetune.{k}": v for k, v in asdict(cfg).items()}}
         with phase(f"starting the MLflow run at {tracker.tracking_uri}"):
-            tracker.start(params=params, tags={"electra_kit.kind": "finetune"})
+            tracker.start(params=params, tags={"electra_kit.kind": "finetune"}, resume=resume)
 
+    def train(seed: int) -> tuple[dict, SequenceModel]:
+        return finetune_seed(model_dir, data, cfg, seed, device, run_dir=run_dir / f"seed_{seed}", journal=journal,
+                             resume=resume)
+
+    metric, folder = info["primary_metric"], run_dir / "model"
     per_seed, kept = [], None
     for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
-        result, model = finetune_seed(model_dir, data, cfg, seed, device, run_dir=Path(run_dir) / f"seed_{seed}",
-                                      journal=journal)
+        result, model = finished_seed(run_dir / f"seed_{seed}") if resume else None, None
+        if result is not None:
+            say(f"seed {seed}: finished earlier ({run_dir / f'seed_{seed}' / SEED_RESULT}); its result is kept")
+        else:
+            result, model = train(seed)
+            atomic_write(run_dir / f"seed_{seed}" / SEED_RESULT, json.dumps(result, indent=2))
         per_seed.append(result)
-        if kept is None or keep_seed(result, kept[0], info["primary_metric"]):
-            kept = (result, model.cpu())  # one kept model in memory at a time
+        if kept is None or keep_seed(result, kept, metric):
+            kept = result
+            if keep_model and model is not None:  # at once: a run killed later keeps the best model so far
+                with phase(f"seed {seed} is the best so far: saving it to {folder}"):
+                    save_kept_model(model_dir, model.cpu(), result, folder)
         del model
+    if keep_model and kept_in(folder) != (kept["seed"], kept["selected_epoch"]):
+        # the kept seed finished in a run killed before its model was saved: its last checkpoint holds it
+        _, model = train(kept["seed"])
+        with phase(f"saving the kept model (seed {kept['seed']}) to {folder}"):
+            save_kept_model(model_dir, model.cpu(), kept, folder)
     median = median_metrics(per_seed)
     journal.append(per_seed[-1]["steps"], {f"median/{k}": v for k, v in median.items()})
     results = {**info, "seeds": per_seed, "median": median}
     if keep_model:
-        with phase(f"saving the kept model (seed {kept[0]['seed']}) to {Path(run_dir) / 'model'}"):
-            results["kept_model"] = save_kept_model(model_dir, kept[1], kept[0], Path(run_dir) / "model",
-                                                    info["primary_metric"])
+        results["kept_model"] = kept_model_record(kept, folder, metric)
     return {**results, "wall_s": time.perf_counter() - start}
 
 
@@ -327,16 +387,21 @@ def keep_seed(new: dict, old: dict, metric: str) -> bool:
     return new_epoch[key] > old_epoch[key]
 
 
-def save_kept_model(model_dir, model: SequenceModel, result: dict, folder: Path, metric: str) -> dict:
-    """Write ``model`` as a model folder (pretrained.py's, plus the task), atomically; what results.json says of it."""
+def save_kept_model(model_dir, model: SequenceModel, result: dict, folder: Path) -> None:
+    """Write ``model`` as a model folder (pretrained.py's, plus the task), atomically."""
     from tokenizers import Tokenizer
 
     config = read_config(model_dir)
     operative = Path(model_dir) / "operative_config.gin"
     model.task_config["finetuned_from"] = str(Path(model_dir).resolve())
+    model.task_config["epoch"] = result["selected_epoch"]
     save_pretrained(model, folder, tokenizer=Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json")),
                     special_ids=config.get("special_ids"), max_seq_len=config.get("max_seq_len"),
                     operative_config=operative.read_text(encoding="utf-8") if operative.is_file() else "")
+
+
+def kept_model_record(result: dict, folder: Path, metric: str) -> dict:
+    """What results.json says of the kept model: where it is, which seed and epoch, why, and its scores."""
     epoch = selected_epoch(result)
     chosen_by = f"val_{metric}" if f"val_{metric}" in epoch else "last seed (no validation split)"
     return {"path": str(folder.resolve()), "seed": result["seed"], "epoch": result["selected_epoch"],
@@ -346,17 +411,25 @@ def save_kept_model(model_dir, model: SequenceModel, result: dict, folder: Path,
 
 def run_finetune(model_dir, spec: TaskSpec, cfg: FinetuneConfig, *, run_dir: str | Path | None = None,
                  tracking: bool = True, tracking_uri: str | None = None,
-                 experiment: str | None = None) -> tuple[dict, Path]:
-    """The ``electra-kit finetune`` command: results to ``run_dir/results.json`` and to MLflow."""
+                 experiment: str | None = None, resume: bool = False) -> tuple[dict, Path]:
+    """The ``electra-kit finetune`` command: results to ``run_dir/results.json`` and to MLflow. ``resume``:
+    continue the run in ``run_dir`` (see :func:`finetune`)."""
     given, model_dir = model_dir, resolve_model_dir(model_dir)
     read_config(model_dir)  # not a model folder: a clear error before a run directory is claimed
-    # claimed and locked like a pretraining run's (one holding another run, even a killed one, is refused);
-    # a failure leaves no empty directory behind
+    if resume and run_dir is None:
+        raise RunDirError("--resume needs --run-dir naming the fine-tuning run to continue")
+    if resume and not (Path(run_dir) / REQUEST).is_file():  # said before anything is claimed
+        raise RunDirError(nothing_to_resume(Path(run_dir)))
+    # claimed and locked like a pretraining run's (one holding another run, even a killed one, is refused
+    # unless resumed); a failure leaves no empty directory behind
     owned = RunDir(Path(run_dir) if run_dir else default_run_dir([], stem=f"finetune-{Path(spec.train).stem}"),
-                   resume=False, created=run_dir is None, inputs=[given, model_dir, spec.train, spec.eval],
-                   resumable=False)
+                   resume=resume, created=run_dir is None, inputs=[given, model_dir, spec.train, spec.eval],
+                   claim=[REQUEST])
     try:
-        return _run_finetune(model_dir, spec, cfg, owned.path, tracking, tracking_uri, experiment)
+        return _run_finetune(model_dir, spec, cfg, owned.path, tracking, tracking_uri, experiment, resume)
+    except Interrupted as exc:
+        exc.run_dir = owned.path  # for the "Continue with" line
+        raise
     except BaseException:
         owned.close(failed=True)
         raise
@@ -364,7 +437,7 @@ def run_finetune(model_dir, spec: TaskSpec, cfg: FinetuneConfig, *, run_dir: str
         owned.close(failed=False)
 
 
-def _run_finetune(model_dir, spec, cfg, run_dir, tracking, tracking_uri, experiment):
+def _run_finetune(model_dir, spec, cfg, run_dir, tracking, tracking_uri, experiment, resume):
     tracker = None
     if tracking:
         from ..tracking import Tracker
@@ -373,8 +446,8 @@ def _run_finetune(model_dir, spec, cfg, run_dir, tracking, tracking_uri, experim
                           experiment=experiment or f"finetune-{Path(spec.train).stem}")
     from ..tracking import finish_when_done
 
-    with finish_when_done(tracker):
-        results = finetune(model_dir, spec, cfg, tracker=tracker, run_dir=run_dir)
+    with finish_when_done(tracker, killed=(Interrupted, KeyboardInterrupt)):
+        results = finetune(model_dir, spec, cfg, tracker=tracker, run_dir=run_dir, resume=resume)
         if tracker is not None:
             try:  # mlflow.pyfunc needs pandas, which mlflow-skinny lacks; tracking never fails a finished run
                 from ..serving.classifier import log_kept_model

@@ -31,7 +31,7 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -101,7 +101,7 @@ def save_checkpoint(
         _write_file(tmp / "operative_config.gin", lambda p: p.write_text(operative_config))
         for name, text in (files or {}).items():
             _write_file(tmp / name, lambda p, text=text: p.write_text(text, encoding="utf-8"))
-        sums = {f.name: _sha256(f) for f in sorted(tmp.iterdir())}
+        sums = {f.name: file_sha256(f) for f in sorted(tmp.iterdir())}
         _write_file(tmp / MANIFEST, lambda p: p.write_text(json.dumps({"step": step, "sha256": sums}, indent=1)))
     for old in list_checkpoints(ckpt_dir)[keep:]:
         shutil.rmtree(old, ignore_errors=True)
@@ -149,7 +149,7 @@ def verify(path: Path) -> str | None:
         f = path / name
         if not f.is_file():
             return f"{name} is missing"
-        if _sha256(f) != expected:
+        if file_sha256(f) != expected:
             return f"{name} does not match its checksum (truncated or corrupt)"
     return None
 

@@ -30,7 +30,7 @@ LOCK_FILE = ".electra-kit.lock"
 RUN_FILES = ("checkpoints", "model", "metrics.jsonl", "operative_config.gin", "summary.json", "mlflow_run.json")
 # ... and a fine-tuning run's, the log, and the marker every run directory carries (guard.py): any of them
 # means the directory holds a run, finished or killed at any instruction
-RUN_WRITES = (*RUN_FILES, "results.json", "seed_*", "run.log", MARKER)
+RUN_WRITES = (*RUN_FILES, "results.json", "finetune.json", "seed_*", "run.log", MARKER)
 
 
 class RunDirError(RuntimeError):
@@ -55,9 +55,10 @@ def default_run_dir(config_files: list[str], root: Path = Path("runs"), *, stem:
 class RunDir:
     """A claimed and locked run directory; ``release()`` on every exit, ``discard()`` on a failed start."""
 
-    def __init__(self, path: Path, *, resume: bool, created: bool = False, inputs=(), resumable: bool = True):
+    def __init__(self, path: Path, *, resume: bool, created: bool = False, inputs=(), claim=()):
         """``inputs``: what the command reads (none may be in the way of what the run writes: guard.py);
-        ``resumable``: whether the command has ``--resume`` (the refusal of a taken directory says so)."""
+        ``claim``: files the run writes on starting, besides the marker (fine-tuning's request), which a failure
+        before anything else was written takes away with the marker."""
         self.path = Path(path)
         try:
             check_output(self.path, inputs=inputs, kind="run", writes=RUN_WRITES, option="--run-dir")
@@ -77,6 +78,7 @@ class RunDir:
             raise RunDirError(f"run directory {self.path} is not writable ({exc.strerror}); choose another "
                               f"--run-dir") from exc
         self._fd: int | None = None
+        self.claim = {MARKER, *claim}
         try:
             self._lock()
         except OSError as exc:  # a directory named like the lock, a filesystem without locks (some NFS) ...
@@ -86,9 +88,8 @@ class RunDir:
             taken = sorted(n for n in self.before if any(fnmatch.fnmatchcase(n, p) for p in RUN_WRITES))
             if taken:
                 self.release()
-                again = "continue it with --resume, or choose" if resumable else "choose"
-                raise RunDirError(f"run directory {self.path} already holds a run ({', '.join(taken)}); {again} "
-                                  f"another --run-dir (nothing was changed)")
+                raise RunDirError(f"run directory {self.path} already holds a run ({', '.join(taken)}); continue it "
+                                  f"with --resume, or choose another --run-dir (nothing was changed)")
             mark(self.path, "run")
         if self.stale:  # said only of a directory this run goes on to use
             print(f"electra-kit: {self.path / LOCK_FILE}: stale lock of PID {self.stale} taken over (that process "
@@ -132,13 +133,14 @@ class RunDir:
         self._fd = None
 
     def close(self, *, failed: bool) -> None:
-        """Release the lock; after a failure that left nothing but the run's marker, remove the marker too,
-        and the directory if this run made it."""
+        """Release the lock; after a failure that left nothing but what claiming the directory wrote (the marker,
+        ``claim``), remove that too, and the directory if this run made it."""
         self.release()
-        if failed and MARKER not in self.before and self.path.is_dir() \
-                and set(os.listdir(self.path)) - self.before == {MARKER}:
-            with contextlib.suppress(FileNotFoundError):
-                (self.path / MARKER).unlink()
+        added = set(os.listdir(self.path)) - self.before if failed and self.path.is_dir() else set()
+        if MARKER in added and added <= self.claim:
+            for name in added:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.path / name).unlink()
         if failed and self.created:
             with contextlib.suppress(OSError):
                 self.path.rmdir()

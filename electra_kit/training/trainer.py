@@ -53,7 +53,9 @@ class Trainer:
     ``train_batches`` (accumulation, clipping, the schedule, skipped non-finite steps), evaluates on
     ``eval_batches()`` every ``cfg.eval_every`` steps, checkpoints (rank 0) every ``cfg.checkpoint_every``, and
     appends every logged value to ``journal`` (rank 0's ``run_dir/metrics.jsonl`` by default). ``resume(path)``
-    continues from a checkpoint; ``history`` keeps what was logged."""
+    continues from a checkpoint; ``history`` keeps what was logged. ``stateful``: more objects whose
+    ``state_dict()`` every checkpoint carries and ``resume`` gives back through ``load_state_dict`` (fine-tuning's
+    best epoch so far), so a resumed run holds what the killed one knew."""
 
     def __init__(
         self,
@@ -72,6 +74,7 @@ class Trainer:
         progress_desc: str = "train",
         checkpoint_files: dict[str, str] | None = None,
         pace_advice: Callable[[float, int], str | None] | None = None,
+        stateful: dict[str, object] | None = None,
     ):
         self.cfg, self.device, self.dist = cfg, device, dist or DistContext()
         if device.type == "cpu":
@@ -97,9 +100,11 @@ class Trainer:
         self.operative_config = operative_config
         self.extra_state = extra_state or {}
         self.checkpoint_files = checkpoint_files or {}  # carried in every checkpoint (the tokenizer)
+        self.stateful = stateful or {}
         self.step, self.tokens_seen = 0, 0
         self.bad_steps = BadSteps(cfg.max_bad_steps, self.device, self.ckpt_dir)
         self.history: list[dict] = []  # logged metrics, for the caller's summary
+        self.window = MeanAccumulator()  # the training metrics since the last log
         self._signal: int | None = None
         self.noise_generator = torch.Generator(device=device)  # masking/sampling: seeded alike on every rank
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and native_bf16(device))
@@ -130,16 +135,20 @@ class Trainer:
     def _save(self) -> Path:
         model_state = self.dist.model_state(self.raw_model)  # collective under FSDP
         optimizer_state = self.dist.optimizer_state(self.raw_model, self.optimizer)
+        window = self._window_state()  # collective when data-parallel
         if not self.dist.is_main:
             self.dist.barrier()
             return None
         torch_state = {"optimizer": optimizer_state}  # the schedule is a function of the step: not stored
+        if self.stateful:
+            torch_state["stateful"] = {name: obj.state_dict() for name, obj in self.stateful.items()}
         trainer_state = {
             "step": self.step,
             "tokens_seen": self.tokens_seen,
             "data": self.train_batches.state_dict(),
             "world_size": self.dist.world_size,
             "train_config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.cfg).items()},
+            "log_window": window,
             **self.extra_state,
         }
         path = ckpt.save_checkpoint(
@@ -160,6 +169,26 @@ class Trainer:
         self.schedule = warmup_linear_decay(self.optimizer, steps=self.cfg.steps, warmup=self.cfg.effective_warmup,
                                             start=self.step)
         self.train_batches.load_state_dict(trainer_state["data"])
+        self._load_window(trainer_state.get("log_window"))
+        for name, obj in self.stateful.items():
+            saved = torch_state.get("stateful", {})
+            if name not in saved:
+                raise ckpt.CheckpointError(f"checkpoint {path} has no state for {name!r}: it was written by another "
+                                           f"kind of run")
+            obj.load_state_dict(saved[name])
+
+    def _window_state(self) -> dict:
+        """The training metrics summed since the last log, so a run stopped between two logs logs, once resumed,
+        the means it would have logged (exactly, on one process; the ranks' mean sums when data-parallel)."""
+        keys = sorted(self.window.sums)
+        sums = self._rank_mean({k: float(self.window.sums[k]) for k in keys}) if keys else {}
+        return {"sums": sums, "weights": {k: self.window.weights[k] for k in keys}}
+
+    def _load_window(self, state: dict | None) -> None:
+        self.window = MeanAccumulator()
+        for key, total in (state or {}).get("sums", {}).items():
+            self.window.sums[key] = torch.tensor(total, dtype=torch.float32, device=self.device)
+            self.window.weights[key] = state["weights"][key]
 
     def release(self) -> None:
         """Drop the data-parallel wrapper (its reducer holds the process group)."""
@@ -190,12 +219,12 @@ class Trainer:
         cfg = self.cfg
         progress = Progress(step=self.step, total=cfg.steps, desc=self.progress_desc, speaking=self.dist.is_main,
                             enabled=cfg.progress and self.dist.is_main, advice=self.pace_advice)
-        window, window_tokens, window_start = MeanAccumulator(), 0, time.perf_counter()
+        window_tokens, window_start = 0, time.perf_counter()  # the speed: of this process's steps only
         last_ckpt, saved_step = None, None
         while self.step < cfg.steps:
             step_start = time.perf_counter()
             metrics, tokens = self._train_step()
-            window.add(metrics)
+            self.window.add(metrics)
             window_tokens += tokens
             self.step += 1
             seconds = time.perf_counter() - step_start
@@ -203,11 +232,11 @@ class Trainer:
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 self.bad_steps.check(self.step)
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
-                logged = {f"train/{k}": v for k, v in self._rank_mean(window.result()).items()}  # one sync per log
+                logged = {f"train/{k}": v for k, v in self._rank_mean(self.window.result()).items()}  # one sync per log
                 logged["train/lr"] = self.schedule.get_last_lr()[0]
                 logged["train/tokens_per_s"] = window_tokens * self.dist.world_size / elapsed
                 self._log(logged, progress)
-                window, window_tokens, window_start = MeanAccumulator(), 0, time.perf_counter()
+                self.window, window_tokens, window_start = MeanAccumulator(), 0, time.perf_counter()
             stop = self._maybe_evaluate(progress) if self.step % cfg.eval_every == 0 or self.step == cfg.steps else False
             if self.step % cfg.checkpoint_every == 0:
                 self.bad_steps.check(self.step)  # never a checkpoint after too many bad steps in a row
