@@ -75,6 +75,11 @@ def _cmd_finetune(args) -> int:
     except Interrupted as exc:
         print(f"electra-kit: {exc}. Continue with: {_continue_finetune(args.argv, exc.run_dir)}", file=sys.stderr)
         return 128 + exc.signum
+    except KeyboardInterrupt as exc:  # Ctrl-C between epochs' training: loading, evaluating, saving
+        run_dir = getattr(exc, "run_dir", None)
+        again = f" Continue with: {_continue_finetune(args.argv, run_dir)}" if run_dir else " Nothing was kept."
+        print(f"electra-kit: stopped by SIGINT.{again}", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError, UnknownBackboneError, RunDirError, CheckpointError) as exc:
         print(f"electra-kit: error: {_without_gin_context(exc)}", file=sys.stderr)
         return 2

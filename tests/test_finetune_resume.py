@@ -164,3 +164,21 @@ def test_a_kept_model_lost_before_it_was_saved_is_rebuilt_from_its_seeds_last_ch
     assert "seed 0: its last checkpoint" in done.stderr and "nothing is trained again" in done.stderr
     assert "continuing from step" not in done.stderr
     same_results(tmp_path / "run", straight)
+
+
+def test_ctrl_c_outside_training_prints_the_continue_line_too(tmp_path, args, cli_main, monkeypatch):
+    """Ctrl-C while a seed is loaded, evaluated or saved (no training loop to catch it) still says how to go on."""
+    from electra_kit.finetune import runner
+
+    real = runner.finetune_seed
+
+    def second_seed_interrupted(*a, **k):
+        if a[3] == 1:  # seed 1 starts
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner, "finetune_seed", second_seed_interrupted)
+    done = cli_main(*args, "--no-tracking", "--run-dir", "r", cwd=tmp_path)
+    assert done.returncode == 130 and "Continue with: electra-kit finetune" in done.stderr, done.stderr[-2000:]
+    assert done.stderr.rstrip().endswith("--run-dir r --resume")
+    assert (tmp_path / "r" / "seed_0" / "result.json").is_file()

@@ -430,8 +430,10 @@ def run_finetune(model_dir, spec: TaskSpec, cfg: FinetuneConfig, *, run_dir: str
     except Interrupted as exc:
         exc.run_dir = owned.path  # for the "Continue with" line
         raise
-    except BaseException:
+    except BaseException as exc:
         owned.close(failed=True)
+        if isinstance(exc, KeyboardInterrupt) and (owned.path / REQUEST).is_file():  # Ctrl-C outside training
+            exc.run_dir = owned.path
         raise
     finally:
         owned.close(failed=False)
