@@ -7,7 +7,6 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from ..modelfolder.pretrained import read_config
 from ..rundir.checkpoint import file_sha256
 from ..rundir.directory import RunDirError
 
@@ -74,12 +73,3 @@ def finished_seed(seed_dir: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return result if isinstance(result, dict) and "metrics" in result else None
-
-
-def kept_in(folder: Path) -> tuple[int, int] | None:
-    """(seed, epoch) of the model a run's model folder holds; None when there is none."""
-    try:
-        task = read_config(folder).get("task", {})
-        return task["seed"], task["epoch"]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None

@@ -49,7 +49,7 @@ from torch import nn
 from ..console import phase, say
 from ..data.batches import split_sequences
 from ..data.tokenizer import special_ids
-from ..modelfolder.pretrained import load_weights_into, read_config, resolve_model_dir, save_pretrained
+from ..modelfolder.pretrained import load_weights_into, read_config, resolve_model_dir
 from ..registry import create_backbone
 from ..rundir import checkpoint as ckpt
 from ..rundir.atomic import atomic_write
@@ -59,8 +59,9 @@ from ..training.settings import TrainConfig, resolve_device
 from ..training.trainer import Interrupted, Trainer, step_seed
 from .classifier import encode_examples, load_tokenizer
 from .config import FinetuneConfig
+from .kept import keep_seed, kept_in, kept_model_record, save_kept_model
 from .model import LabeledBatches, SequenceModel, eval_batches
-from .resume import REQUEST, SEED_RESULT, check_request, fine_tuning_request, finished_seed, kept_in, nothing_to_resume
+from .resume import REQUEST, SEED_RESULT, check_request, fine_tuning_request, finished_seed, nothing_to_resume
 from .tasks import TaskError, encode_labels, infer_task, label_set, primary_metric, read_labeled
 
 
@@ -370,43 +371,6 @@ def finetune(model_dir, spec: TaskSpec, cfg: FinetuneConfig | None = None, *, tr
     if keep_model:
         results["kept_model"] = kept_model_record(kept, folder, metric)
     return {**results, "wall_s": time.perf_counter() - start}
-
-
-def selected_epoch(result: dict) -> dict:
-    """A seed result's record of the epoch it kept ({} if none was recorded)."""
-    return next((e for e in result["epochs"] if e["epoch"] == result["selected_epoch"]), {})
-
-
-def keep_seed(new: dict, old: dict, metric: str) -> bool:
-    """Whether seed result ``new`` replaces ``old`` as the kept model: a better score on the validation
-    split (ties keep the earlier seed); without a split, the later seed. Never the evaluation file's score."""
-    key = f"val_{metric}"
-    new_epoch, old_epoch = selected_epoch(new), selected_epoch(old)
-    if key not in new_epoch or key not in old_epoch:
-        return True
-    return new_epoch[key] > old_epoch[key]
-
-
-def save_kept_model(model_dir, model: SequenceModel, result: dict, folder: Path) -> None:
-    """Write ``model`` as a model folder (pretrained.py's, plus the task), atomically."""
-    from tokenizers import Tokenizer
-
-    config = read_config(model_dir)
-    operative = Path(model_dir) / "operative_config.gin"
-    model.task_config["finetuned_from"] = str(Path(model_dir).resolve())
-    model.task_config["epoch"] = result["selected_epoch"]
-    save_pretrained(model, folder, tokenizer=Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json")),
-                    special_ids=config.get("special_ids"), max_seq_len=config.get("max_seq_len"),
-                    operative_config=operative.read_text(encoding="utf-8") if operative.is_file() else "")
-
-
-def kept_model_record(result: dict, folder: Path, metric: str) -> dict:
-    """What results.json says of the kept model: where it is, which seed and epoch, why, and its scores."""
-    epoch = selected_epoch(result)
-    chosen_by = f"val_{metric}" if f"val_{metric}" in epoch else "last seed (no validation split)"
-    return {"path": str(folder.resolve()), "seed": result["seed"], "epoch": result["selected_epoch"],
-            "chosen_by": chosen_by, **({chosen_by: epoch[chosen_by]} if chosen_by in epoch else {}),
-            "metrics": result["metrics"]}
 
 
 def run_finetune(model_dir, spec: TaskSpec, cfg: FinetuneConfig, *, run_dir: str | Path | None = None,
