@@ -10,6 +10,8 @@ from conftest import cli_argv, cli_env, corpus_gin, run_cli, tiny_args
 from mlflow import MlflowClient
 from mlflow_server import MlflowServer
 
+from electra_kit.rundir.journal import JOURNAL, read_journal
+
 TINY = tiny_args(tracking=True)
 
 
@@ -72,25 +74,36 @@ def test_run_lands_in_the_default_sqlite_store(tmp_path, small_corpus, cache_dir
     assert table[1].split()[5] == "30"
 
 
-def test_resume_continues_the_same_mlflow_run(tmp_path, small_corpus, cache_dir):
-    args = [*TINY, "--gin", "train.steps = 40", "--gin", "train.checkpoint_every = 10", "--run-dir", "r"]
+def journaled_steps(run_dir: Path, key: str) -> list[int]:
+    return [r["step"] for r in read_journal(run_dir / JOURNAL) if key in r] if (run_dir / JOURNAL).exists() else []
+
+
+def test_resume_continues_the_same_mlflow_run_with_one_value_per_step(tmp_path, small_corpus, cache_dir):
+    """Killed with steps logged past its last checkpoint, the run redoes them when resumed: the journal and MLflow
+    still hold each step once (before, the redone steps were journaled and sent a second time)."""
+    args = [*TINY, "--gin", "train.steps = 40", "--gin", "train.checkpoint_every = 20", "--gin", "train.log_every = 1",
+            "--gin", "train.eval_every = 20", "--run-dir", "r"]
     proc = subprocess.Popen(run_argv(small_corpus, *args), cwd=tmp_path, env=cli_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = tmp_path / "r" / "checkpoints" / "step_00000010"
+    run_dir, first = tmp_path / "r", tmp_path / "r" / "checkpoints" / "step_00000020"
     deadline = time.time() + 240
-    while not first.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    while proc.poll() is None and time.time() < deadline and not (
+            first.exists() and max(journaled_steps(run_dir, "train/loss"), default=0) >= 24):
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert first.exists() and not (tmp_path / "r" / "checkpoints" / "step_00000040").exists()
+    killed_at = max(journaled_steps(run_dir, "train/loss"))
+    assert first.exists() and 20 < killed_at < 40, killed_at  # steps 21..killed_at are logged and will be redone
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_id = only_run(client).info.run_id
 
     run_cli("run", *corpus_gin(small_corpus), *args, "--resume", cwd=tmp_path)
     run = only_run(client)
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
-    steps = steps_of(client, run_id, "train/loss")
-    assert steps[-1] == 40 and {20, 30, 40} <= set(steps)
+    for key in ("train/loss", "train/lr", "train/tokens_per_s"):
+        assert journaled_steps(run_dir, key) == list(range(1, 41)), key
+        assert steps_of(client, run_id, key) == list(range(1, 41)), key
+    assert steps_of(client, run_id, "eval/disc_auc") == [20, 40]
 
 
 def test_training_survives_the_tracking_server_dying_mid_run(tmp_path, small_corpus, cache_dir):

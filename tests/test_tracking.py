@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from mlflow_server import MlflowServer, free_port
 
 from electra_kit.rundir.directory import RunDir
-from electra_kit.rundir.journal import JOURNAL, Journal
+from electra_kit.rundir.journal import JOURNAL, Journal, read_journal
 from electra_kit.tracking import (
     STATE,
     Tracker,
@@ -175,6 +175,27 @@ def test_tracker_is_a_sink_of_the_run_journal(tmp_path):
     assert steps_of(MlflowClient(uri), run_id, "train/loss") == [1, 2]
     with pytest.raises(ValueError, match="is not"):
         Tracker(run_dir=tmp_path / "other", tracking_uri=uri, journal=journal)
+
+
+def test_a_resumed_process_journals_each_logged_step_once(tmp_path):
+    """A process killed after logging steps 2-3 past its checkpoint at step 1; the resumed one redoes them. Its
+    ``once`` appends leave out what the killed one journaled (the first value stands), not new keys, new steps or
+    system samples."""
+    path = tmp_path / JOURNAL
+    killed = Journal(path)
+    for step in (1, 2, 3):
+        killed.append(step, {"train/loss": float(step)}, once=True)
+    killed.append(3, {"system/cpu": 10.0})
+    resumed = Journal(path)
+    for step in (2, 3, 4):
+        resumed.append(step, {"train/loss": 10.0 * step, "train/grad_norm": 1.0}, once=True)
+    resumed.append(2, {"system/cpu": 11.0})
+    assert resumed.append(3, {"train/loss": 0.0}, once=True) == path.stat().st_size  # nothing left: nothing written
+    records = read_journal(path)
+    assert [(r["step"], r["train/loss"]) for r in records if "train/loss" in r] == [(1, 1.0), (2, 2.0), (3, 3.0),
+                                                                                    (4, 40.0)]
+    assert [r["step"] for r in records if "train/grad_norm" in r] == [2, 3, 4]
+    assert [r["system/cpu"] for r in records if "system/cpu" in r] == [10.0, 11.0]
 
 
 def test_server_killed_mid_run(server, tmp_path, caplog):

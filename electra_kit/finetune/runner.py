@@ -278,7 +278,7 @@ def finetune_seed(model_dir, data: Prepared, cfg: FinetuneConfig, seed: int, dev
     for e in epochs:
         e["train_loss"] = train_losses.get(e["step"])
     chosen = best.best or epochs[-1]
-    journal.append(chosen["step"], {f"seed_{seed}/{k}": v for k, v in metrics.items()})
+    journal.append(chosen["step"], {f"seed_{seed}/{k}": v for k, v in metrics.items()}, once=True)
     return {"seed": seed, "metrics": metrics, "selected_epoch": chosen["epoch"], "selected_step": chosen["step"],
             "selected_by": f"val_{primary_metric(data.task)}" if selecting else "last epoch (no validation split)",
             "train_loss": chosen["train_loss"], "epochs": epochs, "steps": result["step"],
@@ -287,8 +287,7 @@ def finetune_seed(model_dir, data: Prepared, cfg: FinetuneConfig, seed: int, dev
 
 
 def _train_losses(journal: Journal, seed: int) -> dict[int, float]:
-    """A seed's training loss by step, from the run's journal (a resumed seed logged its first epochs earlier;
-    a step logged twice, by a run killed before that step's checkpoint, keeps its last line)."""
+    """A seed's training loss by step, from the run's journal (a resumed seed logged its first epochs earlier)."""
     key = f"seed_{seed}/train/loss"
     return {r["step"]: r[key] for r in read_journal(journal.path) if key in r} if journal.path.exists() else {}
 

@@ -366,6 +366,6 @@ class Trainer:
         metrics = {k: float(v) for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
         self.history.append({"step": self.step, **metrics})
         if self.journal is not None:
-            self.journal.append(self.step, metrics)
+            self.journal.append(self.step, metrics, once=True)  # a resume redoing logged steps journals them once
         if progress is not None and "train/loss" in metrics:
             progress.show({k[len("train/"):]: v for k, v in metrics.items()})
