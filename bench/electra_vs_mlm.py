@@ -89,7 +89,13 @@ def run(argv: list[str], log: Path, *, append: bool = False) -> float:
     return time.perf_counter() - start
 
 
-def pretrain_run(name: str, config_file: str, steps: int, bindings: list[str], out: Path, reuse: bool) -> dict:
+def tracking(uri: str | None) -> list[str]:
+    """The runs' tracking flags: untracked unless the study names an MLflow store (the GPU run records in one)."""
+    return ["--tracking-uri", uri] if uri else ["--no-tracking"]
+
+
+def pretrain_run(name: str, config_file: str, steps: int, bindings: list[str], out: Path, reuse: bool,
+                 tracking_uri: str | None = None) -> dict:
     run_dir = out / f"pretrain_{name}"
     record = out / f"pretrain_{name}.json"
     if reuse and (run_dir / "model" / "config.json").is_file():
@@ -98,7 +104,7 @@ def pretrain_run(name: str, config_file: str, steps: int, bindings: list[str], o
         return run_record(name, config_file, steps, run_dir, wall=None)  # finished, its record not written
     if run_dir.exists():
         raise SystemExit(f"{run_dir} exists from an unfinished run: remove it, or pass --reuse once it has finished")
-    argv = ["run", config_file, "--no-tracking", "--run-dir", str(run_dir), "--gin", f"TRAIN_STEPS = {steps}",
+    argv = ["run", config_file, *tracking(tracking_uri), "--run-dir", str(run_dir), "--gin", f"TRAIN_STEPS = {steps}",
             "--gin", "train.progress = False", "--gin", f"train.checkpoint_every = {steps}",
             "--gin", f"train.eval_every = {max(1, steps // 4)}", "--gin", "train.eval_batches = 20"]
     for b in bindings:
@@ -133,7 +139,7 @@ def finetune_run(name: str, model_dir: str, task: str, args, out: Path, extra: l
             return results
     argv = ["finetune", "--model", model_dir, "--train", str(args.data / train), "--eval", str(args.data / test),
             "--text-column", "text", "--label-column", "label", "--seeds", str(seeds_for(task, args)),
-            "--no-progress", "--no-tracking", "--run-dir", str(run_dir), *flags,
+            "--no-progress", *tracking(getattr(args, "tracking_uri", None)), "--run-dir", str(run_dir), *flags,
             *(["--resume"] if args.reuse and started else [])]  # finished seeds are kept, more may be added
     flags_file.write_text(json.dumps(flags))
     wall = run(argv, out / f"finetune_{task}_{name}.log", append="--resume" in argv)
@@ -344,6 +350,8 @@ def main(argv=None) -> int:
                         help="extra finetune flags for the random-init baseline: layer-wise decay keeps pretrained "
                              "lower layers, which it has not (its validation accuracy prefers no decay)")
     parser.add_argument("--parallel", type=int, default=2, help="runs at once, one thread each")
+    parser.add_argument("--tracking-uri", help="record every pretraining and fine-tuning run in this MLflow store "
+                                               "(default: untracked)")
     parser.add_argument("--data", type=Path, default=REPO / "bench" / "data")
     parser.add_argument("--out-dir", type=Path, default=REPO / "runs" / "bench_electra_vs_mlm")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "electra_vs_mlm.json")
@@ -354,6 +362,9 @@ def main(argv=None) -> int:
     parser.add_argument("--replot", action="store_true", help="only redraw --plot from the rows in --json")
     parser.add_argument("--finished-only", action="store_true",
                         help="start nothing: report the pretraining and fine-tuning runs --out-dir has finished")
+    parser.add_argument("--merge", action="store_true",
+                        help="report --json's rows too: a cell this --out-dir has replaces theirs, the rest are kept "
+                             "(a study continued on another machine, whose --out-dir holds only its new runs)")
     args = parser.parse_args(argv)
     if not re.fullmatch(r"[\w.-]*", args.finetune_tag):  # it becomes part of a folder name
         parser.error(f"--finetune-tag {args.finetune_tag!r}: letters, digits, '_', '.' and '-' only")
@@ -381,7 +392,7 @@ def main(argv=None) -> int:
     with ThreadPoolExecutor(args.parallel) as pool:
         pretrained = list(pool.map(
             lambda j: pretrain_run(j["name"], j["config"], j["steps"], j["bindings"], out,
-                                   args.reuse or args.finished_only), jobs))
+                                   args.reuse or args.finished_only, args.tracking_uri), jobs))
     rows = [{"name": f"{j['kind']} {info['steps']} steps" + (f", seed {j['seed']}" if j["seed"] else ""),
              "kind": j["kind"], "pretrain_seed": j["seed"], "pretrain": info,
              "pretrain_flops": flops[j["kind"].lower()] * info["steps"], "finetune": {}}
@@ -391,24 +402,39 @@ def main(argv=None) -> int:
 
     def fine_tune(job):
         r, task = job
-        if r["pretrain"] is None:
-            model_dir, extra, name = pretrained[0]["model_dir"], ["--random-init", *args.random_init_args.split()], "random"
-        else:
-            model_dir, extra, name = r["pretrain"]["model_dir"], [], r["pretrain"]["name"]
+        name = "random" if r["pretrain"] is None else r["pretrain"]["name"]
         name = f"{name}_{args.finetune_tag}" if args.finetune_tag else name
-        if args.finished_only:
+        if args.finished_only:  # (random init's model folder may not be here: a study continued elsewhere)
             done = out / f"finetune_{task}_{name}" / "results.json"
             if done.is_file():
                 r["finetune"][task] = json.loads(done.read_text())
             return
+        if r["pretrain"] is None:  # the architecture of the first encoder, its weights drawn afresh
+            model_dir, extra = pretrained[0]["model_dir"], ["--random-init", *args.random_init_args.split()]
+        else:
+            model_dir, extra = r["pretrain"]["model_dir"], []
         r["finetune"][task] = finetune_run(name, model_dir, task, args, out, extra)
 
     with ThreadPoolExecutor(args.parallel) as pool:
         list(pool.map(fine_tune, ft_jobs))
+    if args.merge and args.json.is_file():
+        rows = merged_rows(json.loads(args.json.read_text())["rows"], rows)
     rows = [r for r in rows if r["finetune"]]
     tasks = [t for t in tasks if any(r["kind"] == "random init" and t in r["finetune"] for r in rows)]
     write_report(rows, tasks, flops, args, started)
     return 0
+
+
+def merged_rows(earlier: list[dict], new: list[dict]) -> list[dict]:
+    """``earlier`` (a report's rows) with ``new``'s fine-tuning cells and pretraining records put over theirs, row by
+    row name; new rows go after. A pretraining record is kept where the new row has none (not pretrained here)."""
+    by_name = {r["name"]: {**r, "finetune": dict(r["finetune"])} for r in earlier}
+    for r in new:
+        old = by_name.setdefault(r["name"], {**r, "finetune": {}})
+        old["finetune"].update(r["finetune"])
+        if r.get("pretrain"):
+            old["pretrain"] = r["pretrain"]
+    return list(by_name.values())
 
 
 def write_report(rows: list[dict], tasks: list[str], flops: dict, args, started: float) -> None:

@@ -292,9 +292,9 @@ def test_electra_vs_mlm_finetune_tag_reports_its_own_finetunings_beside_the_earl
     (out / "pretrain_electra_100.json").write_text(json.dumps(
         {"name": "electra_100", "config": "electra_cpu.gin", "steps": 100, "wall_s": None, "model_dir": str(model)}))
 
-    def finetuned(name, *accuracies):
-        (out / name).mkdir()
-        (out / name / "results.json").write_text(json.dumps(
+    def finetuned(name, *accuracies, where=out):
+        (where / name).mkdir(parents=True)
+        (where / name / "results.json").write_text(json.dumps(
             {"seeds": [{"metrics": {"accuracy": a}} for a in accuracies], "median": {"accuracy": sorted(accuracies)[1]}}))
 
     finetuned("finetune_trec_electra_100", 0.50, 0.51, 0.52)
@@ -304,14 +304,19 @@ def test_electra_vs_mlm_finetune_tag_reports_its_own_finetunings_beside_the_earl
     monkeypatch.setattr(evm, "plot", lambda *a: None)
     report = tmp_path / "report.json"
 
-    def study(*flags):
-        evm.main(["--electra-steps", "100", "--tasks", "trec", "--seeds", "3", "--out-dir", str(out), "--json",
+    def study(*flags, where=out):
+        evm.main(["--electra-steps", "100", "--tasks", "trec", "--seeds", "3", "--out-dir", str(where), "--json",
                   str(report), "--plot", str(tmp_path / "p.png"), "--finished-only", *flags])
         return json.loads(report.read_text())["medians"]["trec"]
 
     assert study("--finetune-tag", "pat0") == {"ELECTRA 100 steps": 0.91, "random init": 0.81}
     assert study() == {"ELECTRA 100 steps": 0.51, "random init": 0.41}  # untagged: the earlier runs, as before
     assert "0.9000, 0.9100, 0.9200" in capsys.readouterr().out
+    # --merge: the study continued on another machine, whose out-dir holds only what was run there
+    study("--finetune-tag", "pat0")
+    elsewhere = tmp_path / "elsewhere"
+    finetuned("finetune_trec_random_pat0", 0.70, 0.71, 0.72, where=elsewhere)
+    assert study("--finetune-tag", "pat0", "--merge", where=elsewhere) == {"ELECTRA 100 steps": 0.91, "random init": 0.71}
     with pytest.raises(SystemExit):  # a tag is part of a folder name: no path in it
         study("--finetune-tag", "../x")
     assert "--finetune-tag '../x'" in capsys.readouterr().err
@@ -382,6 +387,37 @@ def test_gpu_check_refuses_a_python_its_wheels_do_not_fit(tmp_path):
     assert f"this machine's Python is {here}; {wheels} holds wheels for 3.99 only" in (out / "setup.log").read_text()
     assert f"PYTHONS={here} bash bench/gpu_wheels.sh" in proc.stdout + proc.stderr
     assert "not run (the setup failed)" in (out / "table.md").read_text()
+
+
+def test_gpu_learn_smoke_pretrains_both_objectives_fine_tunes_and_records_every_run(tmp_path, small_corpus):
+    """Issue 29, item 4 prepared: SMOKE=1 DEVICE=cpu runs every stage of bench/gpu_learn.sh at tiny sizes on a corpus
+    packed by its --pack: the probe's seconds per step set ELECTRA's steps, MLM gets its equal FLOPs, each encoder and
+    random init is fine-tuned, and MLflow holds all five runs, finished."""
+    script, corpus, out, work = ROOT / "bench" / "gpu_learn.sh", tmp_path / "corpus.tar.xz", tmp_path / "out", tmp_path / "w"
+    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "SMOKE": "1", "INSTALL": "0", "WORK": str(work),
+           "CORPUS": str(corpus)}
+    packed = subprocess.run(["bash", str(script), "--pack", str(small_corpus), "0.1"], capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert packed.returncode == 0 and "files (every " in packed.stdout, packed.stdout + packed.stderr
+    proc = subprocess.run(["bash", str(script), str(out)], capture_output=True, text=True, timeout=600, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    stages = [line.split("\t") for line in (work / "stages.tsv").read_text().splitlines()]
+    assert [(s[0], s[3]) for s in stages] == [(n, "0") for n in ("setup", "corpus", "probe", "study", "report")]
+    steps = int((work / "steps.txt").read_text())
+    report = json.loads((out / "learn.json").read_text())
+    kinds = {r["kind"]: r for r in report["rows"]}
+    assert kinds["ELECTRA"]["pretrain"]["steps"] == steps and set(kinds) == {"ELECTRA", "MLM", "random init"}
+    mlm_flops = kinds["MLM"]["pretrain_flops"]
+    assert abs(mlm_flops - kinds["ELECTRA"]["pretrain_flops"]) < report["flops_per_step"]["mlm"]  # equal FLOPs
+    assert all("amazon" in r["finetune"] for r in report["rows"])
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 5, [(r.info.run_name, r.info.status) for r in runs]
+    table = (out / "table.md").read_text()
+    assert "product-review polarity accuracy" in table and "| study | 270 |" in table
 
 
 def test_cases_stack_options_and_nomask_drops_only_the_backbone_mask():
