@@ -2,13 +2,13 @@
 # bench/gpu_learn.sh: issue 29, item 4 as one prepared device call. ELECTRA-Small against MLM at equal FLOPs on
 # the bigger corpus (bench/build_corpus.py, carried compressed), then `electra-kit finetune` with its defaults on
 # each task for both encoders and random init; every run recorded in MLflow (WORK/mlflow.db). It ends inside
-# TOTAL_S = 420 s on one H100 by construction: each stage runs under its own `timeout` (its budget, cut to what
+# TOTAL_S = 450 s on one H100 by construction: each stage runs under its own `timeout` (its budget, cut to what
 # is left), and the study writes each finished run before the next starts, so a stage cut short still reports.
 #
 #   0 setup   (45 s) the machine's Python, torch and card; with INSTALL=1 the wheels of WHEELS into WORK/site
 #                    (bench/gpu_check.sh's setup stage)
 #   1 corpus  (20 s) unpack CORPUS (a .tar.xz of corpus files, made here with --pack) into WORK/corpus
-#   2 probe   (45 s) 20 steps of transformer_small.gin on it, bf16: builds the tokenizer and token cache the
+#   2 probe   (75 s) 20 steps of transformer_small.gin on it, bf16: builds the tokenizer and token cache the
 #                    study reuses, and the kit's own measured seconds per step, which sets the pretraining budget:
 #                    ELECTRA steps = PRETRAIN_S / (s/step), MLM at the same FLOPs (bench/electra_vs_mlm.py)
 #   3 study  (270 s) bench/electra_vs_mlm.py: transformer_small.gin vs mlm_small.gin, tracked, one fine-tuning
@@ -19,10 +19,10 @@
 # Usage: bash bench/gpu_learn.sh [OUT_DIR]              (default: $OUT if set, else ./gpu-learn-out)
 #        bash bench/gpu_learn.sh --pack CORPUS_DIR [MB]  writes CORPUS: the corpus files in name order, every
 #                                                        k-th, to about MB of text (default 40)
-# Knobs: PYTHON, INSTALL (1), WHEELS (.gpu-wheels), CORPUS (.gpu-corpus/corpus.tar.xz), WORK, PRETRAIN_S (50),
+# Knobs: PYTHON, INSTALL (1), WHEELS (.gpu-wheels), CORPUS (.gpu-corpus/corpus.tar.xz), WORK, PRETRAIN_S (40),
 #        TASKS (amazon), SMOKE=1 INSTALL=0: tiny sizes on CPU (tests/test_bench.py).
 # The device call (bench/README.md, "GPU learning run"):
-#   run(command='bash bench/gpu_learn.sh "$OUT"', carry=[".gpu-wheels", ".gpu-corpus"], timeout_s=480)
+#   run(command='bash bench/gpu_learn.sh "$OUT"', carry=[".gpu-wheels", ".gpu-corpus"], timeout_s=510)
 set -uo pipefail
 SELF=$(realpath "$0")
 if [[ ${1:-} == --pack ]]; then
@@ -53,10 +53,10 @@ fi
 [[ ${1:-} == --stage ]] || export OUT_DIR=$(realpath -m "${1:-${OUT:-gpu-learn-out}}")
 cd "$(dirname "$SELF")/.."
 export PY=${PYTHON:-python} INSTALL=${INSTALL:-1} WHEELS=${WHEELS:-.gpu-wheels} SMOKE=${SMOKE:-0} REPO=$PWD
-export CORPUS=$(realpath -m "${CORPUS:-.gpu-corpus/corpus.tar.xz}") PRETRAIN_S=${PRETRAIN_S:-50}
+export CORPUS=$(realpath -m "${CORPUS:-.gpu-corpus/corpus.tar.xz}") PRETRAIN_S=${PRETRAIN_S:-40}
 export TASKS=${TASKS:-amazon} WORK=${WORK:-$(mktemp -d /tmp/gpu-learn.XXXXXX)} DEVICE=${DEVICE:-cuda}
-TOTAL_S=420
-BUDGETS=(setup:45 corpus:20 probe:45 study:270 report:40)  # seconds: 420 = TOTAL_S
+TOTAL_S=450
+BUDGETS=(setup:45 corpus:20 probe:75 study:270 report:40)  # seconds: 450 = TOTAL_S
 mkdir -p "$OUT_DIR" "$WORK"
 export ELECTRA_KIT_CACHE=$WORK/cache MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL=5 PYTHONWARNINGS=ignore OMP_NUM_THREADS=4
 

@@ -97,7 +97,7 @@ class Progress:
 
     def _say_pace(self) -> None:
         pace = self.pace
-        self.say(f"expected length: {pace.total} steps x {pace.seconds:.2f} s/step (the median of {len(pace.times)} "
+        self.say(f"expected length: {pace.total} steps x {pace.seconds:.3g} s/step (the median of {len(pace.times)} "
                  f"steps after the first) = about {duration(pace.seconds * pace.total)} of training; "
                  f"{pace.to_go} steps to go, about {duration(pace.seconds * pace.to_go)}")
         advice = self.advice(pace.seconds, pace.to_go) if self.advice is not None else None
