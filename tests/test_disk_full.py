@@ -89,10 +89,10 @@ def test_a_run_directory_made_read_only_mid_run_ends_in_one_line(tmp_path, small
         refuse(path, True)
         return real_mkdir(path, *args, **kwargs)
 
-    def journal(self, step, values):
+    def journal(self, step, values, **kwargs):
         if step == 4:  # the folder goes read-only after the checkpoint of step 2 and the log of step 3
             read_only.append(True)
-        return real_journal(self, step, values)
+        return real_journal(self, step, values, **kwargs)
 
     monkeypatch.setattr(builtins, "open", opener)
     monkeypatch.setattr(os, "open", os_opener)
