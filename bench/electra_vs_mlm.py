@@ -364,7 +364,8 @@ def main(argv=None) -> int:
                         help="start nothing: report the pretraining and fine-tuning runs --out-dir has finished")
     parser.add_argument("--merge", action="store_true",
                         help="report --json's rows too: a cell this --out-dir has replaces theirs, the rest are kept "
-                             "(a study continued on another machine, whose --out-dir holds only its new runs)")
+                             "(a study continued on another machine, whose --out-dir holds only its new runs); an "
+                             "encoder pretrained again there is a row of its own")
     args = parser.parse_args(argv)
     if not re.fullmatch(r"[\w.-]*", args.finetune_tag):  # it becomes part of a folder name
         parser.error(f"--finetune-tag {args.finetune_tag!r}: letters, digits, '_', '.' and '-' only")
@@ -426,14 +427,20 @@ def main(argv=None) -> int:
 
 
 def merged_rows(earlier: list[dict], new: list[dict]) -> list[dict]:
-    """``earlier`` (a report's rows) with ``new``'s fine-tuning cells and pretraining records put over theirs, row by
-    row name; new rows go after. A pretraining record is kept where the new row has none (not pretrained here)."""
+    """``earlier`` (a report's rows) with ``new``'s fine-tuning cells put over theirs, row by row name; new rows go
+    after. An encoder pretrained again under an earlier row's name (its pretraining ended elsewhere: another
+    machine, another corpus build) is another draw, not that row: it gets a row of its own, "... (pretrained
+    again)", which pools with the others at its budget."""
     by_name = {r["name"]: {**r, "finetune": dict(r["finetune"])} for r in earlier}
     for r in new:
-        old = by_name.setdefault(r["name"], {**r, "finetune": {}})
+        old = by_name.get(r["name"])
+        if old is not None and r.get("pretrain") and old.get("pretrain") and \
+                r["pretrain"].get("eval") != old["pretrain"].get("eval"):
+            old = None
+            r = {**r, "name": f"{r['name']} (pretrained again)"}
+        if old is None:
+            old = by_name.setdefault(r["name"], {**r, "finetune": {}})
         old["finetune"].update(r["finetune"])
-        if r.get("pretrain"):
-            old["pretrain"] = r["pretrain"]
     return list(by_name.values())
 
 

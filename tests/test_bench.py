@@ -317,6 +317,17 @@ def test_electra_vs_mlm_finetune_tag_reports_its_own_finetunings_beside_the_earl
     elsewhere = tmp_path / "elsewhere"
     finetuned("finetune_trec_random_pat0", 0.70, 0.71, 0.72, where=elsewhere)
     assert study("--finetune-tag", "pat0", "--merge", where=elsewhere) == {"ELECTRA 100 steps": 0.91, "random init": 0.71}
+    # the same budget pretrained again there (another encoder: its evaluation differs) is a row of its own, pooled
+    again = elsewhere / "pretrain_electra_100" / "model"
+    again.mkdir(parents=True)
+    (again / "config.json").write_text("{}")
+    (elsewhere / "pretrain_electra_100.json").write_text(json.dumps(
+        {"name": "electra_100", "config": "electra_cpu.gin", "steps": 100, "wall_s": None, "model_dir": str(again),
+         "eval": {"eval/disc_auc": 0.8}}))
+    finetuned("finetune_trec_electra_100_pat0", 0.60, 0.61, 0.62, where=elsewhere)
+    assert study("--finetune-tag", "pat0", "--merge", where=elsewhere) == {
+        "ELECTRA 100 steps": 0.91, "random init": 0.71, "ELECTRA 100 steps (pretrained again)": 0.61}
+    assert json.loads(report.read_text())["budget_medians"]["trec"]["ELECTRA"][0]["runs"] == 6
     with pytest.raises(SystemExit):  # a tag is part of a folder name: no path in it
         study("--finetune-tag", "../x")
     assert "--finetune-tag '../x'" in capsys.readouterr().err
