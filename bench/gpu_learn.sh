@@ -63,9 +63,8 @@ export ELECTRA_KIT_CACHE=$WORK/cache MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL=5 P
 # the sizes: ELECTRA-Small in bf16 on the GPU; the tiny shape on CPU for the smoke (MLM gets the same bindings)
 if [[ $SMOKE == 1 ]]; then
   export ELECTRA_CONFIG=tiny.gin MLM_CONFIG=mlm_small.gin PRETRAIN_S=${PRETRAIN_S_SMOKE:-4} FINETUNE_ARGS="--epochs 1"
-  SIZES=("backbone.emb_dim = 32" "backbone.ff_mult = 2" "discriminator/backbone.dim = 64" "discriminator/backbone.depth = 2"
-         "discriminator/backbone.heads = 2" "generator/backbone.dim = 32" "generator/backbone.depth = 1"
-         "generator/backbone.heads = 1" "BATCH_SIZE = 8" "MAX_SEQ_LEN = 64" "VOCAB_SIZE = 2000" "train.warmup_steps = 3")
+  # smoke.gin's data sizes, not its step counts (the study sets those, and these bindings come after them)
+  SIZES=("include 'size_tiny.gin'" "BATCH_SIZE = 8" "MAX_SEQ_LEN = 64" "VOCAB_SIZE = 2000" "train.warmup_steps = 3")
 else
   export ELECTRA_CONFIG=transformer_small.gin MLM_CONFIG=mlm_small.gin
   SIZES=("train.precision = 'bf16'")
